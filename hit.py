@@ -1,0 +1,353 @@
+"""HiT: the full tracker network, its variants, and checkpoint loading.
+
+Paper Sec. 3 and Fig. 2, Table 1 (variants). Data flow for a template Z (128x128) and a
+search crop X (256x256):
+
+    backbone  LeViT over tokens [X; Z] (levit.py), dual-image attention bias
+              (attention_bias.py); stage outputs S_max 16x16, S_mid 8x8, S_min 4x4 (search
+              part) and the global vector G = mean of all last-stage tokens
+    bridge    O = fused 16x16 map (bridge.py, Eq. 3), projected to 256 channels; G too
+    head      corner head of STARK: e' = e * (e . g) re-weights every token by its dot
+              product with G (no softmax), two conv towers give top-left and bottom-right
+              score maps, a soft-argmax turns each into a corner.
+
+Parameter names equal the released ones (`backbone.body.*`, `bottleneck.*`, `box_head.*`)
+so a released `net` state dict loads with strict=True. `load_checkpoint` reads released
+training checkpoints without executing anything from the file.
+"""
+import dataclasses
+import io
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import levit
+from bridge import Bridge
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class HiTConfig:
+    variant: str  # "base", "small", "tiny"
+    levit: str  # LeViT spec name of the backbone (Table 1)
+    pos_layout: str = "diagonal"  # Table 6; attention_bias.LAYOUTS
+    bridge_stages: tuple = ("max", "mid", "min")  # Table 5
+    template_size: int = 128  # crop factor 2
+    search_size: int = 256  # crop factor 4
+    hidden_dim: int = 256  # width of the bridge projections and the head input
+    stride: int = 16  # patch-embedding stride
+
+
+VARIANTS = {
+    "base": HiTConfig("base", "LeViT_384"),
+    "small": HiTConfig("small", "LeViT_128"),
+    "tiny": HiTConfig("tiny", "LeViT_128S"),
+}
+
+
+# ----------------------------------------------------------------------------- head
+def conv_bn_relu(c_in, c_out):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+def fold_conv_bn_relu(seq):
+    """Conv+BN+ReLU -> Conv(with the BN folded)+ReLU (inference only)."""
+    conv, bn = seq[0], seq[1]
+    w, b = levit.fold_bn(conv.weight, conv.bias, bn)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1).to(w)
+    with torch.no_grad():
+        fused.weight.copy_(w)
+        fused.bias.copy_(b)
+    return nn.Sequential(fused, nn.ReLU(inplace=True))
+
+
+class CornerHead(nn.Module):
+    """STARK's corner head: two conv towers (256->256->128->64->32, then 1x1 -> 1) for the
+    top-left and bottom-right corners, each followed by a soft-argmax over the map."""
+
+    def __init__(self, c_in=256, feat_size=16, stride=16):
+        super().__init__()
+        chans = [c_in, c_in, c_in // 2, c_in // 4, c_in // 8]
+        for corner in ("tl", "br"):
+            for i in range(4):
+                setattr(self, f"conv{i + 1}_{corner}", conv_bn_relu(chans[i], chans[i + 1]))
+            setattr(self, f"conv5_{corner}", nn.Conv2d(chans[4], 1, 1))
+        self.feat_size, self.img_size = feat_size, feat_size * stride
+        # Released quirk: corner coordinates are index * stride (0, 16, ..., 240), not cell centres
+        coord = torch.arange(feat_size, dtype=torch.float32) * stride
+        self.register_buffer("coord_x", coord.repeat(feat_size), persistent=False)  # (HW,) column
+        self.register_buffer("coord_y", coord.repeat_interleave(feat_size), persistent=False)  # (HW,) row
+
+    def tower(self, x, corner):
+        for i in range(1, 6):
+            x = getattr(self, f"conv{i}_{corner}")(x)
+        return x  # (B, 1, H, W)
+
+    def fuse(self):
+        """Fold the BNs of both towers (inference only); returns self."""
+        for corner in ("tl", "br"):
+            for i in range(1, 5):
+                name = f"conv{i}_{corner}"
+                seq = getattr(self, name)
+                if isinstance(seq[1], nn.BatchNorm2d):
+                    setattr(self, name, fold_conv_bn_relu(seq))
+        return self
+
+    def soft_argmax(self, score_map):
+        prob = score_map.flatten(1).softmax(dim=1)  # (B, HW)
+        x = prob @ self.coord_x
+        y = prob @ self.coord_y
+        return x, y, prob.max(dim=1).values
+
+    def forward(self, x):
+        x1, y1, p_tl = self.soft_argmax(self.tower(x, "tl"))
+        x2, y2, p_br = self.soft_argmax(self.tower(x, "br"))
+        box = torch.stack([x1, y1, x2, y2], dim=1) / self.img_size  # (B, 4) xyxy in [0, 1]
+        # Confidence: geometric mean of the two corner maps' peak probabilities. A sharp,
+        # unimodal pair of maps (a clear target) scores high; flat or multi-peaked maps low.
+        score = torch.sqrt(p_tl * p_br)
+        return box, score
+
+
+def xyxy_to_cxcywh(b):
+    x1, y1, x2, y2 = b.unbind(-1)
+    return torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=-1)
+
+
+# ----------------------------------------------------------------------------- network
+class Backbone(nn.Module):
+    """Holds the LeViT as `body` (the released attribute name)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        s = cfg.stride
+        grids = [(cfg.search_size // s,) * 2, (cfg.template_size // s,) * 2]  # search first
+        self.body = levit.LeViT(levit.SPECS[cfg.levit], grids, cfg.pos_layout)
+
+    def forward(self, template, search):
+        return self.body.forward_stages([search, template])
+
+
+class HiT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        spec = levit.SPECS[cfg.levit]
+        self.backbone = Backbone(cfg)
+        self.bottleneck = Bridge(spec.embed_dim, cfg.bridge_stages, cfg.hidden_dim)
+        self.box_head = CornerHead(cfg.hidden_dim, cfg.search_size // cfg.stride, cfg.stride)
+        self.fused = False
+
+    def forward_features(self, template, search):
+        """Every intermediate the fixtures check, plus the outputs."""
+        s1, s2, s3 = self.backbone(template, search)  # (B, N_i, C_i), tokens [search; template]
+        n = (self.cfg.search_size // self.cfg.stride) ** 2  # search tokens at stage 1 (256)
+        g = s3.mean(dim=1)  # (B, C3): G, mean over all last-stage tokens (search and template)
+        e, g_p = self.bottleneck(s1[:, :n], s2[:, :n // 4], s3[:, :n // 16], g)  # (B, 256, D), (B, D)
+        att = torch.bmm(e, g_p.unsqueeze(2))  # (B, 256, 1): e . g per token, no softmax
+        side = self.cfg.search_size // self.cfg.stride
+        fmap = (e * att).transpose(1, 2).reshape(e.shape[0], -1, side, side)  # (B, D, 16, 16)
+        box, score = self.box_head(fmap)
+        return {"stage_features": [s1, s2, torch.cat([g.unsqueeze(1), s3], dim=1)],
+                "bridge_tokens": torch.cat([g_p.unsqueeze(1), e], dim=1).transpose(0, 1),  # (257, B, D)
+                "pred_boxes": xyxy_to_cxcywh(box), "score": score}
+
+    def forward(self, template, search):
+        """template (B,3,128,128), search (B,3,256,256), ImageNet-normalised.
+        Returns pred_boxes (B, 4) = (cx, cy, w, h) normalised to the search crop, and
+        score (B,) in (0, 1] (see CornerHead.forward)."""
+        out = self.forward_features(template, search)
+        return {"pred_boxes": out["pred_boxes"], "score": out["score"]}
+
+    def fuse(self, head=False):
+        """Fold BatchNorm into the preceding layers, in place; returns the model.
+
+        head=False folds the backbone's BNs, as the released tracker does (the "BN fused"
+        parameter counts of Table 1). head=True also folds the Bridge Module's and the
+        corner head's BNs (fewer parameters, same outputs within float rounding).
+        """
+        self.eval()
+        levit.fuse_bn(self.backbone)
+        if head:
+            self.bottleneck.fuse()
+            self.box_head.fuse()
+        self.fused = True
+        return self
+
+
+def build_hit(variant, pos_layout="diagonal", bridge_stages=("max", "mid", "min")):
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown HiT variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    cfg = dataclasses.replace(VARIANTS[variant], pos_layout=pos_layout,
+                              bridge_stages=tuple(bridge_stages))
+    return HiT(cfg)
+
+
+def config_from_dict(d):
+    d = dict(d)
+    d["bridge_stages"] = tuple(d.get("bridge_stages", ("max", "mid", "min")))
+    return HiTConfig(**d)
+
+
+# ----------------------------------------------------------------------------- safe loading
+STORAGE_DTYPES = {"FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+                  "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+                  "LongStorage": torch.int64, "IntStorage": torch.int32,
+                  "ShortStorage": torch.int16, "CharStorage": torch.int8,
+                  "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+                  "UntypedStorage": torch.uint8}
+
+
+class _Refused(type):
+    """Metaclass of placeholders: building one through a call (pickle REDUCE) is refused,
+    so `os.system`, `eval` or any unknown callable in a file never runs."""
+
+    def __call__(cls, *args, **kwargs):
+        raise pickle.UnpicklingError(
+            f"refusing to call {cls.__module__}.{cls.__qualname__} from a checkpoint")
+
+
+def _placeholder(module, name):
+    """An inert stand-in for a class that is not allow-listed: it can be instantiated the
+    way plain objects are pickled (NEWOBJ + BUILD) and keeps its state as a dict."""
+    def setstate(self, state):
+        self.__dict__["_state"] = state
+    return _Refused(name, (), {"__module__": module, "__qualname__": name,
+                               "__setstate__": setstate, "__reduce__": None})
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    return storage.as_strided(tuple(size), tuple(stride), offset)
+
+
+def _rebuild_parameter(data, requires_grad, hooks, *extra):
+    return nn.Parameter(data, requires_grad=requires_grad)
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Rebuilds tensors and plain containers only (see `load_checkpoint`)."""
+    ALLOWED = {("collections", "OrderedDict"): OrderedDict,
+               ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+               ("torch._utils", "_rebuild_parameter"): _rebuild_parameter}
+
+    def __init__(self, file, read_record):
+        super().__init__(file)
+        self.read_record = read_record
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        if module == "torch" and name in STORAGE_DTYPES:
+            return STORAGE_DTYPES[name]
+        return _placeholder(module, name)
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
+        _, dtype, key, _location, numel = pid
+        data = bytearray(self.read_record(f"data/{key}"))
+        flat = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        return flat.view(dtype) if dtype != torch.uint8 else flat
+
+
+def safe_load(path):
+    """Read a torch.save zip file without importing or running anything from it.
+
+    Only tensors, parameters, OrderedDict and pickle's own plain types are rebuilt.
+    Other classes become inert placeholders (their state kept as a dict); any attempt to
+    call a non-allow-listed object (the way malicious pickles run code) raises.
+    """
+    try:
+        zf = zipfile.ZipFile(path)
+        names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable PyTorch zip checkpoint (truncated or "
+                         f"corrupt, or the legacy pre-1.6 format): {e}") from e
+    pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(pkl) != 1:
+        raise ValueError(f"{path}: expected one data.pkl in the archive, found {pkl}")
+    prefix = pkl[0][: -len("data.pkl")]
+    try:
+        with zf:
+            return SafeUnpickler(io.BytesIO(zf.read(pkl[0])),
+                                 lambda rec: zf.read(prefix + rec)).load()
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: refused: {e}") from e
+    except (zipfile.BadZipFile, KeyError, EOFError, struct.error) as e:
+        raise ValueError(f"{path}: truncated or corrupt checkpoint: {e}") from e
+
+
+def _shapes(cfg):
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in HiT(cfg).state_dict().items()}
+
+
+def infer_config(sd, path="checkpoint"):
+    """Find the variant whose state-dict keys and shapes equal those of `sd`."""
+    have = {k: tuple(v.shape) for k, v in sd.items()}
+    for cfg in VARIANTS.values():
+        if _shapes(cfg) == have:
+            return cfg
+    close = min(VARIANTS.values(), key=lambda c: len(set(_shapes(c).items()) ^ set(have.items())))
+    diff = sorted(set(_shapes(close).items()) ^ set(have.items()))[:10]
+    raise ValueError(f"{path}: state dict matches no HiT variant; nearest {close.variant!r} "
+                     f"differs in {diff}")
+
+
+def load_checkpoint(path, device="cpu", variant=None):
+    """A ready eval-mode HiT from a released training checkpoint (`*.pth.tar`, weights
+    under `net`, variant inferred from shapes) or one of this project's checkpoints
+    (weights under `model`, config under `config`). `variant`, when given, must match."""
+    obj = safe_load(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    if "config" in obj and "model" in obj:
+        cfg, sd = config_from_dict(obj["config"]), obj["model"]
+    elif "net" in obj:
+        sd = obj["net"]
+        cfg = infer_config(sd, path)
+    else:
+        raise ValueError(f"{path}: no 'net' (released) or 'model'+'config' (this project) entry; "
+                         f"keys: {sorted(obj)}")
+    if variant is not None and cfg.variant != variant:
+        raise ValueError(f"{path}: checkpoint holds HiT-{cfg.variant}, not HiT-{variant}")
+    model = HiT(cfg)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit HiT-{cfg.variant}: {e}") from e
+    return model.to(device).eval()
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model, batch=1):
+    """Multiply-accumulates of one forward (torch FlopCounterMode FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    cfg = model.cfg
+    z = torch.randn(batch, 3, cfg.template_size, cfg.template_size)
+    x = torch.randn(batch, 3, cfg.search_size, cfg.search_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(z, x)
+    return counter.get_total_flops() / 2
+
+
+if __name__ == "__main__":
+    for name in VARIANTS:
+        m = build_hit(name).eval()
+        n = count_params(m)
+        m.fuse()
+        print(f"HiT-{name:5s} params {n:,} (BN fused {count_params(m):,})  "
+              f"GMACs {count_macs(m) / 1e9:.3f}")
