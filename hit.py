@@ -18,7 +18,6 @@ training checkpoints without executing anything from the file.
 import dataclasses
 import io
 import pickle
-import struct
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -221,8 +220,10 @@ def _placeholder(module, name):
     way plain objects are pickled (NEWOBJ + BUILD) and keeps its state as a dict."""
     def setstate(self, state):
         self.__dict__["_state"] = state
+    def new(cls, *args, **kwargs):  # NEWOBJ passes constructor args: keep none, run none
+        return object.__new__(cls)
     return _Refused(name, (), {"__module__": module, "__qualname__": name,
-                               "__setstate__": setstate, "__reduce__": None})
+                               "__new__": new, "__setstate__": setstate})
 
 
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
@@ -282,8 +283,8 @@ def safe_load(path):
                                  lambda rec: zf.read(prefix + rec)).load()
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path}: refused: {e}") from e
-    except (zipfile.BadZipFile, KeyError, EOFError, struct.error) as e:
-        raise ValueError(f"{path}: truncated or corrupt checkpoint: {e}") from e
+    except Exception as e:  # zip/CRC errors, short records, malformed pickle streams
+        raise ValueError(f"{path}: truncated or corrupt checkpoint: {type(e).__name__}: {e}") from e
 
 
 def _shapes(cfg):

@@ -170,12 +170,17 @@ class BiasTable(nn.Module):
 
     def __init__(self, heads, index, entries):
         super().__init__()
+        self._cache = None
+        if index is None:  # "absolute" ablation: no relative bias at all
+            self.attention_biases = None
+            return
         self.attention_biases = nn.Parameter(torch.zeros(heads, entries))
         self.register_buffer("attention_bias_idxs", index)  # persistent: part of released files
-        self._cache = None
 
     def bias(self):
         t = self.attention_biases
+        if t is None:
+            return None
         if self.training or torch.is_grad_enabled():
             return t[:, self.attention_bias_idxs]  # (heads, Nq, Nk)
         key = (t._version, t.data_ptr(), self.attention_bias_idxs._version,
@@ -189,11 +194,9 @@ class Attention(BiasTable):
     """Multi-head attention (Fig. 3a, Eq. 1): per head q, k of width D and v of width 2D."""
 
     def __init__(self, dim, key_dim, heads, index=None, entries=0):
-        super().__init__(heads, index if index is not None else torch.zeros(0, 0, dtype=torch.long),
-                         entries)
+        super().__init__(heads, index, entries)
         self.heads, self.key_dim, self.v_dim = heads, key_dim, MHA_V_RATIO * key_dim
         self.scale = key_dim ** -0.5
-        self.use_bias = index is not None  # False for the "absolute" ablation
         self.qkv = Linear_BN(dim, heads * (2 * key_dim + self.v_dim))
         self.proj = nn.Sequential(nn.Hardswish(),
                                   Linear_BN(heads * self.v_dim, dim, bn_weight_init=0.0))
@@ -203,7 +206,7 @@ class Attention(BiasTable):
         qkv = self.qkv(x).view(B, N, self.heads, -1)  # (B, N, heads, 4D): split per head
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.v_dim], dim=3)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, N, *)
-        mask = self.bias() if self.use_bias else None  # (heads, N, N)
+        mask = self.bias()  # (heads, N, N), None without relative bias
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         x = x.transpose(1, 2).reshape(B, N, self.heads * self.v_dim)  # (B, N, heads*2D)
         return self.proj(x)
@@ -233,11 +236,9 @@ class ShrinkAttention(BiasTable):
 
     def __init__(self, dim_in, dim_out, key_dim, grids, index=None, entries=0):
         heads = dim_in // key_dim
-        super().__init__(heads, index if index is not None else torch.zeros(0, 0, dtype=torch.long),
-                         entries)
+        super().__init__(heads, index, entries)
         self.heads, self.key_dim, self.v_dim = heads, key_dim, SA_V_RATIO * key_dim
         self.scale = key_dim ** -0.5
-        self.use_bias = index is not None
         self.kv = Linear_BN(dim_in, heads * (key_dim + self.v_dim))
         self.q = nn.Sequential(Subsample(grids), Linear_BN(dim_in, heads * key_dim))
         self.proj = nn.Sequential(nn.Hardswish(), Linear_BN(heads * self.v_dim, dim_out))
@@ -250,7 +251,7 @@ class ShrinkAttention(BiasTable):
         q = self.q(x)  # (B, N', heads*D)
         Nq = q.shape[1]
         q = q.view(B, Nq, self.heads, self.key_dim).transpose(1, 2)  # (B, heads, N', D)
-        mask = self.bias() if self.use_bias else None  # (heads, N', N)
+        mask = self.bias()  # (heads, N', N), None without relative bias
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         x = x.transpose(1, 2).reshape(B, Nq, self.heads * self.v_dim)  # (B, N', heads*4D)
         return self.proj(x)
