@@ -329,6 +329,100 @@ def load_checkpoint(path, device="cpu", variant=None):
     return model.to(device).eval()
 
 
+# ----------------------------------------------------------------------------- inference modes
+EXACT_MODES = ("eager", "fused", "compile", "cuda_graph")  # outputs within 1e-4 of eager
+REDUCED_MODES = ("fp16", "bf16", "int8")  # faster, approximate: report their deviation
+MODES = EXACT_MODES + REDUCED_MODES
+
+
+class CastInputs(nn.Module):
+    """Run a half/bfloat16 model on float32 inputs and return float32 outputs."""
+
+    def __init__(self, model, dtype):
+        super().__init__()
+        self.model, self.dtype, self.cfg = model.to(dtype), dtype, model.cfg
+
+    def forward(self, template, search):
+        out = self.model(template.to(self.dtype), search.to(self.dtype))
+        return {k: v.float() for k, v in out.items()}
+
+
+class CudaGraph(nn.Module):
+    """Capture one forward at a fixed batch size in a CUDA graph and replay it: removes
+    the per-kernel launch cost that dominates batch-1 GPU inference of a small model.
+    Inputs are copied into static buffers; outputs are the graph's static tensors
+    (clone them if you keep them across calls)."""
+
+    def __init__(self, model, batch=1):
+        super().__init__()
+        cfg, dev = model.cfg, next(model.parameters()).device
+        self.model, self.cfg = model, cfg
+        self.z = torch.zeros(batch, 3, cfg.template_size, cfg.template_size, device=dev)
+        self.x = torch.zeros(batch, 3, cfg.search_size, cfg.search_size, device=dev)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(3):  # warm up kernels and the bias caches outside the graph
+                model(self.z, self.x)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.inference_mode():
+            self.out = model(self.z, self.x)
+
+    def forward(self, template, search):
+        self.z.copy_(template)
+        self.x.copy_(search)
+        self.graph.replay()
+        return self.out
+
+
+def prepare(model, mode="fused", device=None, batch=1):
+    """The model ready for inference in `mode` (see MODES) on `device`; a callable
+    f(template, search) -> {"pred_boxes", "score"} with a `cfg` attribute."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(device).eval()
+    if mode == "eager":
+        return model
+    if not model.fused or not isinstance(model.box_head.conv1_tl[1], nn.ReLU):
+        model.fuse(head=True)
+    if mode in ("fp16", "bf16"):
+        if device.type == "cpu":
+            raise ValueError(f"mode {mode} needs a GPU (cuda or mps); on CPU use int8")
+        return CastInputs(model, torch.float16 if mode == "fp16" else torch.bfloat16)
+    if mode == "int8":
+        if device.type != "cpu":
+            raise ValueError("mode int8 runs on the CPU (fbgemm/onednn kernels)")
+        return quantize_int8(model)
+    if mode == "compile":
+        compiled = torch.compile(model)
+        compiled.cfg = model.cfg
+        return compiled
+    if mode == "cuda_graph":
+        if device.type != "cuda":
+            raise ValueError("mode cuda_graph needs a CUDA device")
+        return CudaGraph(model, batch)
+    return model
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantisation (weights int8, activations quantised per call) of every
+    Linear and of the corner head's 3x3 convolutions (half of Small/Tiny's MACs). The
+    Bridge projections and the 1x1 score convs stay float: they are tiny and sensitive."""
+    import copy
+    from torch.ao.nn.quantized import dynamic as qd
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    q = copy.deepcopy(model)
+    q.backbone = quantize_dynamic(q.backbone, {nn.Linear}, dtype=torch.qint8)
+    for corner in ("tl", "br"):
+        for i in range(1, 5):
+            seq = getattr(q.box_head, f"conv{i}_{corner}")
+            seq[0].qconfig = default_dynamic_qconfig
+            seq[0] = qd.Conv2d.from_float(seq[0])
+    return q
+
+
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
 
