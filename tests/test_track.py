@@ -1,0 +1,372 @@
+"""Tracker, box mapping, drawing and CLI of track.py."""
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import track  # noqa: E402
+
+
+# ---- helpers -----------------------------------------------------------------------------
+
+
+class FakeHiT(torch.nn.Module):
+    """Stands in for HiT: a fixed prediction, and it counts fuse() calls."""
+
+    def __init__(self, box=(0.5, 0.5, 0.25, 0.25)):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.box = torch.tensor([box])
+        self.fuse_calls = 0
+        self.fused = False
+
+    def fuse(self):
+        self.fuse_calls += 1
+        self.fused = True
+        return self
+
+    def forward(self, template, search):
+        assert template.shape[1:] == (3, 128, 128) and search.shape[1:] == (3, 256, 256)
+        batch = len(search)
+        return {"pred_boxes": self.box.expand(batch, 4) + self.w, "score": torch.ones(batch)}
+
+
+def make_frames(n=5, size=(120, 96), box=(40, 30, 24, 18), step=(3, 2), seed=0):
+    """A textured background and a bright rectangle moving by `step` per frame."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    background = rng.integers(0, 120, (h, w, 3), dtype=np.uint8)
+    frames, gt = [], []
+    for i in range(n):
+        x, y = box[0] + step[0] * i, box[1] + step[1] * i
+        img = background.copy()
+        img[y : y + box[3], x : x + box[2]] = (230, 200, 40)
+        frames.append(img)
+        gt.append((x, y, box[2], box[3]))
+    return frames, np.array(gt, float)
+
+
+def write_sequence(folder, frames, gt=None):
+    folder.mkdir(parents=True)
+    for i, img in enumerate(frames):
+        Image.fromarray(img).save(folder / f"{i + 1:08d}.png")
+    if gt is not None:
+        (folder / "groundtruth.txt").write_text("".join("%g,%g,%g,%g\n" % tuple(b) for b in gt))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    hit = pytest.importorskip("hit")
+    torch.manual_seed(0)
+    model = hit.build_hit("tiny")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.cfg)}, path)
+    return path
+
+
+# ---- box mapping and clipping (hand-computed) ------------------------------------------------
+
+
+def test_map_box_back_hand_computed():
+    prev = (100, 50, 40, 20)  # centre (120, 60)
+    rf = 256 / 200  # crop side sz = 200 pixels
+    # crop centre (0.5, 0.5) is the previous centre; w 0.2 * 200 = 40, h 0.1 * 200 = 20
+    assert track.map_box_back((0.5, 0.5, 0.2, 0.1), prev, rf) == pytest.approx((100, 50, 40, 20))
+    # cx = 0.25 * 200 = 50 -> 50 + (120 - 100) = 70; cy = 150 + (60 - 100) = 110; w = h = 20
+    assert track.map_box_back((0.25, 0.75, 0.1, 0.1), prev, rf) == pytest.approx((60, 100, 20, 20))
+
+
+def test_map_box_back_uses_unrounded_centre():
+    prev = (10.3, 20.7, 5.0, 5.0)  # centre (12.8, 23.2): not an integer
+    out = track.map_box_back((0.5, 0.5, 0.5, 0.5), prev, 256 / 40)
+    assert out[0] + out[2] / 2 == pytest.approx(12.8) and out[1] + out[3] / 2 == pytest.approx(23.2)
+
+
+def test_clip_box_hand_computed():
+    H, W = 80, 100
+    # x1 -5 -> 0, x2 25; y1 70 stays (<= H - 10), y2 100 -> 80: h = 10
+    assert track.clip_box((-5, 70, 30, 30), H, W) == pytest.approx((0, 70, 25, 10))
+    # far right: x1 -> W - 10 = 90, x2 -> 100; w = 10; h = 5 -> at least 10
+    assert track.clip_box((120, 10, 5, 5), H, W) == pytest.approx((90, 10, 10, 10))
+    # inside: unchanged
+    assert track.clip_box((10, 10, 20, 20), H, W) == pytest.approx((10, 10, 20, 20))
+    # negative predicted width (random weights do this): x2 < x1 -> w = margin
+    assert track.clip_box((50, 20, -3, 15), H, W) == pytest.approx((50, 20, 10, 15))
+
+
+# ---- Tracker with a fake network ---------------------------------------------------------------
+
+
+def test_tracker_bad_inputs_raise_value_error():
+    tracker = track.Tracker(FakeHiT())
+    img = np.zeros((60, 80, 3), np.uint8)
+    with pytest.raises(ValueError, match="before initialize"):
+        tracker.track(img)
+    bad_boxes = [(np.nan, 1, 5, 5), (1, 1, 0, 5), (1, 1, 5, -2), (100, 10, 5, 5),
+                 (-20, 10, 10, 5), (1, 2, 3), "abc"]
+    for box in bad_boxes:
+        with pytest.raises(ValueError):
+            tracker.initialize(img, box)
+    bad_images = [img.astype(np.float32), img[:, :, 0], np.zeros((60, 80, 4), np.uint8),
+                  np.zeros((0, 80, 3), np.uint8), img.tolist()]
+    for image in bad_images:
+        with pytest.raises(ValueError):
+            tracker.initialize(image, (1, 1, 5, 5))
+    tracker.initialize(img, (1, 1, 5, 5))
+    with pytest.raises(ValueError, match="dtype"):
+        tracker.track(img.astype(np.int16))
+
+
+def test_tracker_fuses_once_and_respects_eager():
+    model = FakeHiT()
+    track.Tracker(model)
+    track.Tracker(model)  # already fused: must not fold the BNs twice
+    assert model.fuse_calls == 1
+    eager = FakeHiT()
+    track.Tracker(eager, mode="eager")
+    assert eager.fuse_calls == 0 and not eager.training
+
+
+def test_tracker_maps_fixed_prediction():
+    frames, gt = make_frames(3)
+    tracker = track.Tracker(FakeHiT(box=(0.5, 0.5, 0.25, 0.25)))
+    tracker.initialize(frames[0], gt[0])
+    box, score = tracker.track(frames[1])
+    x, y, w, h = gt[0]
+    sz = math.ceil(math.sqrt(w * h) * 4)  # search crop side
+    # centre prediction keeps the centre; size = 0.25 * sz
+    assert box == pytest.approx((x + w / 2 - sz / 8, y + h / 2 - sz / 8, sz / 4, sz / 4))
+    assert score == 1.0
+    assert set(tracker.last_timing) == {"preprocess", "network", "postprocess"}
+
+
+def test_tracker_accepts_pil_modes():
+    frames, gt = make_frames(2)
+    rgb = Image.fromarray(frames[0])
+    images = [rgb.convert("L"), rgb.convert("RGBA"),
+              Image.fromarray(frames[0][:, :, 0].astype(np.uint16) * 256)]  # 16-bit gray
+    for image in images:
+        tracker = track.Tracker(FakeHiT())
+        tracker.initialize(image, gt[0])
+        box, _ = tracker.track(image)
+        assert len(box) == 4 and all(math.isfinite(v) for v in box)
+
+
+# ---- Tracker with the real model (random weights) ----------------------------------------------
+
+
+def _check_inside(boxes, size):
+    w, h = size
+    boxes = np.asarray(boxes)
+    assert np.isfinite(boxes).all()
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 0] + boxes[:, 2] <= w + 1e-6).all()
+    assert (boxes[:, 1] + boxes[:, 3] <= h + 1e-6).all()
+
+
+def test_real_tiny_tracks_inside_image():
+    hit = pytest.importorskip("hit")
+    torch.manual_seed(0)
+    frames, gt = make_frames(5)
+    tracker = track.Tracker(hit.build_hit("tiny"))
+    assert tracker.model.fused
+    tracker.initialize(frames[0], gt[0])
+    boxes = [tracker.track(f)[0] for f in frames[1:]]
+    _check_inside(boxes, (120, 96))
+    assert tracker.last_timing["network"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_real_tiny_cuda_matches_cpu():
+    hit = pytest.importorskip("hit")
+    torch.manual_seed(0)
+    model = hit.build_hit("tiny")
+    frames, gt = make_frames(4)
+    boxes = {}
+    for device in ("cpu", "cuda"):
+        tracker = track.Tracker(model, device=device)
+        tracker.initialize(frames[0], gt[0])
+        boxes[device] = np.array([tracker.track(f)[0] for f in frames[1:]])
+    assert np.allclose(boxes["cpu"], boxes["cuda"], atol=0.05)
+
+
+def test_run_sequence(tmp_path):
+    data = pytest.importorskip("data")
+    frames, gt = make_frames(4)
+    write_sequence(tmp_path / "seq", frames, gt)
+    seq = data.read_folder(tmp_path / "seq")[0]
+    boxes, times = track.run_sequence(track.Tracker(FakeHiT()), seq)
+    assert boxes.shape == (4, 4) and times.shape == (4,) and (times > 0).all()
+    assert np.allclose(boxes[0], gt[0])
+
+
+# ---- drawing -----------------------------------------------------------------------------------
+
+
+def test_draw_gif(tmp_path):
+    frames, gt = make_frames(3, size=(700, 500))
+    path = tmp_path / "out.gif"
+    track.draw_gif(frames, gt + 5, gt, path, max_side=350)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3 and max(gif.size) == 350
+
+
+def test_plot_curves_kinds(tmp_path):
+    gt = np.array([[10, 10, 20, 20]] * 6, float)
+    summaries = {"a": track.ope_summary([(gt + 2, gt)]), "b": track.ope_summary([(gt + 6, gt)])}
+    for kind in ("success", "precision", "norm_precision"):
+        track.plot_curves(summaries, tmp_path / f"{kind}.png", kind)
+        with Image.open(tmp_path / f"{kind}.png") as im:
+            assert im.size == (640, 480)
+    track.plot_curves({"g": track.got10k_summary([(gt + 2, gt)])}, tmp_path / "g.png", "success")
+    with pytest.raises(ValueError):
+        track.plot_curves(summaries, tmp_path / "x.png", "bogus")
+
+
+# ---- CLI -----------------------------------------------------------------------------------
+
+
+def test_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exc:
+        track.main(["--help"])
+    assert exc.value.code == 0
+    assert "--analyze" in capsys.readouterr().out
+
+
+def test_help_as_script():
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "track.py")
+    done = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "--checkpoint" in done.stdout
+
+
+def test_cli_released_checkpoint(tmp_path, fixtures_dir, monkeypatch):
+    """The released training-checkpoint format (weights under "net") tracks a folder."""
+    frames, gt = make_frames(3)
+    write_sequence(tmp_path / "seq", frames, gt)
+    monkeypatch.chdir(tmp_path)
+    track.main(["--checkpoint", str(fixtures_dir / "HiT_Tiny_ep1500_random7.pth.tar"),
+                "--sequence", str(tmp_path / "seq"), "--device", "cpu"])
+    boxes = track.load_boxes(tmp_path / "seq.txt")
+    assert boxes.shape == (3, 4)
+    _check_inside(boxes, (120, 96))
+
+
+def test_cli_argument_errors():
+    for argv in ([], ["--sequence", "x"], ["--dataset", "lasot"], ["--analyze", "--root", "r"],
+                 ["--init", "1,2,3", "--sequence", "x", "--checkpoint", "c"]):
+        with pytest.raises(SystemExit) as exc:
+            track.main(argv)
+        assert exc.value.code == 2
+    assert track.parse_box("1, 2.5,3,4") == (1, 2.5, 3, 4)
+
+
+def test_load_and_write_boxes(tmp_path):
+    path = tmp_path / "r.txt"
+    track.write_atomic(path, track.format_boxes([[1, 2, 3, 4], [5.5, 6, 7, 8]]))
+    assert list(tmp_path.iterdir()) == [path]  # no temporary left behind
+    assert np.array_equal(track.load_boxes(path), [[1, 2, 3, 4], [5.5, 6, 7, 8]])
+    path.write_text("1\t2\t3\t4\n\n5 6 7 8\n")
+    assert track.load_boxes(path).shape == (2, 4)
+    path.write_text("1,2,3,4\n1,2,x,4\n")
+    with pytest.raises(ValueError, match="r.txt:2"):
+        track.load_boxes(path)
+
+
+def test_cli_single_sequence_and_gif(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    frames, gt = make_frames(4)
+    write_sequence(tmp_path / "walk", frames, gt)
+    monkeypatch.chdir(tmp_path)
+    track.main(["--checkpoint", str(tiny_checkpoint), "--sequence", str(tmp_path / "walk"),
+                "--gif", str(tmp_path / "walk.gif"), "--device", "cpu"])
+    assert "fps" in capsys.readouterr().out
+    boxes = track.load_boxes(tmp_path / "walk.txt")  # default: <folder name>.txt in cwd
+    assert boxes.shape == (4, 4) and np.allclose(boxes[0], gt[0])
+    assert (tmp_path / "walk.gif").exists()
+    # no ground truth and no --init: clear error
+    write_sequence(tmp_path / "nogt", frames)
+    with pytest.raises(SystemExit, match="groundtruth.txt"):
+        track.main(["--checkpoint", str(tiny_checkpoint), "--sequence", str(tmp_path / "nogt")])
+    track.main(["--checkpoint", str(tiny_checkpoint), "--sequence", str(tmp_path / "nogt"),
+                "--init", "40,30,24,18", "--out", str(tmp_path / "o.txt")])
+    assert track.load_boxes(tmp_path / "o.txt").shape == (4, 4)
+
+
+def test_cli_dataset_resume_and_analyze(tmp_path, tiny_checkpoint, capsys):
+    root = tmp_path / "seqs"
+    for i in range(2):
+        frames, gt = make_frames(3, seed=i)
+        write_sequence(root / f"seq{i}", frames, gt)
+    out = tmp_path / "res"
+    argv = ["--checkpoint", str(tiny_checkpoint), "--dataset", "folder", "--root", str(root),
+            "--out", str(out), "--device", "cpu"]
+    track.main(argv)
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["seq0.txt", "seq1.txt"]
+    stamp = (out / "seq0.txt").stat().st_mtime_ns
+    (out / "seq1.txt").unlink()
+    track.main(argv)  # resume: seq0 skipped, seq1 redone
+    assert (out / "seq0.txt").stat().st_mtime_ns == stamp and (out / "seq1.txt").exists()
+    assert "1 already done" in capsys.readouterr().out
+
+    report = tmp_path / "summary.json"
+    plots = tmp_path / "plots"
+    track.main(["--analyze", "--dataset", "folder", "--root", str(root), "--results", str(out),
+                "--json", str(report), "--plots", str(plots)])
+    summary = json.loads(report.read_text())
+    scores = summary["results"]["res"]
+    assert set(scores) == {"auc", "precision", "norm_precision", "sequences"}
+    assert scores["sequences"] == 2 and 0 <= scores["auc"] <= 100
+    for kind in ("success", "precision", "norm_precision"):
+        assert (plots / f"{kind}_plot.png").exists()
+    (out / "seq1.txt").unlink()
+    with pytest.raises(SystemExit, match="seq1"):
+        track.main(["--analyze", "--dataset", "folder", "--root", str(root), "--results", str(out)])
+
+
+def test_analyze_got10k_layout(tmp_path, monkeypatch):
+    """GOT-10k results in the submission layout, scored with AO / SR."""
+    data = pytest.importorskip("data")
+    frames, gt = make_frames(4)
+    seq = data.Sequence("GOT-10k_Val_000001", [tmp_path / "f.png"] * 4, gt, np.ones(4, bool))
+    Image.fromarray(frames[0]).save(tmp_path / "f.png")
+    monkeypatch.setattr(data, "read_dataset", lambda name, root, split=None: [seq])
+    res = tmp_path / "res" / seq.name
+    res.mkdir(parents=True)
+    track.write_atomic(res / f"{seq.name}_001.txt", track.format_boxes(gt))
+    report = tmp_path / "got.json"
+    track.main(["--analyze", "--dataset", "got10k", "--root", str(tmp_path), "--split", "val",
+                "--results", str(tmp_path / "res"), "--json", str(report),
+                "--plots", str(tmp_path)])
+    scores = json.loads(report.read_text())["results"]["res"]
+    assert set(scores) == {"ao", "sr50", "sr75", "sequences"}
+    assert scores["ao"] == pytest.approx(100) and scores["sr75"] == 100
+    assert (tmp_path / "success_plot.png").exists()
+
+
+def test_cli_dataset_got10k_submission_layout(tmp_path, tiny_checkpoint, monkeypatch):
+    data = pytest.importorskip("data")
+    frames, gt = make_frames(3)
+    write_sequence(tmp_path / "GOT-10k_Test_000001", frames, gt[:1])  # first-frame box only
+    seqs = data.read_folder(tmp_path / "GOT-10k_Test_000001")
+    monkeypatch.setattr(data, "read_dataset", lambda name, root, split=None: seqs)
+    out = tmp_path / "sub"
+    track.main(["--checkpoint", str(tiny_checkpoint), "--dataset", "got10k", "--root", "r",
+                "--split", "test", "--out", str(out), "--device", "cpu"])
+    folder = out / "GOT-10k_Test_000001"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "GOT-10k_Test_000001_001.txt", "GOT-10k_Test_000001_time.txt"]
+    assert track.load_boxes(folder / "GOT-10k_Test_000001_001.txt").shape == (3, 4)
+    times = np.loadtxt(folder / "GOT-10k_Test_000001_time.txt")
+    assert times.shape == (3,) and (times > 0).all()
+    with pytest.raises(SystemExit, match="first-frame"):  # test split: nothing to score
+        track.analyze("got10k", "r", "test", [out])

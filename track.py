@@ -1,0 +1,788 @@
+"""Track with HiT and score trackers the way the standard toolkits do.
+
+HiT (ICCV 2023, "Exploring Lightweight Hierarchical Vision Transformers for Efficient
+Visual Tracking") tracks with a fixed template and no post-processing (paper Sec. 3.4):
+each frame is cropped around the previous box, the network predicts the new box, and the
+box is mapped back to the image. The exact crop, resize, mapping and clipping rules of
+the released tracker are in ../shared/HIT_NOTES.md ("Tracking"); the evaluation protocol
+is paper Sec. 4 (one-pass evaluation as pytracking's analysis computes it for LaSOT,
+TrackingNet, UAV123 and NFS; the official GOT-10k toolkit for GOT-10k).
+
+Contents, smallest pieces first:
+  1. metrics (numpy in, numbers out): success/precision/normalised-precision curves,
+     `ope_summary`, `got10k_summary`;
+  2. box helpers: `map_box_back`, `clip_box`;
+  3. `Tracker(model, device=None, mode="fused")` with `initialize` / `track`;
+  4. `run_sequence`;
+  5. drawing with Pillow: `draw_gif`, `plot_curves`;
+  6. the command line (`python track.py --help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+import data  # same deps as this file; hit.py is imported lazily (CLI only)
+
+# ---------------------------------------------------------------------------------------
+# 1. Metrics
+# ---------------------------------------------------------------------------------------
+
+# pytracking builds its thresholds with torch.arange(0, 1.05, 0.05, float64); build them
+# the same way (its floats differ from linspace / i * 0.05 in the last bit at 0.65 and
+# 0.75) so that an IoU lying exactly on a threshold is counted the same way.
+OVERLAP_THRESHOLDS = torch.arange(0.0, 1.0 + 0.05, 0.05, dtype=torch.float64).numpy()
+CENTER_THRESHOLDS = np.arange(51, dtype=np.float64)  # pixels
+NORM_THRESHOLDS = np.arange(51) / 100.0  # fraction of the ground-truth size
+GOT10K_THRESHOLDS = np.linspace(0, 1, 101)  # GOT-10k toolkit's success-curve bins
+
+
+def _boxes(a, name: str) -> np.ndarray:
+    """Any array-like of (N, 4) x, y, w, h boxes -> float64 copy; shape errors are ValueError."""
+    a = np.array(a, dtype=np.float64, copy=True)
+    if a.ndim == 1 and a.size == 4:
+        a = a[None]
+    if a.ndim != 2 or a.shape[1] != 4:
+        raise ValueError(f"{name}: expected (N, 4) x,y,w,h boxes, got shape {a.shape}")
+    return a
+
+
+def iou_inclusive(pred, gt) -> np.ndarray:
+    """IoU with inclusive pixel corners (x2 = x + w - 1), pytracking's `calc_iou_overlap`."""
+    pred, gt = _boxes(pred, "pred"), _boxes(gt, "gt")
+    tl = np.maximum(pred[:, :2], gt[:, :2])
+    br = np.minimum(pred[:, :2] + pred[:, 2:] - 1.0, gt[:, :2] + gt[:, 2:] - 1.0)
+    inter = np.clip(br - tl + 1.0, 0, None).prod(axis=1)
+    union = pred[:, 2:].prod(axis=1) + gt[:, 2:].prod(axis=1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):  # invalid gt rows are masked later
+        return inter / union
+
+
+def _centres(boxes: np.ndarray) -> np.ndarray:
+    # pytracking's (and the GOT-10k toolkit's) pixel centre: x + (w - 1) / 2.
+    return boxes[:, :2] + 0.5 * (boxes[:, 2:] - 1.0)
+
+
+def _prepare_pred(pred, gt) -> np.ndarray:
+    """pytracking's `calc_seq_err_robust` clean-up of a result file before scoring."""
+    if np.isnan(pred).any() or (pred[:, 2:] < 0).any():
+        raise ValueError("invalid results: NaN or negative width/height in the predictions")
+    if len(pred) < len(gt):
+        raise ValueError(f"{len(pred)} predicted boxes for {len(gt)} ground-truth frames")
+    pred = pred[: len(gt)]  # pytracking truncates longer results (LaSOT monkey-17)
+    # A zero-sized prediction repeats the previous one (sequentially, as pytracking's loop).
+    zero = (pred[:, 2:] == 0).any(axis=1) & ~np.isnan(gt).any(axis=1)
+    for i in np.flatnonzero(zero[1:]) + 1:  # ascending, so chains of zeros propagate
+        pred[i] = pred[i - 1]
+    pred[0] = gt[0]  # the first frame is the given box
+    return pred
+
+
+def ope_errors(pred, gt, visible=None, uav: bool = False):
+    """Per-frame (iou, centre distance, normalised centre distance), pytracking semantics.
+
+    Frames whose ground truth is invalid (NaN, w <= 0 or h <= 0) or, when `visible` is
+    given (LaSOT's full_occlusion / out_of_view), where the target is absent, get IoU -1
+    and distance inf, so they count as failures while still counting in the denominator.
+    pytracking quirks kept on purpose, so numbers agree with it: for invalid-but-visible
+    frames the normalised distance is -1 (counted as a hit); with `uav=True` (its UAV123
+    rule) the pixel distance of invalid frames is -1 as well.
+    """
+    gt = _boxes(gt, "gt")
+    pred = _prepare_pred(_boxes(pred, "pred"), gt)
+    with np.errstate(invalid="ignore"):
+        valid = (gt[:, 2:] > 0).all(axis=1)  # NaN compares False -> invalid
+    if visible is not None:
+        visible = np.asarray(visible, dtype=bool)
+        if visible.shape != (len(gt),):
+            raise ValueError(f"visible has shape {visible.shape}, expected ({len(gt)},)")
+        valid &= visible
+    diff = _centres(pred) - _centres(gt)  # (N, 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = np.sqrt((diff**2).sum(axis=1))
+        norm = np.sqrt(((diff / gt[:, 2:]) ** 2).sum(axis=1))
+    iou = iou_inclusive(pred, gt)
+    iou[~valid] = -1.0
+    dist[~valid] = -1.0 if uav else np.inf
+    norm[~valid] = -1.0
+    if visible is not None:  # pytracking's LaSOT rule: absent frames always fail
+        dist[~visible] = np.inf
+        norm[~visible] = np.inf
+    return iou, dist, norm
+
+
+def ope_curves(pred, gt, visible=None, uav: bool = False):
+    """One sequence -> (success (21,), precision (51,), normalised precision (51,)):
+    fractions of frames with IoU > each overlap threshold (strictly, as pytracking) and
+    with distance <= each centre threshold."""
+    iou, dist, norm = ope_errors(pred, gt, visible, uav)
+    return ((iou[:, None] > OVERLAP_THRESHOLDS).mean(axis=0),  # (N, 21) -> (21,)
+            (dist[:, None] <= CENTER_THRESHOLDS).mean(axis=0),  # (N, 51) -> (51,)
+            (norm[:, None] <= NORM_THRESHOLDS).mean(axis=0))
+
+
+def success_curve(pred, gt, visible=None, uav: bool = False) -> np.ndarray:
+    """(21,) fraction of frames with IoU strictly greater than 0, 0.05, ..., 1."""
+    return ope_curves(pred, gt, visible, uav)[0]
+
+
+def precision_curve(pred, gt, visible=None, uav: bool = False) -> np.ndarray:
+    """(51,) fraction of frames with centre distance <= 0, 1, ..., 50 pixels."""
+    return ope_curves(pred, gt, visible, uav)[1]
+
+
+def norm_precision_curve(pred, gt, visible=None, uav: bool = False) -> np.ndarray:
+    """(51,) fraction of frames with normalised centre distance <= 0, 0.01, ..., 0.5."""
+    return ope_curves(pred, gt, visible, uav)[2]
+
+
+def _unpack(result):
+    """(pred, gt) | (pred, gt, visible) | (pred, gt, visible, image_wh) -> 4-tuple."""
+    if not 2 <= len(result) <= 4:
+        raise ValueError("each result must be (pred, gt[, visible[, image_wh]])")
+    return tuple(result) + (None,) * (4 - len(result))
+
+
+def ope_summary(results, uav: bool = False) -> dict:
+    """One-pass evaluation over sequences, as pytracking's analysis reports it.
+
+    `results`: list of (pred, gt) or (pred, gt, visible). Curves are computed per sequence
+    and then averaged over sequences; AUC = mean of the success curve; precision is read
+    at 20 px and normalised precision at 0.2. Scores are in percent.
+    """
+    if len(results) == 0:
+        raise ValueError("no sequences to evaluate")
+    per_seq = [ope_curves(*_unpack(r)[:3], uav=uav) for r in results]
+    names = ("success_curve", "precision_curve", "norm_precision_curve")
+    mean = {k: np.mean([c[i] for c in per_seq], axis=0) for i, k in enumerate(names)}
+    return {
+        "auc": float(mean["success_curve"].mean() * 100),
+        "precision": float(mean["precision_curve"][20] * 100),
+        "norm_precision": float(mean["norm_precision_curve"][20] * 100),
+        "sequences": len(results),
+        **mean,
+    }
+
+
+def iou_got10k(pred, gt, image_wh=None) -> np.ndarray:
+    """GOT-10k toolkit `rect_iou`: continuous corners (x2 = x + w), optional clipping of
+    both boxes to the image (its `bound` = resolution), eps in the union, result in [0, 1]."""
+    pred, gt = _boxes(pred, "pred"), _boxes(gt, "gt")
+    if image_wh is not None:
+        for r in (pred, gt):
+            r[:, 0] = np.clip(r[:, 0], 0, image_wh[0])
+            r[:, 1] = np.clip(r[:, 1], 0, image_wh[1])
+            r[:, 2] = np.clip(r[:, 2], 0, image_wh[0] - r[:, 0])
+            r[:, 3] = np.clip(r[:, 3], 0, image_wh[1] - r[:, 1])
+    tl = np.maximum(pred[:, :2], gt[:, :2])
+    br = np.minimum(pred[:, :2] + pred[:, 2:], gt[:, :2] + gt[:, 2:])
+    inter = np.clip(br - tl, 0, None).prod(axis=1)
+    union = pred[:, 2:].prod(axis=1) + gt[:, 2:].prod(axis=1) - inter
+    return np.clip(inter / (union + np.finfo(float).eps), 0.0, 1.0)
+
+
+def got10k_summary(results) -> dict:
+    """AO, SR0.5, SR0.75 (percent) as the official GOT-10k toolkit computes them.
+
+    `results`: list of (pred, gt[, visible[, image_wh]]). The first frame is excluded,
+    absent frames (visible False, i.e. absence.label / cover 0) are excluded, and the
+    remaining frames of all sequences are pooled before averaging.
+    """
+    if len(results) == 0:
+        raise ValueError("no sequences to evaluate")
+    pooled = []
+    for result in results:
+        pred, gt, visible, image_wh = _unpack(result)
+        pred, gt = _boxes(pred, "pred"), _boxes(gt, "gt")
+        if pred.shape != gt.shape:  # the toolkit asserts equal shapes
+            raise ValueError(f"{len(pred)} predicted boxes for {len(gt)} ground-truth frames")
+        iou = iou_got10k(pred[1:], gt[1:], image_wh)
+        if visible is not None:
+            iou = iou[np.asarray(visible, dtype=bool)[1:]]
+        pooled.append(iou)
+    ious = np.concatenate(pooled)
+    if ious.size == 0:
+        raise ValueError("no evaluable frames (all absent or single-frame sequences)")
+    return {
+        "ao": float(ious.mean() * 100),
+        "sr50": float((ious > 0.5).mean() * 100),
+        "sr75": float((ious > 0.75).mean() * 100),
+        "sequences": len(results),
+        "success_curve": (ious[:, None] > GOT10K_THRESHOLDS).mean(axis=0),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Box helpers (released tracker, HIT_NOTES "Tracking")
+# ---------------------------------------------------------------------------------------
+
+
+def map_box_back(pred_cxcywh, prev_box, resize_factor: float, search_size: int = 256):
+    """Network output (cx, cy, w, h in [0, 1] of the search crop) -> (x, y, w, h) pixels.
+
+    The crop side is sz = search_size / resize_factor; the crop is taken to be centred on
+    the previous box's exact (unrounded) centre, as the released `map_box_back` does, even
+    though the real crop corner was rounded.
+    """
+    sz = search_size / resize_factor
+    cx, cy, w, h = (float(v) * sz for v in pred_cxcywh)
+    cx_prev = prev_box[0] + 0.5 * prev_box[2]
+    cy_prev = prev_box[1] + 0.5 * prev_box[3]
+    cx_img = cx + (cx_prev - 0.5 * sz)
+    cy_img = cy + (cy_prev - 0.5 * sz)
+    return (cx_img - 0.5 * w, cy_img - 0.5 * h, w, h)
+
+
+def clip_box(box, height: int, width: int, margin: float = 10):
+    """Released `clip_box`: keep at least `margin` pixels of the box inside the image."""
+    x1, y1, w, h = box
+    x2, y2 = x1 + w, y1 + h
+    x1 = min(max(0, x1), width - margin)
+    x2 = min(max(margin, x2), width)
+    y1 = min(max(0, y1), height - margin)
+    y2 = min(max(margin, y2), height)
+    return (x1, y1, max(margin, x2 - x1), max(margin, y2 - y1))
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Tracker
+# ---------------------------------------------------------------------------------------
+
+TEMPLATE_FACTOR, TEMPLATE_SIZE = 2.0, 128
+SEARCH_FACTOR, SEARCH_SIZE = 4.0, 256
+
+
+def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+    # data.read_image owns the conversion rules (16-bit keeps the high byte, alpha is
+    # dropped, ...) but only applies them while decoding a file; hand it a lossless
+    # in-memory TIFF so the rules stay in one place. NumPy input skips this entirely.
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF")
+    buffer.seek(0)
+    return data.read_image(buffer)
+
+
+def _check_image(image) -> np.ndarray:
+    """PIL image (any mode data.py can convert) or RGB uint8 (H, W, 3) array -> array."""
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image)
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array or PIL image, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    return image
+
+
+def _check_box(box, image: np.ndarray):
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"box must be 4 numbers (x, y, w, h), got {box!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise ValueError(f"box has non-finite values: {box!r}")
+    if w <= 0 or h <= 0:
+        raise ValueError(f"box must have positive width and height, got {box!r}")
+    height, width = image.shape[:2]
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise ValueError(f"box {box!r} lies fully outside the {width}x{height} image")
+    return (x, y, w, h)
+
+
+def _fuse_once(model: torch.nn.Module) -> None:
+    # fuse() folds BN in place; a second fold would apply the BN twice, so honour the
+    # model's own `fused` flag and set it for models whose fuse() does not.
+    if not getattr(model, "fused", False):
+        model.fuse()
+        model.fused = True
+
+
+def _sync(device: torch.device) -> None:
+    # Kernels are asynchronous on GPUs; synchronise so the timing split is honest.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class Tracker:
+    """HiT single-object tracker: fixed first-frame template, no post-processing.
+
+    `mode` names the bench mode the model was prepared for; every mode except "eager"
+    folds BatchNorm first (the released tracker does so before inference). Input crops
+    are cast to the model's floating dtype so fp16/bf16 models work too.
+    """
+
+    def __init__(self, model: torch.nn.Module, device=None, mode: str = "fused"):
+        param = next(model.parameters())
+        self.device = torch.device(device) if device is not None else param.device
+        self.mode = mode
+        self.model = model.to(self.device).eval()
+        if mode != "eager":
+            _fuse_once(self.model)
+        self.dtype = next(self.model.parameters()).dtype
+        self.template = None  # (1, 3, 128, 128) normalised, on device
+        self.state = None  # previous box (x, y, w, h) in pixels
+        self.last_timing = {}  # ms of the last track(): preprocess / network / postprocess
+
+    def _crop_tensor(self, image: np.ndarray, box, factor: float, size: int):
+        crop, resize_factor, _ = data.crop_resize(image, box, factor, size)
+        x = data.normalize(crop).unsqueeze(0)  # (3, S, S) -> (1, 3, S, S)
+        return x.to(self.device, self.dtype, non_blocking=True), resize_factor
+
+    @torch.inference_mode()
+    def initialize(self, image, box) -> None:
+        image = _check_image(image)
+        box = _check_box(box, image)
+        self.template, _ = self._crop_tensor(image, box, TEMPLATE_FACTOR, TEMPLATE_SIZE)
+        self.state = box
+
+    @torch.inference_mode()
+    def track(self, image):
+        """-> ((x, y, w, h) in pixels, confidence score)."""
+        if self.template is None:
+            raise ValueError("track() called before initialize()")
+        image = _check_image(image)
+        t0 = time.perf_counter()
+        search, resize_factor = self._crop_tensor(image, self.state, SEARCH_FACTOR, SEARCH_SIZE)
+        _sync(self.device)
+        t1 = time.perf_counter()
+        out = self.model(self.template, search)
+        pred = out["pred_boxes"][0].float().tolist()  # .tolist() waits for the device
+        score = float(out["score"][0])
+        t2 = time.perf_counter()
+        box = map_box_back(pred, self.state, resize_factor, SEARCH_SIZE)
+        self.state = clip_box(box, image.shape[0], image.shape[1], margin=10)
+        t3 = time.perf_counter()
+        self.last_timing = {
+            "preprocess": 1e3 * (t1 - t0),
+            "network": 1e3 * (t2 - t1),
+            "postprocess": 1e3 * (t3 - t2),
+        }
+        return self.state, score
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Sequences
+# ---------------------------------------------------------------------------------------
+
+
+def run_sequence(tracker: Tracker, seq, init_box=None):
+    """Track `seq` (data.Sequence) -> (boxes (N, 4), seconds per frame (N,)).
+
+    Frame 0 initialises with `init_box` or the first ground-truth box and reports that
+    box. Times cover initialize/track only, not image reading (as pytracking records).
+    """
+    if init_box is None:
+        if seq.gt is None or len(seq.gt) == 0:
+            raise ValueError(f"sequence {seq.name}: no init box and no ground truth")
+        init_box = seq.gt[0]
+    boxes = np.zeros((len(seq.frames), 4))
+    times = np.zeros(len(seq.frames))
+    for i, frame in enumerate(seq.frames):
+        image = data.read_image(frame)
+        t0 = time.perf_counter()
+        if i == 0:
+            tracker.initialize(image, init_box)
+            box = tracker.state
+        else:
+            box, _ = tracker.track(image)
+        times[i] = time.perf_counter() - t0
+        boxes[i] = box
+    return boxes, times
+
+
+# ---------------------------------------------------------------------------------------
+# 5. Drawing (Pillow only)
+# ---------------------------------------------------------------------------------------
+
+PRED_COLOUR, GT_COLOUR = (255, 40, 40), (40, 220, 40)
+CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
+                 (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # scalable font, needs FreeType
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def _rect(draw: ImageDraw.ImageDraw, box, scale: float, colour, width: int = 2) -> None:
+    x, y, w, h = (float(v) * scale for v in box)
+    if all(math.isfinite(v) for v in (x, y, w, h)) and w > 0 and h > 0:
+        draw.rectangle([x, y, x + w, y + h], outline=colour, width=width)
+
+
+def draw_gif(frames, pred, gt=None, path="track.gif", max_side: int = 480, fps: float = 25):
+    """Write an animated GIF of predicted (red) and ground-truth (green) boxes.
+
+    `frames` are paths or RGB arrays; frames larger than `max_side` are downscaled.
+    """
+    images = []
+    for i, frame in enumerate(frames):
+        array = frame if isinstance(frame, np.ndarray) else data.read_image(frame)
+        image = Image.fromarray(array)
+        scale = min(1.0, max_side / max(image.size))
+        if scale < 1.0:
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.BILINEAR)
+        draw = ImageDraw.Draw(image)
+        if gt is not None and i < len(gt):
+            _rect(draw, gt[i], scale, GT_COLOUR)
+        _rect(draw, pred[i], scale, PRED_COLOUR)
+        # A palette image per frame keeps memory low on long sequences; the box colours
+        # are large uniform clusters, so the adaptive palette keeps them.
+        images.append(image.convert("P", palette=Image.ADAPTIVE))
+    if not images:
+        raise ValueError("draw_gif: no frames")
+    images[0].save(path, save_all=True, append_images=images[1:],
+                   duration=round(1000 / fps), loop=0)
+
+
+PLOT_KINDS = {
+    # kind: (summary score key(s), x label, y label, title, legend corner)
+    "success": (("auc", "ao"), "Overlap threshold", "Overlap precision [%]", "Success plot",
+                "lower left"),
+    "precision": (("precision",), "Location error threshold [px]", "Distance precision [%]",
+                  "Precision plot", "lower right"),
+    "norm_precision": (("norm_precision",), "Normalized location error threshold",
+                       "Distance precision [%]", "Normalized precision plot", "lower right"),
+}
+
+
+def _x_thresholds(kind: str, n: int) -> np.ndarray:
+    if kind == "success":
+        return GOT10K_THRESHOLDS if n == len(GOT10K_THRESHOLDS) else OVERLAP_THRESHOLDS
+    return CENTER_THRESHOLDS if kind == "precision" else NORM_THRESHOLDS
+
+
+def plot_curves(summaries: dict, path, kind: str = "success", size=(640, 480)) -> None:
+    """Success / precision plot PNG: one curve per entry of {name: summary}, legend with
+    each entry's score, sorted best first (as the toolkits draw them)."""
+    if kind not in PLOT_KINDS:
+        raise ValueError(f"kind must be one of {sorted(PLOT_KINDS)}, got {kind!r}")
+    keys, xlabel, ylabel, title, corner = PLOT_KINDS[kind]
+    entries = []
+    for name, s in summaries.items():
+        key = next(k for k in keys if k in s)
+        curve = np.asarray(s[f"{kind}_curve"], dtype=float) * 100
+        entries.append((s[key], name, key, _x_thresholds(kind, len(curve)), curve))
+    entries.sort(key=lambda e: -e[0])
+
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font, small = _font(14), _font(11)
+    left, top, right, bottom = 64, 36, size[0] - 20, size[1] - 52
+    x_max = float(entries[0][3][-1]) if entries else 1.0
+
+    def to_px(x, y):  # data -> pixel coordinates
+        return (left + (right - left) * x / x_max, bottom - (bottom - top) * y / 100)
+
+    _axes(draw, (left, top, right, bottom), x_max, small)
+    draw.text(((left + right) / 2, 8), title, fill="black", font=font, anchor="mt")
+    draw.text(((left + right) / 2, size[1] - 8), xlabel, fill="black", font=small, anchor="mb")
+    _vertical_text(img, ylabel, (14, (top + bottom) / 2), small)
+    for i, (_, _, _, xs, curve) in enumerate(entries):
+        points = [to_px(x, y) for x, y in zip(xs, curve)]
+        draw.line(points, fill=CURVE_COLOURS[i % len(CURVE_COLOURS)], width=2)
+    short = {"auc": "AUC", "ao": "AO", "precision": "P", "norm_precision": "P_norm"}
+    labels = [f"{name} [{short[key]} {score:.1f}]" for score, name, key, _, _ in entries]
+    _legend(draw, labels, (left, top, right, bottom), corner, small)
+    img.save(path)
+
+
+def _axes(draw, box, x_max: float, font) -> None:
+    left, top, right, bottom = box
+    draw.rectangle([left, top, right, bottom], outline="black", width=1)
+    for k in range(6):  # 6 ticks on each axis, light grid
+        x = left + (right - left) * k / 5
+        y = bottom - (bottom - top) * k / 5
+        draw.line([x, top, x, bottom], fill=(225, 225, 225))
+        draw.line([left, y, right, y], fill=(225, 225, 225))
+        draw.line([x, bottom, x, bottom + 5], fill="black")
+        draw.line([left - 5, y, left, y], fill="black")
+        draw.text((x, bottom + 8), f"{x_max * k / 5:g}", fill="black", font=font, anchor="mt")
+        draw.text((left - 8, y), f"{20 * k}", fill="black", font=font, anchor="rm")
+    draw.rectangle([left, top, right, bottom], outline="black", width=1)
+
+
+def _vertical_text(img: Image.Image, text: str, centre, font) -> None:
+    # Pillow cannot draw rotated text directly: draw it on a strip and rotate the strip.
+    probe = ImageDraw.Draw(img)
+    w, h = int(probe.textlength(text, font=font)) + 4, 18
+    strip = Image.new("RGB", (w, h), "white")
+    ImageDraw.Draw(strip).text((w / 2, h / 2), text, fill="black", font=font, anchor="mm")
+    strip = strip.rotate(90, expand=True)
+    img.paste(strip, (int(centre[0] - h / 2), int(centre[1] - w / 2)))
+
+
+def _legend(draw, labels, box, corner: str, font) -> None:
+    left, top, right, bottom = box
+    row = 16
+    width = max([draw.textlength(t, font=font) for t in labels] + [0]) + 34
+    x0 = left + 10 if corner == "lower left" else right - 10 - width
+    y0 = bottom - 10 - row * len(labels) - 6
+    draw.rectangle([x0, y0, x0 + width, bottom - 10], fill="white", outline="black")
+    for i, text in enumerate(labels):
+        y = y0 + 6 + row * i + row / 2
+        draw.line([x0 + 6, y, x0 + 24, y], fill=CURVE_COLOURS[i % len(CURVE_COLOURS)], width=3)
+        draw.text((x0 + 30, y), text, fill="black", font=font, anchor="lm")
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Command line
+# ---------------------------------------------------------------------------------------
+
+DATASETS = ("got10k", "lasot", "trackingnet", "otb", "folder")
+EXAMPLES = """examples:
+  track one folder of frames (init box from --init or DIR/groundtruth.txt line 1):
+    python track.py --checkpoint HiT_Base.pth.tar --sequence DIR [--init x,y,w,h] [--gif out.gif]
+  run a dataset (resumable; GOT-10k gets the submission layout):
+    python track.py --checkpoint C --dataset lasot --root R --split test --out results/hit_base
+  score result folders (no model needed):
+    python track.py --analyze --dataset lasot --root R --split test \\
+        --results results/hit_base results/hit_small --json summary.json --plots plots/
+"""
+
+
+def parse_box(text: str):
+    """'x,y,w,h' -> 4 floats (argparse type)."""
+    try:
+        box = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"expected x,y,w,h, got {text!r}")
+    return box
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Track with HiT and score results as pytracking / the GOT-10k toolkit do.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="released *.pth.tar or a checkpoint of this project")
+    p.add_argument("--sequence", help="folder of frames (optional groundtruth.txt)")
+    p.add_argument("--init", type=parse_box, help="initial box x,y,w,h in pixels")
+    p.add_argument("--gif", help="write an animated GIF of the boxes (with --sequence)")
+    p.add_argument("--dataset", choices=DATASETS)
+    p.add_argument("--root", help="dataset root")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument("--out", help="result file (--sequence) or folder (--dataset)")
+    p.add_argument("--analyze", action="store_true", help="score --results folders")
+    p.add_argument("--results", nargs="+", help="result folders to score")
+    p.add_argument("--json", help="write the summary (percent) to this file")
+    p.add_argument("--plots", default=".", help="folder for the plot PNGs (default: .)")
+    p.add_argument("--uav", action="store_true",
+                   help="pytracking's UAV123 rule: invalid frames count as precision hits")
+    p.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
+    p.add_argument("--mode", default="fused", help="model mode, see bench.py (default: fused)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    return p
+
+
+def _check_args(p: argparse.ArgumentParser, args) -> None:
+    if args.analyze:
+        if not (args.dataset and args.root and args.results):
+            p.error("--analyze needs --dataset, --root and --results")
+    elif args.sequence:
+        if not args.checkpoint:
+            p.error("--sequence needs --checkpoint")
+    elif args.dataset:
+        if not (args.checkpoint and args.root and args.out):
+            p.error("--dataset needs --checkpoint, --root and --out")
+    else:
+        p.error("give --sequence, --dataset or --analyze (see --help)")
+
+
+def format_boxes(boxes) -> str:
+    return "".join("%.4f,%.4f,%.4f,%.4f\n" % tuple(b) for b in boxes)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_boxes(path) -> np.ndarray:
+    """Result file with comma-, tab- or space-separated x,y,w,h lines -> (N, 4)."""
+    rows = []
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        parts = line.replace(",", " ").split()
+        if not parts:
+            continue
+        try:
+            rows.append([float(v) for v in parts])
+        except ValueError:
+            raise ValueError(f"{path}:{i}: not numbers: {line!r}") from None
+        if len(parts) != 4:
+            raise ValueError(f"{path}:{i}: expected 4 values x,y,w,h, got {len(parts)}")
+    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def result_path(folder, seq_name: str, dataset: str) -> Path:
+    # GOT-10k submission layout <seq>/<seq>_001.txt; everything else <seq>.txt.
+    if dataset == "got10k":
+        return Path(folder) / seq_name / f"{seq_name}_001.txt"
+    return Path(folder) / f"{seq_name}.txt"
+
+
+def _device(name):
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
+
+def _make_tracker(args) -> Tracker:
+    import hit
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    model = hit.load_checkpoint(args.checkpoint, device=device)
+    return Tracker(model, device=device, mode=args.mode)
+
+
+def _fps(times) -> float:
+    # frame 0 is initialisation; fps counts tracked frames, as the toolkits report speed
+    t = np.asarray(times[1:] if len(times) > 1 else times)
+    return float(len(t) / t.sum()) if t.sum() > 0 else float("nan")
+
+
+def cmd_sequence(args) -> None:
+    folder = Path(args.sequence)
+    sequences = data.read_folder(folder)
+    if len(sequences) != 1:
+        raise SystemExit(f"error: {folder} holds {len(sequences)} sequences; "
+                         "use --dataset folder --root for a folder of sequences")
+    seq = sequences[0]
+    if args.init is None and (seq.gt is None or len(seq.gt) == 0):
+        raise SystemExit(f"error: no --init given and no {folder / 'groundtruth.txt'}")
+    tracker = _make_tracker(args)
+    boxes, times = run_sequence(tracker, seq, args.init)
+    out = Path(args.out) if args.out else Path.cwd() / f"{folder.resolve().name}.txt"
+    write_atomic(out, format_boxes(boxes))
+    print(f"{seq.name}: {len(boxes)} frames, {_fps(times):.1f} fps on {tracker.device}"
+          f" ({tracker.mode}); boxes written to {out}")
+    if args.gif:
+        draw_gif(seq.frames, boxes, seq.gt, args.gif)
+        print(f"GIF written to {args.gif}")
+
+
+def cmd_dataset(args) -> None:
+    from tqdm import tqdm
+
+    sequences = data.read_dataset(args.dataset, args.root, args.split)
+    tracker = _make_tracker(args)
+    out, done = Path(args.out), 0
+    bar = tqdm(sequences, unit="seq", desc=f"{args.dataset} {args.split}")
+    for seq in bar:
+        target = result_path(out, seq.name, args.dataset)
+        if target.exists():  # resumable: finished sequences are skipped
+            done += 1
+            continue
+        boxes, times = run_sequence(tracker, seq)
+        if args.dataset == "got10k":  # time file first: the box file marks completion
+            write_atomic(target.with_name(f"{seq.name}_time.txt"),
+                         "".join("%.8f\n" % t for t in times))
+        write_atomic(target, format_boxes(boxes))
+        bar.set_postfix(fps=f"{_fps(times):.1f}")
+    print(f"{len(sequences) - done} sequences tracked, {done} already done; results in {out}")
+
+
+def _image_wh(frame):
+    with Image.open(frame) as im:  # reads the header only
+        return im.size
+
+
+def _collect(folder, sequences, dataset: str) -> list:
+    results = []
+    for seq in sequences:
+        path = result_path(folder, seq.name, dataset)
+        if not path.exists():
+            raise SystemExit(f"error: result file for sequence {seq.name} not found: {path}")
+        if seq.gt is None or (len(seq.gt) == 1 and len(seq.frames) > 1):
+            raise SystemExit(f"error: sequence {seq.name} has no full ground truth to score "
+                             "against (a test split with first-frame boxes only?)")
+        pred = load_boxes(path)
+        if dataset == "got10k":
+            results.append((pred, seq.gt, seq.visible, _image_wh(seq.frames[0])))
+        else:  # pytracking uses visibility flags for LaSOT only
+            results.append((pred, seq.gt, seq.visible if dataset == "lasot" else None))
+    return results
+
+
+def _names(folders) -> list:
+    names = [Path(f).resolve().name for f in folders]
+    return names if len(set(names)) == len(names) else [str(f) for f in folders]
+
+
+def analyze(dataset: str, root, split: str, folders, uav: bool = False) -> dict:
+    """Score result folders -> {name: summary}."""
+    sequences = data.read_dataset(dataset, root, split)
+    summaries = {}
+    for name, folder in zip(_names(folders), folders):
+        results = _collect(folder, sequences, dataset)
+        summaries[name] = (got10k_summary(results) if dataset == "got10k"
+                           else ope_summary(results, uav=uav))
+    return summaries
+
+
+def _score_keys(dataset: str):
+    return ("ao", "sr50", "sr75") if dataset == "got10k" else ("auc", "precision", "norm_precision")
+
+
+def cmd_analyze(args) -> None:
+    summaries = analyze(args.dataset, args.root, args.split, args.results, args.uav)
+    keys = _score_keys(args.dataset)
+    width = max(len(n) for n in summaries) + 2
+    print(f"{'results':<{width}}" + "".join(f"{k:>16}" for k in keys) + f"{'sequences':>12}")
+    for name, s in summaries.items():
+        scores = "".join(f"{s[k]:>16.2f}" for k in keys)
+        print(f"{name:<{width}}{scores}{s['sequences']:>12}")
+    plots = Path(args.plots)
+    plots.mkdir(parents=True, exist_ok=True)
+    kinds = ("success",) if args.dataset == "got10k" else ("success", "precision", "norm_precision")
+    for kind in kinds:
+        plot_curves(summaries, plots / f"{kind}_plot.png", kind)
+    print(f"plots written to {plots}")
+    if args.json:
+        table = {n: {k: s[k] for k in keys + ("sequences",)} for n, s in summaries.items()}
+        report = {"dataset": args.dataset, "split": args.split, "results": table}
+        write_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    if args.analyze:
+        cmd_analyze(args)
+    elif args.sequence:
+        cmd_sequence(args)
+    else:
+        cmd_dataset(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
