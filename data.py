@@ -1,0 +1,938 @@
+"""Data for HiT: image I/O, the released crop/resize, dataset readers, training pairs
+and an embedded procedural data set.
+
+Paper: "Exploring Lightweight Hierarchical Vision Transformers for Efficient Visual
+Tracking" (ICCV 2023), Sec. 3.4 (training objective, template/search crops) and
+Sec. 4.1 (training data: LaSOT, GOT-10k, COCO, TrackingNet). The exact numerical
+behaviour of the released implementation is summarised in ../shared/HIT_NOTES.md,
+sections "Tracking" (crop corner, padding off-by-one, OpenCV INTER_LINEAR resize) and
+"Training" (pair sampling, jitter, augmentation); both are reproduced here.
+
+Boxes are (x, y, w, h) in pixels unless a name says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+_COEF_SCALE = 2048  # OpenCV INTER_RESIZE_COEF_SCALE (11 fractional bits)
+_SIMD_LANES = 8     # int16 lanes of opencv-python's SSE baseline build (see _vertical_pass)
+
+# ----------------------------------------------------------------------------- images
+
+
+def read_image(path) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, 3) RGB.
+
+    Alpha is dropped and palette/grayscale images are expanded, as cv2.imread(IMREAD_COLOR)
+    does in the released code. 16-bit images keep their high byte (v >> 8), which is what
+    OpenCV's PNG decoder does (png_set_strip_16) when 8-bit output is requested. EXIF
+    orientation is not applied (dataset annotations refer to the stored pixel grid).
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img).astype(np.int64)
+                gray = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
+                return np.repeat(gray[:, :, None], 3, axis=2)  # (H,W) -> (H,W,3)
+            if img.mode == "F":
+                gray = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+                return np.repeat(gray[:, :, None], 3, axis=2)  # (H,W) -> (H,W,3)
+            if img.mode != "RGB":
+                img = img.convert("RGBA" if "transparency" in img.info else img.mode)
+                img = img.convert("RGB")
+            return np.array(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+# ----------------------------------------------------------------------------- resize
+
+
+def _linear_taps(src_len: int, dst_len: int, clamp: bool):
+    """Source indices and 11-bit fixed-point weights of OpenCV's INTER_LINEAR.
+
+    Mirrors cv::resize: scale = 1 / (dst/src) in double; f = float((d + 0.5) * scale - 0.5);
+    s = floor(f); f -= s (float). Horizontally (clamp=True) taps left of the image use
+    (s=0, f=0) and taps at/after the last pixel use (s=src-1, f=0); vertically f is not
+    clamped, only the two row indices are. Each weight is rounded on its own (cvRound,
+    half to even), so the two weights need not sum to 2048.
+    """
+    scale = 1.0 / (dst_len / src_len)
+    f = ((np.arange(dst_len, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    s = np.floor(f).astype(np.int64)
+    f = f - s.astype(np.float32)
+    if clamp:
+        low, high = s < 0, s >= src_len - 1
+        f[low | high] = 0.0
+        s[low] = 0
+        s[high] = src_len - 1
+    c0 = np.rint((np.float32(1.0) - f) * np.float32(_COEF_SCALE)).astype(np.int64)
+    c1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int64)
+    i0 = np.clip(s, 0, src_len - 1)
+    i1 = np.clip(s + 1, 0, src_len - 1)
+    return i0, i1, c0, c1
+
+
+def _vertical_pass(h0: np.ndarray, h1: np.ndarray, cy0: np.ndarray, cy1: np.ndarray) -> np.ndarray:
+    """Combine two int32 row-pass buffers exactly as OpenCV's uint8 vertical pass does.
+
+    OpenCV's VResizeLinearVec_32s8u (universal intrinsics) computes, per element,
+    t = mulhi16(H0 >> 4, b0) + mulhi16(H1 >> 4, b1); out = sat_u8((t + 2) >> 2).
+    It covers the first floor(n / 8) * 8 elements of a row (8 int16 lanes on the SSE
+    baseline of opencv-python wheels); the rest take the scalar path
+    (H0*b0 + H1*b1 + 2^21) >> 22. Both differ by up to 1 grey level, hence the split.
+    Crops of 128 and 256 pixels (n = 384, 768) are covered by the vector path alone.
+    int32 is exact for the vector path (|H >> 4| < 2^15, |b| <= 2^11); the scalar
+    path needs int64.
+    """
+    n = h0.shape[1]
+    b0, b1 = cy0[:, None], cy1[:, None]
+    vec = _SIMD_LANES * (n // _SIMD_LANES)
+    t, t1 = h0[:, :vec] >> 4, h1[:, :vec] >> 4  # in-place from here: this runs every frame
+    t *= b0
+    t >>= 16
+    t1 *= b1
+    t1 >>= 16
+    t += t1
+    t += 2
+    t >>= 2
+    if vec < n:
+        tail = (h0[:, vec:].astype(np.int64) * b0 + h1[:, vec:].astype(np.int64) * b1 + (1 << 21)) >> 22
+        t = np.concatenate([t, tail.astype(np.int32)], axis=1)
+    return np.clip(t, 0, 255).astype(np.uint8)
+
+
+def _resample(src, ys, xs) -> np.ndarray:
+    """Two-pass fixed-point bilinear resampling of a uint8 (H, W, C) array.
+
+    ys/xs are (i0, i1, c0, c1) tap tables; a zero weight stands for a zero (padding) pixel.
+    """
+    y0, y1, cy0, cy1 = ys
+    x0, x1, cx0, cx1 = xs
+    height, width, ch = src.shape
+    plane = src.reshape(height, width * ch)  # (H, W, C) -> (H, W*C): one gather per tap
+    lanes = np.arange(ch)
+    col0 = (x0[:, None] * ch + lanes).ravel()  # (out_w, C) -> (out_w*C,)
+    col1 = (x1[:, None] * ch + lanes).ravel()
+    w0 = np.repeat(cx0.astype(np.int32), ch)  # (out_w,) -> (out_w*C,)
+    w1 = np.repeat(cx1.astype(np.int32), ch)
+    # Row pass (HResizeLinear): exact integer sums, (out_h, out_w*C) int32 per row tap.
+    h0, h1 = (rows[:, col0] * w0 + rows[:, col1] * w1 for rows in (plane[y0], plane[y1]))
+    out = _vertical_pass(h0, h1, cy0.astype(np.int32), cy1.astype(np.int32))
+    return out.reshape(len(y0), len(x0), ch)  # (out_h, out_w*C) -> (out_h, out_w, C)
+
+
+def resize_linear(src: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """Bit-exact emulation of cv2.resize(src, (out_w, out_h), interpolation=INTER_LINEAR)
+    on uint8 (H, W, C) images (x86 build). Same size returns a copy, as OpenCV does.
+
+    OpenCV's special case for an exact 2x downscale (INTER_AREA fast path) gives the same
+    numbers as the formula here, so it needs no branch. Newer OpenCV releases (2025+) add
+    a separate exact-2x-upscale path that is not emulated.
+    """
+    if src.dtype != np.uint8 or src.ndim != 3:
+        raise ValueError(f"resize_linear expects uint8 (H, W, C), got {src.dtype} {src.shape}")
+    h, w = src.shape[:2]
+    if (h, w) == (out_h, out_w):
+        return src.copy()
+    return _resample(src, _linear_taps(h, out_h, False), _linear_taps(w, out_w, True))
+
+
+def _padded_taps(taps, start: int, pad_lo: int, pad_hi: int, sz: int, img_len: int):
+    """Re-target crop-space taps at image indices; taps in the zero padding get weight 0."""
+    i0, i1, c0, c1 = taps
+    valid0 = (i0 >= pad_lo) & (i0 < sz - pad_hi)
+    valid1 = (i1 >= pad_lo) & (i1 < sz - pad_hi)
+    return (np.clip(i0 + start, 0, img_len - 1), np.clip(i1 + start, 0, img_len - 1),
+            np.where(valid0, c0, 0), np.where(valid1, c1, 0))
+
+
+def crop_resize(image: np.ndarray, box_xywh, factor: float, out_size: int):
+    """Square crop of side ceil(sqrt(w*h)*factor) around the box, zero padded and resized
+    to out_size, exactly as the released `sample_target` (HIT_NOTES "Tracking").
+
+    Returns (crop uint8 (out_size, out_size, 3), resize_factor = out_size / sz,
+    crop_xyxy = (x1, y1, x2, y2) in image pixels, x2 - x1 = sz).
+
+    The padded crop is never materialised: padding taps get a zero weight, which is the
+    same arithmetic as resizing the zero-padded array, so huge crops stay cheap.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    x, y, w, h = (float(v) for v in box_xywh)
+    if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
+        raise ValueError(f"box must be finite with positive size, got {tuple(box_xywh)}")
+    sz = math.ceil(math.sqrt(w * h) * factor)
+    if sz < 1:
+        raise ValueError(f"crop of box {tuple(box_xywh)} x{factor} is smaller than 1 pixel")
+    im_h, im_w = image.shape[:2]
+    x1 = round(x + 0.5 * w - sz * 0.5)  # Python round: half to even, as released
+    y1 = round(y + 0.5 * h - sz * 0.5)
+    x2, y2 = x1 + sz, y1 + sz
+    # Released padding: right/bottom pad is one larger than needed, so the last image
+    # column/row inside the crop is replaced by zeros (reproduced on purpose).
+    x1_pad, y1_pad = max(0, -x1), max(0, -y1)
+    x2_pad, y2_pad = max(x2 - im_w + 1, 0), max(y2 - im_h + 1, 0)
+    xs = _padded_taps(_linear_taps(sz, out_size, True), x1, x1_pad, x2_pad, sz, im_w)
+    ys = _padded_taps(_linear_taps(sz, out_size, False), y1, y1_pad, y2_pad, sz, im_h)
+    crop = _resample(image, ys, xs)
+    return crop, out_size / sz, (x1, y1, x2, y2)
+
+
+def box_in_crop(box_xywh, crop_center_xy, resize_factor: float, out_size: int) -> np.ndarray:
+    """Map an image box into crop pixels with the released training transform
+    (pytracking/STARK `transform_image_to_crop`): the crop centre (the unrounded centre of
+    the box the crop was cut around) lands on (out_size - 1) / 2 and sizes scale by
+    resize_factor. Returns (x, y, w, h) in crop pixels (divide by out_size to normalise).
+    """
+    box = np.asarray(box_xywh, np.float64)
+    center = box[:2] + 0.5 * box[2:]
+    center_out = (out_size - 1) / 2 + (center - np.asarray(crop_center_xy, np.float64)) * resize_factor
+    wh_out = box[2:] * resize_factor
+    return np.concatenate([center_out - 0.5 * wh_out, wh_out])
+
+
+def normalize(crop: np.ndarray, brightness: float = 1.0) -> torch.Tensor:
+    """uint8 (H, W, 3) RGB -> float32 (3, H, W): RGB/255 (times an optional brightness
+    factor, clipped to [0, 1] as the released ToTensorAndJitter) then ImageNet mean/std."""
+    t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float()  # (H,W,3) -> (3,H,W)
+    if brightness == 1.0:
+        t = t.div_(255.0)
+    else:
+        t = t.mul_(brightness / 255.0).clamp_(0.0, 1.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)  # (3,) -> (3,1,1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return t.sub_(mean).div_(std)
+
+
+# ----------------------------------------------------------------------------- annotations
+
+
+@dataclass
+class Sequence:
+    """One video (or one still-image object). gt rows may be fewer than frames only for
+    first-frame-only annotation files (test splits, or a folder with just an init box)."""
+    name: str
+    frames: list
+    gt: np.ndarray | None = None
+    visible: np.ndarray | None = None
+
+
+_SEP = re.compile(r"[,\s]+")
+
+
+def _read_lines(path: Path) -> list:
+    try:
+        return path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+
+
+def read_boxes(path) -> np.ndarray:
+    """Parse a ground-truth file: one x,y,w,h per line, separated by commas, tabs or
+    spaces; blank lines are skipped; NaN is allowed (marks an unannotated frame)."""
+    path = Path(path)
+    rows = []
+    for lineno, line in enumerate(_read_lines(path), 1):
+        fields = [f for f in _SEP.split(line.strip()) if f]
+        if not fields:
+            continue
+        if len(fields) != 4:
+            raise ValueError(f"{path}, line {lineno}: expected 4 numbers x,y,w,h, got {len(fields)} fields: {line!r}")
+        try:
+            rows.append([float(f) for f in fields])
+        except ValueError:
+            raise ValueError(f"{path}, line {lineno}: non-numeric value in {line!r}") from None
+    if not rows:
+        raise ValueError(f"{path}: no boxes")
+    return np.asarray(rows, np.float64)
+
+
+def read_flags(path, count: int) -> np.ndarray:
+    """Parse a 0/1 (or small integer) label file: one value per line (GOT-10k) or all on
+    one comma-separated line (LaSOT). Must hold exactly `count` values."""
+    path = Path(path)
+    values = []
+    for lineno, line in enumerate(_read_lines(path), 1):
+        for field in (f for f in _SEP.split(line.strip()) if f):
+            try:
+                values.append(int(float(field)))
+            except ValueError:
+                raise ValueError(f"{path}, line {lineno}: non-numeric label {field!r}") from None
+    if len(values) != count:
+        raise ValueError(f"{path}: {len(values)} labels but the ground truth has {count} boxes")
+    return np.asarray(values, np.int64)
+
+
+def _frame_key(path: Path):
+    # Numeric stems sort numerically (TrackingNet names frames 0.jpg, 1.jpg, ..., 10.jpg).
+    return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.name)
+
+
+def list_frames(folder) -> list:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"frame folder {folder} does not exist")
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=_frame_key)
+
+
+def _box_ok(gt: np.ndarray) -> np.ndarray:
+    return np.isfinite(gt).all(axis=1) & (gt[:, 2] > 0) & (gt[:, 3] > 0)
+
+
+def _sequence(name, frames, gt, visible, gt_path) -> Sequence:
+    if gt is not None and len(frames) < len(gt):
+        raise ValueError(f"{gt_path}: {len(gt)} boxes but only {len(frames)} frames found "
+                         f"in {Path(frames[0]).parent if frames else 'the sequence folder'}")
+    if gt is not None:
+        visible = _box_ok(gt) if visible is None else visible & _box_ok(gt)
+    return Sequence(name, frames, gt, visible)
+
+
+def read_folder(folder) -> list:
+    """A folder of frames (or with an img/ subfolder) and an optional groundtruth.txt is
+    one sequence; a folder of such folders gives one sequence per subfolder."""
+    folder = Path(folder)
+    frame_dir = folder / "img" if (folder / "img").is_dir() else folder
+    frames = list_frames(frame_dir)
+    if not frames:
+        subs = [d for d in sorted(folder.iterdir()) if d.is_dir()]
+        seqs = [s for d in subs for s in read_folder(d) if s.frames]
+        if not seqs:
+            raise ValueError(f"{folder}: no image frames ({', '.join(IMAGE_EXTS)}) found")
+        return seqs
+    gt_path = folder / "groundtruth.txt"
+    gt = read_boxes(gt_path) if gt_path.is_file() else None
+    return [_sequence(folder.name, frames, gt, None, gt_path)]
+
+
+def _names_from_list(list_path: Path) -> list:
+    return [ln.strip() for ln in _read_lines(list_path) if ln.strip()]
+
+
+def read_got10k(root, split: str, exclude=None) -> list:
+    """GOT-10k: root/<split>/list.txt, each sequence folder with 00000001.jpg...,
+    groundtruth.txt (first frame only in test), absence.label (1 = absent) and
+    cover.label (0 = fully covered); visible = not absent and cover > 0 (pytracking).
+    `exclude` is a file of sequence names to skip (the released VOT-overlap filter)."""
+    base = Path(root) / split
+    list_path = base / "list.txt"
+    if list_path.is_file():
+        names = _names_from_list(list_path)
+    elif base.is_dir():
+        names = sorted(d.name for d in base.iterdir() if (d / "groundtruth.txt").is_file())
+    else:
+        raise ValueError(f"GOT-10k split folder {base} does not exist")
+    skip = set(_names_from_list(Path(exclude))) if exclude else set()
+    seqs = []
+    for name in names:
+        if name in skip:
+            continue
+        d = base / name
+        gt_path = d / "groundtruth.txt"
+        if not gt_path.is_file():
+            raise ValueError(f"{list_path}: sequence {name} has no {gt_path}")
+        gt = read_boxes(gt_path)
+        visible = np.ones(len(gt), bool)
+        if (d / "absence.label").is_file():
+            visible &= read_flags(d / "absence.label", len(gt)) == 0
+        if (d / "cover.label").is_file():
+            visible &= read_flags(d / "cover.label", len(gt)) > 0
+        seqs.append(_sequence(name, list_frames(d), gt, visible, gt_path))
+    return seqs
+
+
+# The standard LaSOT test split (Fan et al., CVPR 2019): 4 videos for each of 70 classes.
+_LASOT_TEST = (
+    "airplane:1,9,13,15 basketball:1,6,7,11 bear:2,4,6,17 bicycle:2,7,9,18 bird:2,3,15,17 "
+    "boat:3,4,12,17 book:3,10,11,19 bottle:1,12,14,18 bus:2,5,17,19 car:2,6,9,17 "
+    "cat:1,3,18,20 cattle:2,7,12,13 spider:14,16,18,20 coin:3,6,7,18 crab:3,6,12,18 "
+    "surfboard:12,4,5,8 cup:1,4,7,17 deer:4,8,10,14 dog:1,7,15,19 guitar:3,8,10,16 "
+    "person:1,5,10,12 pig:2,10,13,18 rubicCube:1,6,14,19 swing:10,14,17,20 drone:13,15,2,7 "
+    "pool:12,15,3,7 rabbit:10,13,17,19 racing:10,15,16,20 robot:1,19,5,8 sepia:13,16,6,8 "
+    "sheep:3,5,7,9 skateboard:16,19,3,8 tank:14,16,6,9 tiger:12,18,4,6 train:1,11,20,7 "
+    "truck:16,3,6,7 turtle:16,5,8,9 umbrella:17,19,2,9 yoyo:15,17,19,7 zebra:10,14,16,17 "
+    "elephant:1,12,16,18 goldfish:3,7,8,10 hat:1,2,5,18 kite:4,6,10,15 motorcycle:1,3,9,18 "
+    "mouse:1,8,9,17 flag:3,9,5,2 frog:3,4,20,9 gametarget:1,2,7,13 hand:2,3,9,16 "
+    "helmet:5,11,19,13 licenseplate:6,12,13,15 electricfan:1,10,18,20 chameleon:3,6,11,20 "
+    "crocodile:3,4,10,14 gecko:1,5,16,19 fox:2,3,5,20 giraffe:2,10,13,15 gorilla:4,6,9,13 "
+    "hippo:1,7,9,20 horse:1,4,12,15 kangaroo:2,5,11,14 leopard:1,7,16,20 lion:1,5,12,20 "
+    "lizard:1,3,6,13 microphone:2,6,14,16 monkey:3,4,9,17 shark:2,3,5,6 squirrel:8,11,13,19 "
+    "volleyball:1,13,18,19")
+
+
+def lasot_test_names() -> list:
+    return [f"{cls}-{n}" for item in _LASOT_TEST.split()
+            for cls, nums in [item.split(":")] for n in nums.split(",")]
+
+
+def _read_lasot_sequence(d: Path) -> Sequence:
+    gt_path = d / "groundtruth.txt"
+    if not gt_path.is_file():
+        raise ValueError(f"LaSOT sequence {d} has no groundtruth.txt")
+    gt = read_boxes(gt_path)
+    visible = np.ones(len(gt), bool)
+    for flag_file in ("full_occlusion.txt", "out_of_view.txt"):
+        if (d / flag_file).is_file():
+            visible &= read_flags(d / flag_file, len(gt)) == 0
+    return _sequence(d.name, list_frames(d / "img"), gt, visible, gt_path)
+
+
+def read_lasot(root, split: str) -> list:
+    """LaSOT: root/<class>/<class>-<n>/{img/, groundtruth.txt, full_occlusion.txt,
+    out_of_view.txt} (a flat root/<class>-<n> layout, as in LaSOTTesting, works too).
+    "test" = the standard 280-video list, "train" = every other video found."""
+    root = Path(root)
+    if split not in ("train", "test"):
+        raise ValueError(f"LaSOT split must be 'train' or 'test', got {split!r}")
+    test = lasot_test_names()
+
+    def locate(name):
+        for d in (root / name.rsplit("-", 1)[0] / name, root / name):
+            if (d / "img").is_dir():
+                return d
+        return None
+
+    if split == "test":
+        dirs = [locate(n) for n in test]
+        missing = [n for n, d in zip(test, dirs) if d is None]
+        if missing:
+            raise ValueError(f"{root}: {len(missing)} LaSOT test videos missing, e.g. {missing[:3]}")
+        return [_read_lasot_sequence(d) for d in dirs]
+    skip = set(test)
+    dirs = sorted({p.parent for p in root.glob("*/*/img")} | {p.parent for p in root.glob("*/img")})
+    return [_read_lasot_sequence(d) for d in dirs if d.name not in skip]
+
+
+def read_trackingnet(root, split: str) -> list:
+    """TrackingNet: <chunk>/frames/<seq>/<i>.jpg (from 0) and <chunk>/anno/<seq>.txt.
+    split "train" = the TRAIN_0..TRAIN_11 chunks present, "test" = TEST, or explicit
+    chunk names separated by commas (e.g. "TRAIN_0,TRAIN_1")."""
+    root = Path(root)
+    if split == "train":
+        chunks = [f"TRAIN_{i}" for i in range(12) if (root / f"TRAIN_{i}").is_dir()]
+    elif split == "test":
+        chunks = ["TEST"]
+    else:
+        chunks = [c.strip() for c in split.split(",") if c.strip()]
+    if not chunks or not all((root / c / "anno").is_dir() for c in chunks):
+        raise ValueError(f"{root}: no TrackingNet chunk with an anno/ folder for split {split!r}")
+    seqs = []
+    for chunk in chunks:
+        for anno in sorted((root / chunk / "anno").glob("*.txt")):
+            gt = read_boxes(anno)
+            frames = list_frames(root / chunk / "frames" / anno.stem)
+            seqs.append(_sequence(anno.stem, frames, gt, None, anno))
+    return seqs
+
+
+def read_otb(root) -> list:
+    """OTB / UAV123 / NFS-like: one folder per sequence holding img/ (or the frames) and
+    one ground-truth file: groundtruth_rect.txt, groundtruth.txt or <name>.txt."""
+    root = Path(root)
+    seqs = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        frame_dir = d / "img" if (d / "img").is_dir() else d
+        frames = list_frames(frame_dir)
+        if not frames:
+            continue
+        gt_path = next((d / n for n in ("groundtruth_rect.txt", "groundtruth.txt", f"{d.name}.txt")
+                        if (d / n).is_file()), None)
+        if gt_path is None:
+            raise ValueError(f"{d}: no groundtruth_rect.txt, groundtruth.txt or {d.name}.txt")
+        seqs.append(_sequence(d.name, frames, read_boxes(gt_path), None, gt_path))
+    if not seqs:
+        raise ValueError(f"{root}: no sequence folders with frames")
+    return seqs
+
+
+def read_coco(root, split: str = "train2017") -> list:
+    """COCO: annotations/instances_<split>.json, images in root/<split>/. Each non-crowd
+    object with w, h > 0 becomes a 1-frame Sequence named "<image_id>_<ann_id>"."""
+    root = Path(root)
+    ann_path = root / "annotations" / f"instances_{split}.json"
+    try:
+        with open(ann_path) as fh:
+            meta = json.load(fh)
+    except OSError as err:
+        raise ValueError(f"cannot read {ann_path}: {err}") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{ann_path}, line {err.lineno}: invalid JSON ({err.msg})") from err
+    try:
+        files = {im["id"]: root / split / im["file_name"] for im in meta["images"]}
+        anns = meta["annotations"]
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{ann_path}: missing COCO field {err}") from err
+    seqs = []
+    for k, ann in enumerate(anns):
+        try:
+            box = np.asarray(ann["bbox"], np.float64).reshape(1, 4)  # [x,y,w,h] -> (1,4)
+            frame = files[ann["image_id"]]
+            crowd, ann_id = ann.get("iscrowd", 0), ann["id"]
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{ann_path}: annotation #{k} is malformed ({err!r})") from err
+        if not crowd and box[0, 2] > 0 and box[0, 3] > 0:
+            seqs.append(Sequence(f"{ann['image_id']}_{ann_id}", [frame], box, np.ones(1, bool)))
+    return seqs
+
+
+def read_dataset(name: str, root, split: str | None = None) -> list:
+    """Dispatch: got10k, lasot, trackingnet, otb, folder, coco."""
+    readers = {
+        "got10k": lambda: read_got10k(root, split or "train"),
+        "lasot": lambda: read_lasot(root, split or "train"),
+        "trackingnet": lambda: read_trackingnet(root, split or "train"),
+        "otb": lambda: read_otb(root),
+        "folder": lambda: read_folder(root),
+        "coco": lambda: read_coco(root, split or "train2017"),
+    }
+    if name not in readers:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(readers)}")
+    return readers[name]()
+
+
+# ----------------------------------------------------------------------------- training pairs
+
+
+def jitter_box(box_xywh, rng: np.random.Generator, scale_jitter: float, center_jitter: float) -> np.ndarray:
+    """Released search-box jitter (STARK `_get_jittered_box`): size * exp(N(0,1) * scale),
+    centre moved by sqrt(jittered area) * center_jitter * U(-0.5, 0.5) per axis."""
+    box = np.asarray(box_xywh, np.float64)
+    size = box[2:] * np.exp(rng.standard_normal(2) * scale_jitter)
+    max_offset = math.sqrt(float(np.prod(size))) * center_jitter
+    center = box[:2] + 0.5 * box[2:] + max_offset * (rng.random(2) - 0.5)
+    return np.concatenate([center - 0.5 * size, size])
+
+
+def _to_gray(crop: np.ndarray) -> np.ndarray:
+    # ITU-R BT.601 luma as cv2.cvtColor(RGB2GRAY), replicated to 3 channels.
+    gray = np.rint(crop @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)  # (H,W) -> (H,W,3)
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Template/search training pairs as the released HiT/STARK sampler (HIT_NOTES
+    "Training", paper Sec. 3.4 and 4.1).
+
+    sources: list of (name, list[Sequence]); weights: sampling weight per source (default
+    equal). Sample i of epoch e depends only on (seed, e, i): pass seed + rank per DDP rank
+    and call set_epoch(e) each epoch. Returns {"template": (3, T, T), "search": (3, S, S)}
+    ImageNet-normalised float32 and "search_box" (4,) float32 (cx, cy, w, h) normalised to
+    the search crop, its xyxy clipped to [0, 1].
+
+    Released behaviour kept: causal frame order (template frame before the search frame,
+    at most max_gap apart, the gap widened by 5 until a visible frame exists), only frames
+    with visible targets, still images give both crops, template without jitter, search
+    jitter centre 3.5 / scale 0.5, joint grayscale p 0.05, joint horizontal flip p 0.5
+    (applied to the crops; the box centre becomes 1 - cx), brightness factor
+    U(0.8, 1.2) drawn per crop as ToTensorAndJitter. Simplification: the released
+    sampler also skips videos with fewer than 20 frames; here 2 usable frames suffice.
+    """
+
+    def __init__(self, sources, weights=None, samples_per_epoch=60000, seed=0, max_gap=200,
+                 template_size=128, search_size=256, template_factor=2.0, search_factor=4.0,
+                 center_jitter=3.5, scale_jitter=0.5, gray_prob=0.05, flip_prob=0.5,
+                 brightness=0.2):
+        self.sources = [(name, [s for s in seqs if s.gt is not None and len(s.gt)]) for name, seqs in sources]
+        empty = [name for name, seqs in self.sources if not seqs]
+        if not self.sources or empty:
+            raise ValueError(f"every source needs annotated sequences; empty: {empty or 'no sources'}")
+        w = np.ones(len(self.sources)) if weights is None else np.asarray(weights, np.float64)
+        if w.shape != (len(self.sources),) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights {weights} do not match {len(self.sources)} sources")
+        self.probs = w / w.sum()
+        self.samples_per_epoch, self.seed, self.max_gap = int(samples_per_epoch), int(seed), int(max_gap)
+        self.sizes = (int(template_size), int(search_size))
+        self.factors = (float(template_factor), float(search_factor))
+        self.jitter = (float(center_jitter), float(scale_jitter))
+        self.probs_aug = (float(gray_prob), float(flip_prob), float(brightness))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def _frames(self, seq: Sequence, rng):
+        """(template, search) frame indices, released causal order, or None to redraw."""
+        n = min(len(seq.gt), len(seq.frames))
+        visible = np.ones(n, bool) if seq.visible is None else seq.visible[:n]
+        usable = np.flatnonzero(visible & _box_ok(seq.gt[:n]))
+        if n == 1:
+            return (0, 0) if len(usable) else None
+        if len(usable) < 2:
+            return None
+        t = int(rng.choice(usable[:-1]))
+        later = usable[usable > t]
+        # Released: widen the window by 5 frames until it holds a visible search frame.
+        gap = self.max_gap + 5 * max(0, math.ceil((later[0] - t - self.max_gap) / 5))
+        return t, int(rng.choice(later[later <= t + gap]))
+
+    def _try(self, rng):
+        """One draw of the released sampler; None when it must be redrawn."""
+        source = self.sources[rng.choice(len(self.sources), p=self.probs)][1]
+        seq = source[rng.integers(len(source))]
+        ids = self._frames(seq, rng)
+        if ids is None:
+            return None
+        center_jitter, scale_jitter = self.jitter
+        search_box = jitter_box(seq.gt[ids[1]], rng, scale_jitter, center_jitter)
+        draws = rng.random(4)  # grayscale, flip, brightness of template, of search
+        template_img = read_image(seq.frames[ids[0]])
+        search_img = template_img if ids[1] == ids[0] else read_image(seq.frames[ids[1]])
+        (t_size, s_size), (t_factor, s_factor) = self.sizes, self.factors
+        try:
+            template, _, _ = crop_resize(template_img, seq.gt[ids[0]], t_factor, t_size)
+            search, factor, _ = crop_resize(search_img, search_box, s_factor, s_size)
+        except ValueError:
+            return None  # degenerate jittered box: the released sampler also redraws
+        box = box_in_crop(seq.gt[ids[1]], search_box[:2] + 0.5 * search_box[2:], factor, s_size) / s_size
+        xyxy = np.clip(np.concatenate([box[:2], box[:2] + box[2:]]), 0.0, 1.0)
+        if (xyxy[2:] - xyxy[:2] <= 0).any():
+            return None  # target entirely outside the search crop
+        return self._finish(template, search, xyxy, draws)
+
+    def _finish(self, template, search, xyxy, draws):
+        gray_prob, flip_prob, brightness = self.probs_aug
+        if draws[0] < gray_prob:
+            template, search = _to_gray(template), _to_gray(search)
+        if draws[1] < flip_prob:
+            template, search = template[:, ::-1], search[:, ::-1]
+            xyxy = np.array([1.0 - xyxy[2], xyxy[1], 1.0 - xyxy[0], xyxy[3]])
+        factors = 1.0 - brightness + 2.0 * brightness * draws[2:]  # U(1 - b, 1 + b) per crop
+        cxcywh = np.concatenate([(xyxy[:2] + xyxy[2:]) / 2, xyxy[2:] - xyxy[:2]])
+        return {"template": normalize(template, float(factors[0])),
+                "search": normalize(search, float(factors[1])),
+                "search_box": torch.from_numpy(cxcywh.astype(np.float32))}
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        for _ in range(100):
+            sample = self._try(rng)
+            if sample is not None:
+                return sample
+        raise RuntimeError(f"no valid training pair after 100 draws "
+                           f"(seed {self.seed}, epoch {self.epoch}, index {index})")
+
+
+# ----------------------------------------------------------------------------- procedural data
+
+
+def _smooth_noise(rng, h: int, w: int, base: int = 3, octaves: int = 4) -> np.ndarray:
+    """Fractal value noise in [0, 1], float32 (h, w): bicubic-upsampled random grids."""
+    acc, amp, persistence = np.zeros((h, w), np.float32), 1.0, rng.uniform(0.35, 0.7)
+    for octave in range(octaves):
+        grid = rng.random((base * 2 ** octave + 1, base * 2 ** octave + 1)).astype(np.float32)
+        acc += amp * np.asarray(Image.fromarray(grid, "F").resize((w, h), Image.BICUBIC))
+        amp *= persistence
+    return (acc - acc.min()) / max(float(np.ptp(acc)), 1e-6)
+
+
+def _palette_map(t: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Map t in [0, 1] (any shape) through a piecewise-linear colour ramp (K, 3)."""
+    pos = np.clip(t, 0, 1) * (len(palette) - 1)
+    i0 = np.minimum(pos.astype(np.int64), len(palette) - 2)
+    frac = (pos - i0)[..., None]
+    return palette[i0] * (1 - frac) + palette[i0 + 1] * frac  # (..., 3) float
+
+
+def _pattern(rng, h: int, w: int, kind: str, freq: float, angle: float) -> np.ndarray:
+    """Texture field in [0, 1], (h, w): stripes, checker, rings or noise."""
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32) / max(h, w)  # (h, w) each
+    if kind == "stripes":
+        return 0.5 + 0.5 * np.sin(2 * np.pi * freq * (u * np.cos(angle) + v * np.sin(angle)))
+    if kind == "checker":
+        ru, rv = u * np.cos(angle) - v * np.sin(angle), u * np.sin(angle) + v * np.cos(angle)
+        return ((np.floor(ru * freq) + np.floor(rv * freq)) % 2).astype(np.float32)
+    if kind == "rings":
+        return 0.5 + 0.5 * np.sin(2 * np.pi * freq * np.hypot(u - 0.5, v - 0.5) + angle)
+    return _smooth_noise(rng, h, w, base=max(2, int(freq / 2)), octaves=3)
+
+
+def _background(rng, h: int, w: int) -> np.ndarray:
+    """Cluttered per-sequence texture, float32 (h, w, 3) in [0, 255]."""
+    palette = rng.uniform(0, 255, (rng.integers(3, 6), 3))
+    kind = rng.choice(["noise", "stripes", "rings", "checker"], p=[0.55, 0.2, 0.1, 0.15])
+    field = _pattern(rng, h, w, str(kind), rng.uniform(3, 25), rng.uniform(0, np.pi))
+    field = 0.6 * field + 0.4 * _smooth_noise(rng, h, w)
+    canvas = Image.fromarray(_palette_map(field, palette).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(rng.integers(10, 60)):  # clutter blobs of assorted sizes
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(3, 0.12 * min(h, w))
+        fill = tuple(int(c) for c in rng.uniform(0, 255, 3))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([cx - r, cy - r * rng.uniform(0.4, 1.6), cx + r, cy + r], fill=fill)
+    if rng.random() < 0.5:
+        canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
+    return np.asarray(canvas, np.float32)
+
+
+def _shape_mask(rng, size: int, shape: str, params: np.ndarray) -> Image.Image:
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    if shape == "ellipse":
+        draw.ellipse([0, 0, size - 1, size - 1], fill=255)
+    elif shape == "rect":
+        draw.rounded_rectangle([0, 0, size - 1, size - 1], radius=int(params[0] * size / 4), fill=255)
+    else:  # star-like polygon: fixed vertex count, per-vertex radius
+        k = len(params)
+        ang = 2 * np.pi * np.arange(k) / k
+        pts = [(size / 2 + r * size / 2 * np.cos(a), size / 2 + r * size / 2 * np.sin(a)) for r, a in zip(params, ang)]
+        draw.polygon(pts, fill=255)
+    return mask
+
+
+def _sprite(rng, look: dict, size: int = 96) -> np.ndarray:
+    """Textured RGBA object (h, w, 4) uint8 cropped to its shape, with a dark rim."""
+    field = _pattern(rng, size, size, look["pattern"], look["freq"], look["angle"])
+    rgb = _palette_map(field, look["palette"])
+    mask = _shape_mask(rng, size, look["shape"], look["params"])
+    inner = np.asarray(mask.filter(ImageFilter.MinFilter(5))) > 0
+    rgb[~inner] *= 0.45  # outline so the silhouette is visible on any background
+    rgba = np.dstack([np.clip(rgb, 0, 255), np.asarray(mask)]).astype(np.uint8)  # (s,s,3)+(s,s) -> (s,s,4)
+    ys, xs = np.nonzero(rgba[:, :, 3])
+    return rgba[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+
+
+def _random_look(rng) -> dict:
+    shape = str(rng.choice(["ellipse", "rect", "polygon"]))
+    params = rng.uniform(0.45, 1.0, rng.integers(5, 10)) if shape == "polygon" else rng.uniform(0, 1, 1)
+    return {"shape": shape, "params": params, "palette": rng.uniform(0, 255, (rng.integers(2, 5), 3)),
+            "pattern": str(rng.choice(["stripes", "checker", "rings", "noise"])),
+            "freq": rng.uniform(2, 8), "angle": rng.uniform(0, np.pi)}
+
+
+def _similar_look(rng, look: dict) -> dict:
+    """A distractor of the same family: same shape/pattern kind, perturbed colours."""
+    out = dict(look)
+    out["palette"] = np.clip(look["palette"] + rng.normal(0, rng.uniform(8, 45), look["palette"].shape), 0, 255)
+    out["freq"] = look["freq"] * rng.uniform(0.8, 1.25)
+    out["angle"] = look["angle"] + rng.normal(0, 0.4)
+    if look["shape"] == "polygon":
+        out["params"] = np.clip(look["params"] + rng.normal(0, 0.08, look["params"].shape), 0.3, 1.0)
+    return out
+
+
+def _trajectory(rng, n: int, w: int, h: int, side: float, cam: np.ndarray) -> np.ndarray:
+    """Damped random-walk motion with scale and aspect drift; (n, 4) centre x, y, width,
+    height in frame pixels. Objects are carried by the camera (cam: (n, 2) offsets)."""
+    pos = np.array([rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h])
+    speed = rng.uniform(0.3, 4.0) * side / 40
+    vel = rng.normal(0, speed, 2)
+    log_s, log_a = math.log(side), rng.normal(0, 0.35)
+    ds = da = 0.0
+    lo, hi = math.log(10), math.log(0.5 * min(w, h))
+    out = np.empty((n, 4))
+    for t in range(n):
+        vel = 0.9 * vel + rng.normal(0, 0.35 * speed, 2)
+        margin = np.array([w, h]) * 0.1
+        vel += 0.05 * (np.maximum(margin - pos, 0) - np.maximum(pos - (np.array([w, h]) - margin), 0))
+        pos = pos + vel - (cam[t] - cam[t - 1] if t else 0)
+        ds, da = 0.9 * ds + rng.normal(0, 0.008), 0.9 * da + rng.normal(0, 0.008)
+        log_s, log_a = float(np.clip(log_s + ds, lo, hi)), float(np.clip(log_a + da, -0.9, 0.9))
+        size = math.exp(log_s)
+        out[t] = pos[0], pos[1], size * math.exp(log_a / 2), size * math.exp(-log_a / 2)
+    return out
+
+
+def _place(frame, rgba, cx, cy, bw, bh, angle=0.0, alpha_out=None):
+    """Alpha-composite a sprite resized to (bw, bh), rotated by `angle` degrees and
+    centred at (cx, cy). Returns (x0, y0, w, h), the tight integer box of its opaque
+    pixels (possibly partly outside the frame), and its total alpha mass in pixels."""
+    spr = Image.fromarray(rgba).resize((max(2, int(round(bw))), max(2, int(round(bh)))), Image.BILINEAR)
+    if angle:
+        spr = spr.rotate(angle, Image.BILINEAR, expand=True)
+    left, top, right, bottom = spr.getbbox() or (0, 0, 1, 1)
+    x0 = int(round(cx - spr.width / 2)) + left
+    y0 = int(round(cy - spr.height / 2)) + top
+    spr = np.asarray(spr.crop((left, top, right, bottom)), np.float32)  # (h, w, 4)
+    h, w = spr.shape[:2]
+    fh, fw = frame.shape[:2]
+    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + w, fw), min(y0 + h, fh)
+    if xa < xb and ya < yb:
+        part = spr[ya - y0:yb - y0, xa - x0:xb - x0]
+        a = part[:, :, 3:] / 255.0
+        frame[ya:yb, xa:xb] = frame[ya:yb, xa:xb] * (1 - a) + part[:, :, :3] * a
+        if alpha_out is not None:
+            alpha_out[ya:yb, xa:xb] = np.maximum(alpha_out[ya:yb, xa:xb], a[:, :, 0])
+    return (x0, y0, w, h), float(spr[:, :, 3].sum()) / 255.0
+
+
+def _motion_blur(frame: np.ndarray, length: int, angle: float) -> np.ndarray:
+    """Average of `length` copies shifted along a line (edge-replicated borders)."""
+    pad = length
+    padded = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    h, w = frame.shape[:2]
+    acc = np.zeros_like(frame)
+    for i in range(length):
+        dy, dx = int(round(i * math.sin(angle))), int(round(i * math.cos(angle)))
+        acc += padded[pad + dy:pad + dy + h, pad + dx:pad + dx + w]
+    return acc / length
+
+
+def _rotation_track(rng, n: int) -> np.ndarray:
+    """In-plane rotation (degrees) as a damped random walk; half the objects stay upright."""
+    strength = rng.uniform(0, 1.5) if rng.random() < 0.5 else 0.0
+    angle, rate, out = rng.normal(0, 10 * strength), 0.0, np.empty(n)
+    for t in range(n):
+        rate = 0.9 * rate + rng.normal(0, strength)
+        angle = float(np.clip(angle + rate, -40, 40))
+        out[t] = angle
+    return out
+
+
+def _occluder_tracks(rng, n: int, target: np.ndarray) -> list:
+    """Occluders that sweep across the target's path: list of (n, 4) tracks (NaN = off)."""
+    tracks = []
+    for _ in range(rng.choice([0, 1, 2, 3], p=[0.2, 0.4, 0.3, 0.1])):
+        tc, dur = int(rng.integers(int(0.1 * n), max(int(0.9 * n), int(0.1 * n) + 1))), int(rng.integers(8, 35))
+        cx, cy, tw, th = target[min(tc, n - 1), :4]
+        size = math.sqrt(tw * th) * rng.uniform(0.6, 2.4)
+        direction = rng.normal(0, 1, 2)
+        direction /= max(np.linalg.norm(direction), 1e-6)
+        span = (size + math.sqrt(tw * th)) * rng.uniform(1.0, 2.0)
+        normal = np.array([-direction[1], direction[0]]) * rng.normal(0, 0.3) * math.sqrt(tw * th)
+        track = np.full((n, 4), np.nan)
+        for t in range(max(0, tc - dur // 2), min(n, tc + dur // 2 + 1)):
+            c = np.array([cx, cy]) + normal + direction * span * ((t - tc) / max(dur, 1))
+            track[t] = c[0], c[1], size * rng.uniform(0.97, 1.03), size * 0.8
+        tracks.append(track)
+    return tracks
+
+
+def _render_sequence(rng, n: int, w: int, h: int):
+    """Yield (frame uint8 (h, w, 3), box x,y,w,h clipped to the frame, absent) per frame."""
+    margin = 48
+    bg = _background(rng, h + 2 * margin, w + 2 * margin)
+    cam_vel, cam = np.zeros(2), np.zeros((n, 2))
+    cam_speed = rng.choice([0.0, 0.5, 2.0], p=[0.3, 0.4, 0.3])
+    for t in range(1, n):
+        cam_vel = 0.85 * cam_vel + rng.normal(0, cam_speed, 2)
+        cam[t] = np.clip(cam[t - 1] + cam_vel, -margin, margin)
+    look = _random_look(rng)
+    target_rgba = _sprite(rng, look)
+    side = rng.uniform(18, 0.3 * min(w, h))
+    target = np.column_stack([_trajectory(rng, n, w, h, side, cam), _rotation_track(rng, n)])  # (n, 5)
+    distractors = [(_sprite(rng, _similar_look(rng, look)),
+                    np.column_stack([_trajectory(rng, n, w, h, side * rng.uniform(0.7, 1.3), cam),
+                                     _rotation_track(rng, n)]))
+                   for _ in range(rng.integers(1, 4))]
+    occluders = [(_sprite(rng, _random_look(rng)), track) for track in _occluder_tracks(rng, n, target)]
+    gain_log = np.cumsum(rng.normal(0, 0.02, n)) + rng.normal(0, 0.15)
+    tint = rng.uniform(0.9, 1.1, 3)
+    noise_sigma, blur_p = rng.uniform(0, 6), rng.uniform(0, 0.2)
+    # One sensor-noise field per sequence, shifted per frame: fresh-looking noise at a
+    # fraction of the cost of drawing h*w*3 normals every frame.
+    noise = rng.standard_normal((h + 32, w + 32, 3), dtype=np.float32) * np.float32(noise_sigma)
+    for t in range(n):
+        ox, oy = int(round(margin + cam[t, 0])), int(round(margin + cam[t, 1]))
+        frame = bg[oy:oy + h, ox:ox + w].copy()
+        for rgba, track in distractors:  # behind the target
+            _place(frame, rgba, *track[t])
+        target_alpha = np.zeros((h, w), np.float32)
+        (x0, y0, bw, bh), mass = _place(frame, target_rgba, *target[t], alpha_out=target_alpha)
+        cover = np.zeros((h, w), np.float32)
+        for rgba, track in occluders:  # in front of the target
+            if not np.isnan(track[t, 0]):
+                _place(frame, rgba, *track[t], alpha_out=cover)
+        seen = float((target_alpha * (1 - cover)).sum())
+        absent = seen < 0.1 * max(mass, 1e-6)  # > 90 % hidden or outside the frame
+        xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + bw, w), min(y0 + bh, h)
+        box = (xa, ya, xb - xa, yb - ya) if xa < xb and ya < yb else (0, 0, 0, 0)
+        frame *= math.exp(float(np.clip(gain_log[t], -0.6, 0.4))) * tint
+        if rng.random() < blur_p:
+            frame = _motion_blur(frame, int(rng.integers(3, 9)), rng.uniform(0, np.pi))
+        nx, ny = rng.integers(0, 33, 2)
+        frame += noise[ny:ny + h, nx:nx + w]
+        yield np.clip(frame, 0, 255).astype(np.uint8), box, absent
+
+
+def _write_sequence(folder: Path, rng, frames: int, size) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    quality = int(rng.integers(75, 96))
+    gt_lines, absent_lines = [], []
+    for k, (frame, box, absent) in enumerate(_render_sequence(rng, frames, *size), 1):
+        Image.fromarray(frame).save(folder / f"{k:08d}.jpg", quality=quality)
+        gt_lines.append(",".join(f"{v:.4f}" for v in box))
+        absent_lines.append("1" if absent else "0")
+    (folder / "groundtruth.txt").write_text("\n".join(gt_lines) + "\n")
+    (folder / "absence.label").write_text("\n".join(absent_lines) + "\n")
+
+
+def synth(out, sequences: int = 300, frames: int = 100, seed: int = 0, size=(320, 240),
+          val_fraction: float = 0.1, progress: bool = True) -> None:
+    """Write a procedural tracking data set in GOT-10k layout: out/train/<name>/00000001.jpg,
+    groundtruth.txt (x,y,w,h, 4 decimals; clipped to the frame), absence.label (1 when more
+    than 90 % of the target is hidden or outside), out/{train,val}/list.txt.
+
+    Each sequence draws (from numpy Generator([seed, index])) a cluttered textured
+    background with camera motion, a textured target with damped random-walk motion and
+    scale/aspect drift, 1-3 look-alike distractors, occluders sweeping across the target,
+    global gain drift, sensor noise, JPEG artefacts and occasional motion blur.
+    list.txt is written last, so a split with a list.txt is complete.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    n_val = min(sequences - 1, max(1, round(sequences * val_fraction))) if val_fraction > 0 and sequences > 1 else 0
+    splits = {"train": range(sequences - n_val), "val": range(sequences - n_val, sequences)}
+    bar = tqdm(total=sequences, desc="synth", unit="seq", disable=not progress)
+    for split, indices in splits.items():
+        names = [f"synth_{i:05d}" for i in indices]
+        for i, name in zip(indices, names):
+            _write_sequence(out / split / name, np.random.default_rng([seed, i]), frames, size)
+            bar.update(1)
+        (out / split).mkdir(parents=True, exist_ok=True)
+        (out / split / "list.txt").write_text("".join(f"{n}\n" for n in names))
+    bar.close()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="HiT data tools: procedural data set and dataset smoke check.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("synth", help="write the procedural GOT-10k-layout data set")
+    p.add_argument("--out", required=True, help="output folder (gets train/ and val/)")
+    p.add_argument("--sequences", type=int, default=300, help="number of sequences (train + val)")
+    p.add_argument("--frames", type=int, default=100, help="frames per sequence")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of sequences in val/")
+    p.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"), help="frame size")
+    s = sub.add_parser("show", help="read a dataset and print sequence/frame counts")
+    s.add_argument("dataset", choices=["got10k", "lasot", "trackingnet", "otb", "folder", "coco"])
+    s.add_argument("root", help="dataset root folder")
+    s.add_argument("split", nargs="?", default=None, help="split (train/val/test, COCO: train2017)")
+    args = parser.parse_args(argv)
+    if args.command == "synth":
+        synth(args.out, args.sequences, args.frames, args.seed, tuple(args.size), args.val_fraction)
+        return
+    seqs = read_dataset(args.dataset, args.root, args.split)
+    n_frames = sum(len(q.frames) for q in seqs)
+    n_visible = sum(int(q.visible.sum()) for q in seqs if q.visible is not None)
+    print(f"{args.dataset} {args.split or ''}: {len(seqs)} sequences, {n_frames} frames, {n_visible} visible boxes")
+    if seqs:
+        q = seqs[0]
+        print(f"first: {q.name} ({len(q.frames)} frames, first box {None if q.gt is None else q.gt[0].tolist()})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,535 @@
+"""Tests for data.py: the released crop/resize arithmetic, image decoding, every dataset
+reader (valid and malformed layouts written here), the procedural set and PairDataset."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _f32(v: float) -> float:
+    return float(np.float32(v))
+
+
+def reference_resize(src: np.ndarray, out_w: int, out_h: int, lanes: int = 8) -> np.ndarray:
+    """Independent pixel-loop transcription of OpenCV's uint8 INTER_LINEAR (x86)."""
+    h, w, c = src.shape
+    sx, sy = 1.0 / (out_w / w), 1.0 / (out_h / h)
+
+    def taps(d, scale, n, clamp):
+        f = _f32((d + 0.5) * scale - 0.5)
+        s = math.floor(f)
+        f = _f32(f - s)
+        if clamp and s < 0:
+            f, s = 0.0, 0
+        if clamp and s >= n - 1:
+            f, s = 0.0, n - 1
+        return s, round(_f32(_f32(1.0 - f) * 2048)), round(_f32(f * 2048))
+
+    out = np.zeros((out_h, out_w, c), np.uint8)
+    for dy in range(out_h):
+        s, b0, b1 = taps(dy, sy, h, False)
+        r0, r1 = min(max(s, 0), h - 1), min(max(s + 1, 0), h - 1)
+        for dx in range(out_w):
+            t, a0, a1 = taps(dx, sx, w, True)
+            for k in range(c):
+                rows = [int(src[r, t, k]) * a0 + int(src[r, min(t + 1, w - 1), k]) * a1 for r in (r0, r1)]
+                if dx * c + k < lanes * ((out_w * c) // lanes):
+                    v = (((rows[0] >> 4) * b0) >> 16) + (((rows[1] >> 4) * b1) >> 16)
+                    v = (v + 2) >> 2
+                else:
+                    v = (rows[0] * b0 + rows[1] * b1 + (1 << 21)) >> 22
+                out[dy, dx, k] = min(max(v, 0), 255)
+    return out
+
+
+def released_crop(image, box, factor, out_size):
+    """Materialised released sample_target: slice, zero pad (with the off-by-one), resize."""
+    x, y, w, h = box
+    sz = math.ceil(math.sqrt(w * h) * factor)
+    x1, y1 = round(x + 0.5 * w - sz * 0.5), round(y + 0.5 * h - sz * 0.5)
+    x2, y2 = x1 + sz, y1 + sz
+    H, W = image.shape[:2]
+    x1p, y1p = max(0, -x1), max(0, -y1)
+    x2p, y2p = max(x2 - W + 1, 0), max(y2 - H + 1, 0)
+    crop = image[y1 + y1p:y2 - y2p, x1 + x1p:x2 - x2p]
+    padded = np.pad(crop, ((y1p, y2p), (x1p, x2p), (0, 0)))
+    assert padded.shape[:2] == (sz, sz)
+    return reference_resize(padded, out_size, out_size) if sz <= 40 else data.resize_linear(padded, out_size, out_size)
+
+
+def ramp_image(h=10, w=10):
+    v = (10 * np.arange(h)[:, None] + np.arange(w)[None, :]).astype(np.uint8)
+    return np.stack([v, v + 1, v + 2], axis=2)  # (h, w) x3 -> (h, w, 3)
+
+
+def save_jpg(path: Path, value=128, size=16):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(path)
+
+
+def write(path: Path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# ----------------------------------------------------------------------------- resize
+
+
+def test_resize_downscale_2x_is_block_average():
+    src = np.arange(48, dtype=np.uint8).reshape(4, 4, 3) * 5
+    out = data.resize_linear(src, 2, 2)
+    blocks = src.astype(int).reshape(2, 2, 2, 2, 3).transpose(0, 2, 1, 3, 4).reshape(2, 2, 4, 3)
+    assert out.shape == (2, 2, 3)
+    np.testing.assert_array_equal(out, (blocks.sum(axis=2) + 2) // 4)
+
+
+def test_resize_upscale_hand_computed():
+    src = np.repeat(np.array([[0, 100], [200, 40]], np.uint8)[:, :, None], 3, axis=2)
+    out = data.resize_linear(src, 4, 4)[:, :, 0]
+    # Corners clamp to the source corners; out[0,1] = 0.75*0 + 0.25*100 (top row clamps);
+    # out[1,1] = 0.75*25 + 0.25*(0.75*200 + 0.25*40) = 58.75 -> 59.
+    assert out[0, 0] == 0 and out[0, 3] == 100 and out[3, 0] == 200 and out[3, 3] == 40
+    assert out[0, 1] == 25 and out[0, 2] == 75 and out[1, 1] == 59
+
+
+def test_resize_ramp_halves_exactly():
+    row = (np.arange(8) * 10).astype(np.uint8)
+    src = np.repeat(np.repeat(row[None, :, None], 2, axis=0), 3, axis=2)
+    out = data.resize_linear(src, 4, 1)
+    np.testing.assert_array_equal(out[0, :, 0], [5, 25, 45, 65])
+
+
+def test_resize_constant_and_identity():
+    rng = np.random.default_rng(0)
+    for size in [(7, 5), (256, 256), (33, 70)]:
+        const = np.full((19, 23, 3), 173, np.uint8)
+        assert (data.resize_linear(const, *size) == 173).all()
+    img = rng.integers(0, 256, (13, 9, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(data.resize_linear(img, 9, 13), img)
+
+
+@pytest.mark.parametrize("src_hw,out_wh", [((9, 11), (6, 5)), ((5, 6), (13, 7)), ((16, 16), (16, 8)),
+                                           ((12, 7), (3, 9)), ((21, 21), (16, 16))])
+def test_resize_matches_pixel_loop_reference(src_hw, out_wh):
+    img = np.random.default_rng(1).integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(data.resize_linear(img, *out_wh), reference_resize(img, *out_wh))
+
+
+def test_vector_and_scalar_paths_differ_where_opencv_does():
+    # OpenCV's SIMD vertical pass floors three times, its scalar tail once; they can differ.
+    h0, h1 = np.array([[41987]], np.int32), np.array([[156521]], np.int32)
+    b0, b1 = np.array([985], np.int32), np.array([1063], np.int32)
+    vec = data._vertical_pass(np.repeat(h0, 8, 1), np.repeat(h1, 8, 1), b0, b1)
+    scalar = data._vertical_pass(h0, h1, b0, b1)  # row of 1 element < 8 lanes: scalar path
+    # SIMD: (2624*985 >> 16) + (9782*1063 >> 16) = 39 + 158 = 197; (197 + 2) >> 2 = 49.
+    # Scalar: (41987*985 + 156521*1063 + 2^21) >> 22 = 209836170 >> 22 = 50.
+    assert vec.tolist() == [[49] * 8] and scalar.tolist() == [[50]]
+    mixed = data._vertical_pass(np.repeat(h0, 9, 1), np.repeat(h1, 9, 1), b0, b1)
+    assert mixed.tolist() == [[49] * 8 + [50]]  # 8 lanes, then the scalar tail
+
+
+# ----------------------------------------------------------------------------- crop
+
+
+def test_crop_right_bottom_edge_drops_last_pixel():
+    img = ramp_image()
+    crop, factor, corner = data.crop_resize(img, (6, 6, 4, 4), 1.0, 4)
+    assert crop.shape == (4, 4, 3) and factor == 1.0 and corner == (6, 6, 10, 10)
+    # Released off-by-one: right/bottom pad is 1 though the crop ends exactly at the edge.
+    np.testing.assert_array_equal(crop[:3, :3, 0], [[66, 67, 68], [76, 77, 78], [86, 87, 88]])
+    assert (crop[3] == 0).all() and (crop[:, 3] == 0).all()
+
+
+def test_crop_left_top_padding():
+    img = ramp_image()
+    crop, _, corner = data.crop_resize(img, (-1, -1, 4, 4), 1.0, 4)
+    assert corner == (-1, -1, 3, 3)
+    assert (crop[0] == 0).all() and (crop[:, 0] == 0).all()
+    np.testing.assert_array_equal(crop[1:, 1:, 0], [[0, 1, 2], [10, 11, 12], [20, 21, 22]])
+    np.testing.assert_array_equal(crop[1:, 1:, 2], [[2, 3, 4], [12, 13, 14], [22, 23, 24]])
+
+
+def test_crop_corner_uses_half_to_even_rounding():
+    img = ramp_image(20, 20)
+    assert data.crop_resize(img, (0.5, 0.5, 4, 4), 1.0, 4)[2][:2] == (0, 0)   # round(0.5) = 0
+    assert data.crop_resize(img, (1.5, 2.5, 4, 4), 1.0, 4)[2][:2] == (2, 2)   # round(1.5) = round(2.5) = 2
+    crop, factor, corner = data.crop_resize(img, (3, 4, 2, 8), 2.0, 16)
+    assert corner == (0, 4, 8, 12) and factor == 2.0 and crop.shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("box,factor,out", [((2, 3, 5, 4), 2.0, 16), ((-3, 5, 6, 9), 2.0, 12),
+                                            ((10, 12, 7, 7), 4.0, 32), ((40, -20, 30, 25), 4.0, 64),
+                                            ((0, 0, 3, 3), 4.0, 16)])
+def test_crop_matches_materialised_released_crop(box, factor, out):
+    img = np.random.default_rng(2).integers(0, 256, (24, 30, 3), dtype=np.uint8)
+    crop, factor_out, _ = data.crop_resize(img, box, factor, out)
+    assert crop.shape == (out, out, 3)
+    assert factor_out == out / math.ceil(math.sqrt(box[2] * box[3]) * factor)
+    np.testing.assert_array_equal(crop, released_crop(img, box, factor, out))
+
+
+def test_crop_rejects_bad_boxes():
+    img = ramp_image()
+    for box in [(0, 0, 0, 4), (0, 0, -1, 4), (np.nan, 0, 4, 4)]:
+        with pytest.raises(ValueError, match="box"):
+            data.crop_resize(img, box, 2.0, 8)
+    with pytest.raises(ValueError, match="smaller than 1 pixel"):
+        data.crop_resize(img, (0, 0, 4, 4), 0.0, 8)
+    with pytest.raises(ValueError, match="uint8"):
+        data.crop_resize(img.astype(np.float32), (0, 0, 4, 4), 2.0, 8)
+
+
+def test_box_in_crop_centres_the_crop_box():
+    box = np.array([100.0, 50.0, 40.0, 20.0])
+    out = data.box_in_crop(box, box[:2] + box[2:] / 2, 2.0, 256)
+    np.testing.assert_allclose(out, [127.5 - 40, 127.5 - 20, 80, 40])
+
+
+def test_normalize_values_and_shape():
+    crop = np.zeros((4, 5, 3), np.uint8)
+    crop[..., 0] = 255
+    t = data.normalize(crop)
+    assert t.shape == (3, 4, 5) and t.dtype == torch.float32
+    assert torch.allclose(t[0], torch.full((4, 5), (1 - 0.485) / 0.229))
+    assert torch.allclose(t[1], torch.full((4, 5), -0.456 / 0.224))
+    bright = data.normalize(np.full((2, 2, 3), 200, np.uint8), brightness=1.5)
+    assert torch.allclose(bright[2], torch.full((2, 2), (1 - 0.406) / 0.225))  # clipped at 1
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def test_read_image_converts_modes(tmp_path):
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    Image.fromarray(gray, "L").save(tmp_path / "g.png")
+    out = data.read_image(tmp_path / "g.png")
+    assert out.shape == (3, 4, 3) and out.dtype == np.uint8 and (out[..., 1] == gray).all()
+
+    rgba = np.zeros((3, 4, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = data.read_image(tmp_path / "a.png")
+    assert out.shape == (3, 4, 3) and (out[..., 0] == 200).all()
+
+    deep = np.array([[0x1234, 0xFFFF], [0x00FF, 0x8000]], np.uint16)
+    Image.fromarray(deep).save(tmp_path / "d.png")
+    out = data.read_image(tmp_path / "d.png")
+    np.testing.assert_array_equal(out[..., 2], [[0x12, 0xFF], [0x00, 0x80]])
+
+    Image.fromarray(np.full((5, 5, 3), 90, np.uint8)).convert("P").save(tmp_path / "p.png")
+    assert data.read_image(tmp_path / "p.png").shape == (5, 5, 3)
+
+
+def test_read_image_errors_name_the_path(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        data.read_image(bad)
+    with pytest.raises(ValueError, match="missing.png"):
+        data.read_image(tmp_path / "missing.png")
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def test_read_folder_single_and_nested(tmp_path):
+    for k in range(3):
+        save_jpg(tmp_path / "seqA" / f"{k + 1:04d}.jpg")
+    write(tmp_path / "seqA" / "groundtruth.txt", "1\t2\t3\t4\n5 6 7 8\n1,1,0,0\n")
+    save_jpg(tmp_path / "seqB" / "img" / "0001.png")
+    (seq_a,) = data.read_folder(tmp_path / "seqA")
+    assert [p.name for p in seq_a.frames] == ["0001.jpg", "0002.jpg", "0003.jpg"]
+    np.testing.assert_array_equal(seq_a.gt[1], [5, 6, 7, 8])
+    assert seq_a.visible.tolist() == [True, True, False]  # zero-size box is not visible
+    both = data.read_dataset("folder", tmp_path)
+    assert [s.name for s in both] == ["seqA", "seqB"] and both[1].gt is None
+
+
+def test_read_folder_malformed(tmp_path):
+    save_jpg(tmp_path / "s" / "1.jpg")
+    save_jpg(tmp_path / "s" / "2.jpg")
+    write(tmp_path / "s" / "groundtruth.txt", "1,2,3,4\n1,2,3\n")
+    with pytest.raises(ValueError, match=r"groundtruth\.txt, line 2: expected 4"):
+        data.read_folder(tmp_path / "s")
+    write(tmp_path / "s" / "groundtruth.txt", "1,2,3,4\n1,2,x,4\n")
+    with pytest.raises(ValueError, match=r"groundtruth\.txt, line 2: non-numeric"):
+        data.read_folder(tmp_path / "s")
+    write(tmp_path / "s" / "groundtruth.txt", "1,2,3,4\n1,2,3,4\n1,2,3,4\n")
+    with pytest.raises(ValueError, match=r"groundtruth\.txt: 3 boxes but only 2 frames"):
+        data.read_folder(tmp_path / "s")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image frames"):
+        data.read_folder(tmp_path / "empty")
+
+
+def _got10k_layout(root: Path, split="train"):
+    for name, n in [("GOT-10k_Train_000001", 3), ("GOT-10k_Train_000002", 2)]:
+        for k in range(n):
+            save_jpg(root / split / name / f"{k + 1:08d}.jpg")
+        write(root / split / name / "groundtruth.txt", "".join(f"{k},{k},10,10\n" for k in range(n)))
+    write(root / split / "list.txt", "GOT-10k_Train_000001\nGOT-10k_Train_000002\n")
+    write(root / split / "GOT-10k_Train_000001" / "absence.label", "0\n1\n0\n")
+    write(root / split / "GOT-10k_Train_000001" / "cover.label", "8\n0\n0\n")
+
+
+def test_read_got10k(tmp_path):
+    _got10k_layout(tmp_path)
+    seqs = data.read_got10k(tmp_path, "train")
+    assert [s.name for s in seqs] == ["GOT-10k_Train_000001", "GOT-10k_Train_000002"]
+    assert seqs[0].gt.shape == (3, 4) and seqs[0].visible.tolist() == [True, False, False]
+    assert seqs[1].visible.tolist() == [True, True] and len(seqs[1].frames) == 2
+    write(tmp_path / "vot_overlap.txt", "GOT-10k_Train_000001\n")
+    kept = data.read_got10k(tmp_path, "train", exclude=tmp_path / "vot_overlap.txt")
+    assert [s.name for s in kept] == ["GOT-10k_Train_000002"]
+    assert len(data.read_dataset("got10k", tmp_path, "train")) == 2
+
+
+def test_read_got10k_malformed(tmp_path):
+    _got10k_layout(tmp_path)
+    seq = tmp_path / "train" / "GOT-10k_Train_000002"
+    write(seq / "groundtruth.txt", "1,1,10,10\n1,1,10,10,5\n")
+    with pytest.raises(ValueError, match=r"GOT-10k_Train_000002.groundtruth\.txt, line 2"):
+        data.read_got10k(tmp_path, "train")
+    write(seq / "groundtruth.txt", "1,1,10,10\n1,1,10,10\n1,1,10,10\n")
+    with pytest.raises(ValueError, match="3 boxes but only 2 frames"):
+        data.read_got10k(tmp_path, "train")
+    write(seq / "groundtruth.txt", "1,1,10,10\n1,1,10,10\n")
+    write(seq / "absence.label", "0\n")
+    with pytest.raises(ValueError, match=r"absence\.label: 1 labels"):
+        data.read_got10k(tmp_path, "train")
+    write(seq / "absence.label", "0\nz\n")
+    with pytest.raises(ValueError, match=r"absence\.label, line 2"):
+        data.read_got10k(tmp_path, "train")
+
+
+def _lasot_sequence(root: Path, name: str, n=3, occ="0,1,0", oov="0,0,1"):
+    d = root / name.rsplit("-", 1)[0] / name
+    for k in range(n):
+        save_jpg(d / "img" / f"{k + 1:08d}.jpg")
+    write(d / "groundtruth.txt", "".join(f"{k},{k},5,6\n" for k in range(n)))
+    write(d / "full_occlusion.txt", occ + "\n")
+    write(d / "out_of_view.txt", oov + "\n")
+    return d
+
+
+def test_lasot_test_list_is_the_standard_one():
+    names = data.lasot_test_names()
+    assert len(names) == 280 and len(set(names)) == 280
+    assert len({n.rsplit("-", 1)[0] for n in names}) == 70
+    assert {"airplane-1", "zebra-17", "volleyball-19", "gecko-16"} <= set(names)
+
+
+def test_read_lasot(tmp_path):
+    _lasot_sequence(tmp_path, "airplane-1")   # a test video: excluded from train
+    _lasot_sequence(tmp_path, "airplane-2")
+    (seq,) = data.read_lasot(tmp_path, "train")
+    assert seq.name == "airplane-2" and seq.visible.tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="279 LaSOT test videos missing"):
+        data.read_lasot(tmp_path, "test")
+    with pytest.raises(ValueError, match="split"):
+        data.read_lasot(tmp_path, "val")
+
+
+def test_read_lasot_malformed(tmp_path):
+    d = _lasot_sequence(tmp_path, "bear-1", occ="0,1")
+    with pytest.raises(ValueError, match=r"full_occlusion\.txt: 2 labels but the ground truth has 3"):
+        data.read_lasot(tmp_path, "train")
+    write(d / "full_occlusion.txt", "0,0,0\n")
+    write(d / "groundtruth.txt", "1,2,3,4\n1,2,3,4\nnope\n")
+    with pytest.raises(ValueError, match=r"bear-1.groundtruth\.txt, line 3"):
+        data.read_lasot(tmp_path, "train")
+
+
+def test_read_trackingnet(tmp_path):
+    for k in range(12):
+        save_jpg(tmp_path / "TRAIN_0" / "frames" / "vidA_0" / f"{k}.jpg")
+    write(tmp_path / "TRAIN_0" / "anno" / "vidA_0.txt", "".join(f"{k},0,4,4\n" for k in range(12)))
+    save_jpg(tmp_path / "TEST" / "frames" / "vidB_1" / "0.jpg")
+    save_jpg(tmp_path / "TEST" / "frames" / "vidB_1" / "1.jpg")
+    write(tmp_path / "TEST" / "anno" / "vidB_1.txt", "3,3,4,4\n")
+    (train,) = data.read_trackingnet(tmp_path, "train")
+    assert [p.name for p in train.frames][9:] == ["9.jpg", "10.jpg", "11.jpg"]  # numeric order
+    (test,) = data.read_dataset("trackingnet", tmp_path, "test")
+    assert test.gt.shape == (1, 4) and len(test.frames) == 2
+    assert len(data.read_trackingnet(tmp_path, "TRAIN_0")) == 1
+    write(tmp_path / "TEST" / "anno" / "vidB_1.txt", "3;3;4;4\n")
+    with pytest.raises(ValueError, match=r"vidB_1\.txt, line 1"):
+        data.read_trackingnet(tmp_path, "test")
+    with pytest.raises(ValueError, match="no TrackingNet chunk"):
+        data.read_trackingnet(tmp_path / "nowhere", "train")
+
+
+def test_read_otb(tmp_path):
+    for k in range(3):
+        save_jpg(tmp_path / "Basketball" / "img" / f"{k + 1:04d}.jpg")
+        save_jpg(tmp_path / "bike1" / f"{k + 1:06d}.jpg")
+    write(tmp_path / "Basketball" / "groundtruth_rect.txt", "1,2,3,4\n1\t2\t3\t4\nNaN,NaN,NaN,NaN\n")
+    write(tmp_path / "bike1" / "bike1.txt", "1 2 3 4\n1 2 3 4\n1 2 3 4\n")
+    seqs = data.read_dataset("otb", tmp_path)
+    assert [s.name for s in seqs] == ["Basketball", "bike1"]
+    assert seqs[0].visible.tolist() == [True, True, False]
+    save_jpg(tmp_path / "NoGT" / "0001.jpg")
+    with pytest.raises(ValueError, match="NoGT"):
+        data.read_otb(tmp_path)
+
+
+def test_read_coco(tmp_path):
+    meta = {"images": [{"id": 7, "file_name": "000007.jpg"}],
+            "annotations": [{"id": 1, "image_id": 7, "bbox": [1, 2, 3, 4], "iscrowd": 0},
+                            {"id": 2, "image_id": 7, "bbox": [1, 2, 3, 4], "iscrowd": 1},
+                            {"id": 3, "image_id": 7, "bbox": [1, 2, 0, 4], "iscrowd": 0}]}
+    write(tmp_path / "annotations" / "instances_train2017.json", json.dumps(meta))
+    (seq,) = data.read_dataset("coco", tmp_path, None)
+    assert seq.name == "7_1" and seq.frames == [tmp_path / "train2017" / "000007.jpg"]
+    np.testing.assert_array_equal(seq.gt, [[1, 2, 3, 4]])
+    write(tmp_path / "annotations" / "instances_train2017.json", '{"images": [],\n "annotations": [,]}')
+    with pytest.raises(ValueError, match=r"instances_train2017\.json, line 2"):
+        data.read_coco(tmp_path)
+    meta["annotations"][0]["bbox"] = [1, 2]
+    write(tmp_path / "annotations" / "instances_train2017.json", json.dumps(meta))
+    with pytest.raises(ValueError, match="annotation #0"):
+        data.read_coco(tmp_path)
+
+
+def test_read_dataset_unknown():
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.read_dataset("imagenet", ".", "train")
+
+
+# ----------------------------------------------------------------------------- synth
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    data.synth(root, sequences=4, frames=15, seed=3, size=(128, 96), val_fraction=0.25, progress=False)
+    return root
+
+
+def test_synth_layout_and_labels(synth_root):
+    train, val = data.read_got10k(synth_root, "train"), data.read_got10k(synth_root, "val")
+    assert len(train) == 3 and len(val) == 1
+    for seq in train + val:
+        assert len(seq.frames) == 15 and seq.gt.shape == (15, 4)
+        assert data.read_image(seq.frames[0]).shape == (96, 128, 3)
+        absent = np.loadtxt(seq.frames[0].parent / "absence.label", dtype=int)
+        np.testing.assert_array_equal(seq.visible, (absent == 0) & (seq.gt[:, 2] > 0) & (seq.gt[:, 3] > 0))
+        vis = seq.gt[seq.visible]
+        assert (vis[:, :2] >= 0).all() and (vis[:, 0] + vis[:, 2] <= 128).all() and (vis[:, 1] + vis[:, 3] <= 96).all()
+        assert seq.visible.any()
+
+
+def test_synth_is_deterministic(synth_root, tmp_path):
+    data.synth(tmp_path, sequences=4, frames=15, seed=3, size=(128, 96), val_fraction=0.25, progress=False)
+    for rel in ["train/list.txt", "val/list.txt", "train/synth_00001/groundtruth.txt",
+                "train/synth_00001/absence.label", "train/synth_00000/00000001.jpg",
+                "val/synth_00003/00000015.jpg"]:
+        assert (tmp_path / rel).read_bytes() == (synth_root / rel).read_bytes(), rel
+    other = tmp_path / "other"
+    data.synth(other, sequences=1, frames=2, seed=4, size=(128, 96), val_fraction=0, progress=False)
+    first = "train/synth_00000/00000001.jpg"
+    assert (other / first).read_bytes() != (synth_root / first).read_bytes()
+
+
+def test_cli_help_and_show(synth_root):
+    script = Path(data.__file__)
+    out = subprocess.run([sys.executable, str(script), "synth", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--sequences" in out.stdout
+    out = subprocess.run([sys.executable, str(script), "show", "got10k", str(synth_root), "val"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "1 sequences, 15 frames" in out.stdout
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def _sources(synth_root):
+    return [("synth", data.read_got10k(synth_root, "train"))]
+
+
+def test_pairs_shapes_and_box_range(synth_root):
+    ds = data.PairDataset(_sources(synth_root), samples_per_epoch=6, seed=0)
+    assert len(ds) == 6
+    for i in range(6):
+        s = ds[i]
+        assert s["template"].shape == (3, 128, 128) and s["search"].shape == (3, 256, 256)
+        assert s["search_box"].shape == (4,) and s["search_box"].dtype == torch.float32
+        cx, cy, w, h = s["search_box"].tolist()
+        assert 0 < w <= 1 and 0 < h <= 1
+        assert 0 <= cx - w / 2 + 1e-6 and cx + w / 2 <= 1 + 1e-6 and 0 <= cy - h / 2 + 1e-6 and cy + h / 2 <= 1 + 1e-6
+    with pytest.raises(IndexError):
+        ds[6]
+
+
+def test_pairs_deterministic_per_seed_epoch_index(synth_root):
+    a = data.PairDataset(_sources(synth_root), samples_per_epoch=4, seed=5)
+    b = data.PairDataset(_sources(synth_root), samples_per_epoch=4, seed=5)
+    for key in ("template", "search", "search_box"):
+        assert torch.equal(a[2][key], b[2][key])
+    first = a[2]["search"]
+    a.set_epoch(1)
+    assert not torch.equal(a[2]["search"], first)
+    c = data.PairDataset(_sources(synth_root), samples_per_epoch=4, seed=6)
+    assert not torch.equal(c[2]["search"], first)
+
+
+def test_pairs_zero_jitter_centres_box_and_flip_mirrors(tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "still.png")
+    seq = data.Sequence("still", [tmp_path / "still.png"], np.array([[50.0, 40.0, 32.0, 24.0]]), np.ones(1, bool))
+    kw = dict(samples_per_epoch=3, seed=1, center_jitter=0.0, scale_jitter=0.0, gray_prob=0.0, brightness=0.0)
+    plain = data.PairDataset([("still", [seq])], flip_prob=0.0, **kw)[0]
+    flipped = data.PairDataset([("still", [seq])], flip_prob=1.0, **kw)[0]
+    sz = math.ceil(math.sqrt(32 * 24) * 4)
+    expected = [127.5 / 256, 127.5 / 256, 32 * 256 / sz / 256, 24 * 256 / sz / 256]
+    np.testing.assert_allclose(plain["search_box"].numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(flipped["search_box"].numpy(), [1 - expected[0]] + expected[1:], atol=1e-6)
+    assert torch.equal(flipped["search"], plain["search"].flip(-1))
+    assert torch.equal(flipped["template"], plain["template"].flip(-1))
+
+
+def test_pairs_respect_visibility_and_gap(tmp_path):
+    frames = []
+    for k in range(6):
+        Image.fromarray(np.full((40, 40, 3), 40 * k, np.uint8)).save(tmp_path / f"{k}.png")
+        frames.append(tmp_path / f"{k}.png")
+    gt = np.tile([10.0, 10.0, 10.0, 10.0], (6, 1))
+    visible = np.array([True, False, True, False, False, True])
+    ds = data.PairDataset([("v", [data.Sequence("v", frames, gt, visible)])], samples_per_epoch=40, seed=0,
+                          max_gap=2, gray_prob=0.0, brightness=0.0, flip_prob=0.0)
+    seen = set()
+    for i in range(40):
+        rng = np.random.default_rng([0, 0, i])
+        rng.choice(1, p=[1.0]), rng.integers(1)
+        seen.add(ds._frames(ds.sources[0][1][0], rng))
+    # template before search, both visible; from frame 2 the next visible (5) is 3 frames
+    # away, so the gap widens by 5 as the released sampler does.
+    assert seen == {(0, 2), (2, 5)}
+    with pytest.raises(ValueError, match="annotated"):
+        data.PairDataset([("none", [])])
+
+
+def test_pairs_mix_sources_by_weight(tmp_path):
+    seqs = {}
+    for name, value in [("dark", 0), ("bright", 255)]:
+        Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(tmp_path / f"{name}.png")
+        seqs[name] = [data.Sequence(name, [tmp_path / f"{name}.png"], np.array([[20.0, 20.0, 16.0, 16.0]]),
+                                    np.ones(1, bool))]
+    kw = dict(samples_per_epoch=8, seed=0, gray_prob=0.0, brightness=0.0)
+    only_bright = data.PairDataset([("dark", seqs["dark"]), ("bright", seqs["bright"])], weights=[0, 1], **kw)
+    assert all(only_bright[i]["template"][0].max() > 2.0 for i in range(8))  # (1 - 0.485) / 0.229 = 2.25
+    mixed = data.PairDataset([("dark", seqs["dark"]), ("bright", seqs["bright"])], **kw)
+    assert len({bool(mixed[i]["template"][0].max() > 2.0) for i in range(8)}) == 2
+    with pytest.raises(ValueError, match="weights"):
+        data.PairDataset([("dark", seqs["dark"])], weights=[1, 1])
