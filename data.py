@@ -33,28 +33,30 @@ _SIMD_LANES = 8     # int16 lanes of opencv-python's SSE baseline build (see _ve
 # ----------------------------------------------------------------------------- images
 
 
-def read_image(path) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, 3) RGB.
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """A decoded PIL image as uint8 (H, W, 3) RGB, converted the way cv2.imread(IMREAD_COLOR)
+    does in the released code: alpha dropped, palette/grayscale expanded, 16-bit images
+    keep their high byte (v >> 8, OpenCV's png_set_strip_16 when 8-bit output is asked)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img).astype(np.int64)
+        gray = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)  # (H,W) -> (H,W,3)
+    if img.mode == "F":
+        gray = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)  # (H,W) -> (H,W,3)
+    if img.mode != "RGB":
+        img = img.convert("RGBA" if "transparency" in img.info else img.mode)
+        img = img.convert("RGB")
+    return np.array(img)
 
-    Alpha is dropped and palette/grayscale images are expanded, as cv2.imread(IMREAD_COLOR)
-    does in the released code. 16-bit images keep their high byte (v >> 8), which is what
-    OpenCV's PNG decoder does (png_set_strip_16) when 8-bit output is requested. EXIF
-    orientation is not applied (dataset annotations refer to the stored pixel grid).
-    """
+
+def read_image(path) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, 3) RGB (see pil_to_rgb). EXIF orientation is
+    not applied (dataset annotations refer to the stored pixel grid)."""
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img).astype(np.int64)
-                gray = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
-                return np.repeat(gray[:, :, None], 3, axis=2)  # (H,W) -> (H,W,3)
-            if img.mode == "F":
-                gray = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
-                return np.repeat(gray[:, :, None], 3, axis=2)  # (H,W) -> (H,W,3)
-            if img.mode != "RGB":
-                img = img.convert("RGBA" if "transparency" in img.info else img.mode)
-                img = img.convert("RGB")
-            return np.array(img)
+            return pil_to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
 

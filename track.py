@@ -21,7 +21,6 @@ Contents, smallest pieces first:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -263,20 +262,10 @@ TEMPLATE_FACTOR, TEMPLATE_SIZE = 2.0, 128
 SEARCH_FACTOR, SEARCH_SIZE = 4.0, 256
 
 
-def _pil_to_rgb(image: Image.Image) -> np.ndarray:
-    # data.read_image owns the conversion rules (16-bit keeps the high byte, alpha is
-    # dropped, ...) but only applies them while decoding a file; hand it a lossless
-    # in-memory TIFF so the rules stay in one place. NumPy input skips this entirely.
-    buffer = io.BytesIO()
-    image.save(buffer, format="TIFF")
-    buffer.seek(0)
-    return data.read_image(buffer)
-
-
 def _check_image(image) -> np.ndarray:
     """PIL image (any mode data.py can convert) or RGB uint8 (H, W, 3) array -> array."""
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(image)
+        return data.pil_to_rgb(image)
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array or PIL image, got {type(image).__name__}")
     if image.dtype != np.uint8:
