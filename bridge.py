@@ -54,7 +54,8 @@ class FusedUpsample(nn.Module):
 
 class Bridge(nn.Module):
     """Bridge Module on token tensors: inputs are the search tokens of each stage
-    (B, h*w, C) row-major, output the fused (B, 256, out_dim) tokens and (B, out_dim) G."""
+    (B, h*w, C) row-major, output O (B, 256, C_max). `proj1` (tokens of O) and `proj2`
+    (G) live here, as in the release, and are applied by hit.HiT."""
 
     def __init__(self, dims, stages=STAGES, out_dim=256):
         super().__init__()
@@ -87,7 +88,7 @@ class Bridge(nn.Module):
         m = x.transpose(1, 2).reshape(B, C, side, side)  # (B, C, h, w)
         return layer(m).flatten(2).transpose(1, 2)  # (B, 4hw, C')
 
-    def forward(self, s_max, s_mid, s_min, g):
+    def forward(self, s_max, s_mid, s_min):
         side = int(round(s_min.shape[1] ** 0.5))  # 4 for a 256 search crop
         x = None
         if "min" in self.stages:
@@ -100,12 +101,11 @@ class Bridge(nn.Module):
             x = x + s_max if "max" in self.stages else x
         else:
             x = s_max
-        return self.proj1(x), self.proj2(g)  # (B, 256, out_dim), (B, out_dim)
+        return x  # (B, 256, C_max): O of Eq. 3; proj1 / proj2 are applied by the caller
 
 
 if __name__ == "__main__":
     br = Bridge((128, 256, 384)).eval()
     B = 2
-    o, g = br(torch.randn(B, 256, 128), torch.randn(B, 64, 256), torch.randn(B, 16, 384),
-              torch.randn(B, 384))
-    print("params", sum(p.numel() for p in br.parameters()), "tokens", tuple(o.shape), "G", tuple(g.shape))
+    o = br(torch.randn(B, 256, 128), torch.randn(B, 64, 256), torch.randn(B, 16, 384))
+    print("params", sum(p.numel() for p in br.parameters()), "O", tuple(o.shape))

@@ -58,17 +58,6 @@ def conv_bn_relu(c_in, c_out):
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-def fold_conv_bn_relu(seq):
-    """Conv+BN+ReLU -> Conv(with the BN folded)+ReLU (inference only)."""
-    conv, bn = seq[0], seq[1]
-    w, b = levit.fold_bn(conv.weight, conv.bias, bn)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1).to(w)
-    with torch.no_grad():
-        fused.weight.copy_(w)
-        fused.bias.copy_(b)
-    return nn.Sequential(fused, nn.ReLU(inplace=True))
-
-
 class CornerHead(nn.Module):
     """STARK's corner head: two conv towers (256->256->128->64->32, then 1x1 -> 1) for the
     top-left and bottom-right corners, each followed by a soft-argmax over the map."""
@@ -80,40 +69,59 @@ class CornerHead(nn.Module):
             for i in range(4):
                 setattr(self, f"conv{i + 1}_{corner}", conv_bn_relu(chans[i], chans[i + 1]))
             setattr(self, f"conv5_{corner}", nn.Conv2d(chans[4], 1, 1))
+        self.towers = None  # set by fuse(): both towers merged into one network
         self.feat_size, self.img_size = feat_size, feat_size * stride
         # Released quirk: corner coordinates are index * stride (0, 16, ..., 240), not cell centres
         coord = torch.arange(feat_size, dtype=torch.float32) * stride
         self.register_buffer("coord_x", coord.repeat(feat_size), persistent=False)  # (HW,) column
         self.register_buffer("coord_y", coord.repeat_interleave(feat_size), persistent=False)  # (HW,) row
 
-    def tower(self, x, corner):
-        for i in range(1, 6):
-            x = getattr(self, f"conv{i}_{corner}")(x)
-        return x  # (B, 1, H, W)
-
-    def fuse(self):
-        """Fold the BNs of both towers (inference only); returns self."""
+    def score_maps(self, x):
+        """(B, C, H, W) -> (B, 2, H, W): top-left and bottom-right corner logits."""
+        if self.towers is not None:
+            return self.towers(x)
+        maps = []
         for corner in ("tl", "br"):
-            for i in range(1, 5):
-                name = f"conv{i}_{corner}"
-                seq = getattr(self, name)
-                if isinstance(seq[1], nn.BatchNorm2d):
-                    setattr(self, name, fold_conv_bn_relu(seq))
+            y = x
+            for i in range(1, 6):
+                y = getattr(self, f"conv{i}_{corner}")(y)
+            maps.append(y)
+        return torch.cat(maps, dim=1)
+
+    @torch.no_grad()
+    def fuse(self):
+        """Fold every BN and merge the two towers (inference only); returns self.
+
+        Both first convs read the same input, so they become one conv with twice the
+        outputs; the later layers become groups=2 convs (each group one corner). Same
+        arithmetic per output, half the kernel launches, larger GEMMs."""
+        if self.towers is not None:
+            return self
+        layers = []
+        for i in range(1, 6):
+            parts = []
+            for corner in ("tl", "br"):
+                m = getattr(self, f"conv{i}_{corner}")
+                conv = m[0] if i < 5 else m
+                parts.append(levit.fold_bn(conv.weight, conv.bias, m[1]) if i < 5 else (conv.weight, conv.bias))
+                delattr(self, f"conv{i}_{corner}")
+            w = torch.cat([p[0] for p in parts])  # (2*C_out, C_in/groups, k, k)
+            groups = 1 if i == 1 else 2
+            merged = nn.Conv2d(w.shape[1] * groups, w.shape[0], w.shape[2], 1, w.shape[2] // 2,
+                               groups=groups).to(w)
+            merged.weight.copy_(w)
+            merged.bias.copy_(torch.cat([p[1] for p in parts]))
+            layers += [merged, nn.ReLU(inplace=True)] if i < 5 else [merged]
+        self.towers = nn.Sequential(*layers)
         return self
 
-    def soft_argmax(self, score_map):
-        prob = score_map.flatten(1).softmax(dim=1)  # (B, HW)
-        x = prob @ self.coord_x
-        y = prob @ self.coord_y
-        return x, y, prob.max(dim=1).values
-
     def forward(self, x):
-        x1, y1, p_tl = self.soft_argmax(self.tower(x, "tl"))
-        x2, y2, p_br = self.soft_argmax(self.tower(x, "br"))
-        box = torch.stack([x1, y1, x2, y2], dim=1) / self.img_size  # (B, 4) xyxy in [0, 1]
+        prob = self.score_maps(x).flatten(2).softmax(dim=-1)  # (B, 2, HW)
+        cx, cy = prob @ self.coord_x, prob @ self.coord_y  # (B, 2) soft-argmax per corner
+        box = torch.stack([cx[:, 0], cy[:, 0], cx[:, 1], cy[:, 1]], dim=1) / self.img_size  # (B, 4) xyxy
         # Confidence: geometric mean of the two corner maps' peak probabilities. A sharp,
         # unimodal pair of maps (a clear target) scores high; flat or multi-peaked maps low.
-        score = torch.sqrt(p_tl * p_br)
+        score = prob.amax(dim=-1).prod(dim=-1).sqrt()  # (B,)
         return box, score
 
 
@@ -144,21 +152,29 @@ class HiT(nn.Module):
         self.backbone = Backbone(cfg)
         self.bottleneck = Bridge(spec.embed_dim, cfg.bridge_stages, cfg.hidden_dim)
         self.box_head = CornerHead(cfg.hidden_dim, cfg.search_size // cfg.stride, cfg.stride)
-        self.fused = False
+        self.fused = False  # backbone BNs folded
+        self.head_folded = False  # proj1 folded into the head (fuse(head=True), Small/Tiny)
 
     def forward_features(self, template, search):
-        """Every intermediate the fixtures check, plus the outputs."""
+        """Every intermediate the fixtures check, plus the outputs. `bridge_tokens` is None
+        once fuse(head=True) has folded proj1 into the head (they are never formed)."""
         s1, s2, s3 = self.backbone(template, search)  # (B, N_i, C_i), tokens [search; template]
         n = (self.cfg.search_size // self.cfg.stride) ** 2  # search tokens at stage 1 (256)
         g = s3.mean(dim=1)  # (B, C3): G, mean over all last-stage tokens (search and template)
-        e, g_p = self.bottleneck(s1[:, :n], s2[:, :n // 4], s3[:, :n // 16], g)  # (B, 256, D), (B, D)
-        att = torch.bmm(e, g_p.unsqueeze(2))  # (B, 256, 1): e . g per token, no softmax
+        o = self.bottleneck(s1[:, :n], s2[:, :n // 4], s3[:, :n // 16])  # (B, 256, C1)
+        g_p = self.bottleneck.proj2(g)  # (B, D)
         side = self.cfg.search_size // self.cfg.stride
-        fmap = (e * att).transpose(1, 2).reshape(e.shape[0], -1, side, side)  # (B, D, 16, 16)
+        if self.head_folded:
+            x, tokens = self.folded_gate(o, g_p), None  # (B, 256, C1 + 1)
+        else:
+            e = self.bottleneck.proj1(o)  # (B, 256, D)
+            att = torch.bmm(e, g_p.unsqueeze(2))  # (B, 256, 1): e . g per token, no softmax
+            x = e * att  # (B, 256, D)
+            tokens = torch.cat([g_p.unsqueeze(1), e], dim=1).transpose(0, 1)  # (257, B, D)
+        fmap = x.transpose(1, 2).reshape(x.shape[0], -1, side, side)  # (B, channels, 16, 16)
         box, score = self.box_head(fmap)
         return {"stage_features": [s1, s2, torch.cat([g.unsqueeze(1), s3], dim=1)],
-                "bridge_tokens": torch.cat([g_p.unsqueeze(1), e], dim=1).transpose(0, 1),  # (257, B, D)
-                "pred_boxes": xyxy_to_cxcywh(box), "score": score}
+                "bridge_tokens": tokens, "pred_boxes": xyxy_to_cxcywh(box), "score": score}
 
     def forward(self, template, search):
         """template (B,3,128,128), search (B,3,256,256), ImageNet-normalised.
@@ -167,18 +183,51 @@ class HiT(nn.Module):
         out = self.forward_features(template, search)
         return {"pred_boxes": out["pred_boxes"], "score": out["score"]}
 
+    def folded_gate(self, o, g_p):
+        """The head's input without forming e = proj1(O) (see _fold_proj1):
+        a = e . g = O (W1^T g) + b1 . g per token, then [a * O, a]."""
+        w1, b1 = self.bottleneck.proj1.weight, self.bottleneck.proj1.bias  # (D, C1), (D,)
+        u = g_p @ w1  # (B, C1)
+        a = torch.baddbmm((g_p @ b1)[:, None, None], o, u.unsqueeze(2))  # (B, 256, 1)
+        return torch.cat([o * a, a], dim=2)  # (B, 256, C1 + 1)
+
+    @torch.no_grad()
+    def _fold_proj1(self):
+        """Fold proj1 (Linear C1 -> D) into the head's first conv, exactly in real arithmetic.
+
+        The head computes conv1(a * (O W1^T + b1)) with a per-token scalar a. A conv is
+        linear in its input, so this equals conv1'([a * O, a]) with conv1' = conv1 . W1 on
+        the first C1 input channels and conv1 . b1 on one extra channel. For Small and Tiny
+        (C1 = 128 < D = 256) this halves the head's largest convolution and removes proj1;
+        for Base (C1 = 384) it would add work, so Base keeps the plain path.
+        """
+        proj, first = self.bottleneck.proj1, self.box_head.towers[0]
+        if proj.in_features + 1 >= proj.out_features:
+            return
+        w = first.weight  # (O, D, 3, 3)
+        w_o = torch.einsum("odhw,dc->ochw", w, proj.weight)  # (O, C1, 3, 3)
+        w_a = torch.einsum("odhw,d->ohw", w, proj.bias).unsqueeze(1)  # (O, 1, 3, 3)
+        conv = nn.Conv2d(proj.in_features + 1, w.shape[0], 3, 1, 1).to(w)
+        conv.weight.copy_(torch.cat([w_o, w_a], dim=1))
+        conv.bias.copy_(first.bias)
+        self.box_head.towers[0] = conv
+        self.head_folded = True
+
     def fuse(self, head=False):
         """Fold BatchNorm into the preceding layers, in place; returns the model.
 
         head=False folds the backbone's BNs, as the released tracker does (the "BN fused"
         parameter counts of Table 1). head=True also folds the Bridge Module's and the
-        corner head's BNs (fewer parameters, same outputs within float rounding).
+        corner head's BNs, merges the two corner towers and folds proj1 into the head
+        (Small, Tiny): the same function, computed faster; outputs agree within float
+        rounding. Inference only.
         """
         self.eval()
         levit.fuse_bn(self.backbone)
-        if head:
+        if head and not self.head_folded and self.box_head.towers is None:
             self.bottleneck.fuse()
             self.box_head.fuse()
+            self._fold_proj1()
         self.fused = True
         return self
 
@@ -385,7 +434,7 @@ def prepare(model, mode="fused", device=None, batch=1):
     model = model.to(device).eval()
     if mode == "eager":
         return model
-    if not model.fused or not isinstance(model.box_head.conv1_tl[1], nn.ReLU):
+    if model.box_head.towers is None:
         model.fuse(head=True)
     if mode in ("fp16", "bf16"):
         if device.type == "cpu":
@@ -415,11 +464,11 @@ def quantize_int8(model):
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
     q = copy.deepcopy(model)
     q.backbone = quantize_dynamic(q.backbone, {nn.Linear}, dtype=torch.qint8)
-    for corner in ("tl", "br"):
-        for i in range(1, 5):
-            seq = getattr(q.box_head, f"conv{i}_{corner}")
-            seq[0].qconfig = default_dynamic_qconfig
-            seq[0] = qd.Conv2d.from_float(seq[0])
+    towers = q.box_head.towers
+    for i, layer in enumerate(towers[:-1]):
+        if isinstance(layer, nn.Conv2d):
+            layer.qconfig = default_dynamic_qconfig
+            towers[i] = qd.Conv2d.from_float(layer)
     return q
 
 
