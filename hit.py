@@ -153,6 +153,7 @@ class HiT(nn.Module):
         self.bottleneck = Bridge(spec.embed_dim, cfg.bridge_stages, cfg.hidden_dim)
         self.box_head = CornerHead(cfg.hidden_dim, cfg.search_size // cfg.stride, cfg.stride)
         self.fused = False  # backbone BNs folded
+        self.head_fused = False  # bridge/head BNs folded, towers merged (fuse(head=True))
         self.head_folded = False  # proj1 folded into the head (fuse(head=True), Small/Tiny)
 
     def forward_features(self, template, search):
@@ -224,10 +225,11 @@ class HiT(nn.Module):
         """
         self.eval()
         levit.fuse_bn(self.backbone)
-        if head and not self.head_folded and self.box_head.towers is None:
+        if head and not self.head_fused:
             self.bottleneck.fuse()
             self.box_head.fuse()
             self._fold_proj1()
+            self.head_fused = True
         self.fused = True
         return self
 
@@ -434,7 +436,7 @@ def prepare(model, mode="fused", device=None, batch=1):
     model = model.to(device).eval()
     if mode == "eager":
         return model
-    if model.box_head.towers is None:
+    if not getattr(model, "head_fused", False):
         model.fuse(head=True)
     if mode in ("fp16", "bf16"):
         if device.type == "cpu":

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-import data  # same deps as this file; hit.py is imported lazily (CLI only)
+import data
+import hit
 
 # ---------------------------------------------------------------------------------------
 # 1. Metrics
@@ -292,14 +293,6 @@ def _check_box(box, image: np.ndarray):
     return (x, y, w, h)
 
 
-def _fuse_once(model: torch.nn.Module) -> None:
-    # fuse() folds BN in place; a second fold would apply the BN twice, so honour the
-    # model's own `fused` flag and set it for models whose fuse() does not.
-    if not getattr(model, "fused", False):
-        model.fuse()
-        model.fused = True
-
-
 def _sync(device: torch.device) -> None:
     # Kernels are asynchronous on GPUs; synchronise so the timing split is honest.
     if device.type == "cuda":
@@ -311,8 +304,8 @@ def _sync(device: torch.device) -> None:
 class Tracker:
     """HiT single-object tracker: fixed first-frame template, no post-processing.
 
-    `mode` names the bench mode the model was prepared for; every mode except "eager"
-    folds BatchNorm first (the released tracker does so before inference). Input crops
+    `mode` is one of hit.MODES: the model is prepared with hit.prepare (in place; every
+    mode except "eager" folds BatchNorm first, as the released tracker does). Input crops
     are cast to the model's floating dtype so fp16/bf16 models work too.
     """
 
@@ -320,9 +313,7 @@ class Tracker:
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
         self.mode = mode
-        self.model = model.to(self.device).eval()
-        if mode != "eager":
-            _fuse_once(self.model)
+        self.model = hit.prepare(model, mode, self.device)
         self.dtype = next(self.model.parameters()).dtype
         self.template = None  # (1, 3, 128, 128) normalised, on device
         self.state = None  # previous box (x, y, w, h) in pixels
@@ -579,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uav", action="store_true",
                    help="pytracking's UAV123 rule: invalid frames count as precision hits")
     p.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
-    p.add_argument("--mode", default="fused", help="model mode, see bench.py (default: fused)")
+    p.add_argument("--mode", default="fused", choices=hit.MODES,
+                   help="inference mode (hit.prepare; speeds in bench.py; default: fused)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     return p
 
@@ -642,8 +634,6 @@ def _device(name):
 
 
 def _make_tracker(args) -> Tracker:
-    import hit
-
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)

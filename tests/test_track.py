@@ -27,11 +27,11 @@ class FakeHiT(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.box = torch.tensor([box])
         self.fuse_calls = 0
-        self.fused = False
+        self.fused = self.head_fused = False
 
-    def fuse(self):
+    def fuse(self, head=False):
         self.fuse_calls += 1
-        self.fused = True
+        self.fused, self.head_fused = True, head
         return self
 
     def forward(self, template, search):
