@@ -14,13 +14,30 @@ Modes (see hit.prepare): `released` re-runs the released implementation's op seq
 the same weights (the baseline for every speed-up claim), `eager` (unfused), `fused`
 (the default), `compile`, `cuda_graph`; reduced precision `fp16`, `bf16` (GPU) and `int8`
 (CPU) are reported with their output deviation and never presented as exact.
+
+Also measured: each mode's max |output - eager| on the same inputs (an exact mode beyond
+EXACT_TOL is flagged in the table), parameters and GMACs (torch.utils.flop_counter),
+peak memory, end-to-end tracking fps with track.Tracker on a procedural 640x360 sequence
+(crop + resize + network + box mapping, JPEG decoding excluded) next to model-only fps,
+and training throughput (forward + loss + backward + AdamW, samples/s). Without
+--checkpoint the weights are random but trained-like (`randomize`): random BN statistics
+and attention biases, and outputs that depend on the input, so errors cannot hide.
+
+On a Jetson (JetPack with NVIDIA's PyTorch wheel for it): fix the clocks first
+(`sudo nvpmodel -m 0 && sudo jetson_clocks`), then `python bench.py --device cuda
+--variant all --json jetson.json`; the board is named from /etc/nv_tegra_release.
+bf16 is skipped on boards without it (Xavier); on small boards add `--train-batch 8`
+or `--no-train` (the GPU shares the board's memory).
 """
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import platform
 import resource
 import statistics
+import tempfile
 import time
 
 import torch
@@ -41,6 +58,9 @@ class Released(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.m = model.fuse(head=False)
+        for lin in self.m.modules():  # the released fuse leaves weights row-major (out, in)
+            if isinstance(lin, torch.nn.Linear):
+                lin.weight = torch.nn.Parameter(lin.weight.detach().contiguous())
 
     def attention(self, blk, x):
         B, N, _ = x.shape
@@ -82,3 +102,688 @@ class Released(torch.nn.Module):
         opt = (e.unsqueeze(-1) * att.unsqueeze(-2)).permute(0, 3, 2, 1).contiguous()  # (B, 1, D, 256)
         box, score = self.m.box_head(opt.view(B, -1, 16, 16))
         return {"pred_boxes": hit.xyxy_to_cxcywh(box), "score": score}
+
+
+# ----------------------------------------------------------------------------- the machine
+def cpu_name(path="/proc/cpuinfo"):
+    """The CPU model ("model name" in /proc/cpuinfo), else what platform knows."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def jetson_board(path="/etc/nv_tegra_release", model_path="/proc/device-tree/model"):
+    """The Jetson module and its L4T release on an NVIDIA Jetson, else None, e.g.
+    "NVIDIA Jetson AGX Xavier Developer Kit (L4T R32.7.1, board t186ref)".
+
+    /etc/nv_tegra_release starts "# R32 (release), REVISION: 7.1, GCID: ..., BOARD: t186ref,
+    EABI: aarch64, ..."; /proc/device-tree/model names the module when readable."""
+    try:
+        with open(path) as f:
+            first = f.readline().strip().lstrip("#").strip()
+    except OSError:
+        return None
+    fields = {}
+    for part in first.split(","):
+        key, _, value = part.strip().partition(":")
+        fields[key.strip().upper()] = value.strip()
+    release = next((k.split()[0] for k in fields if k.startswith("R") and "RELEASE" in k), "")
+    l4t = f"L4T {release}.{fields['REVISION']}" if release and "REVISION" in fields else first
+    try:
+        with open(model_path) as f:
+            model = f.read().replace("\x00", "").strip()
+    except OSError:
+        model = "NVIDIA Jetson"
+    board = fields.get("BOARD")
+    return f"{model} ({l4t}{', board ' + board if board else ''})"
+
+
+def device_name(device):
+    """Jetson board, GPU name, Apple GPU, or the CPU model for `device`."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        jetson = jetson_board()
+        return jetson or torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"Apple GPU (MPS) on {platform.machine()}"
+    return cpu_name()
+
+
+def machine_info(device, threads):
+    device = torch.device(device)
+    return {"device": device.type, "device_name": device_name(device), "cpu": cpu_name(),
+            "jetson": jetson_board(), "torch": torch.__version__,
+            "cuda": torch.version.cuda if device.type == "cuda" else None,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "threads": threads, "cores": os.cpu_count(), "load_start": load_average(),
+            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def load_average():
+    """1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warning(threads):
+    """A warning line when other processes already keep the cores busy. With every core
+    taken, a multi-threaded forward stalls at each parallel region waiting for a
+    preempted thread (seen here: HiT-Tiny 26 ms with 1 thread, 1.6 s with 2): such
+    timings measure the machine, not the model."""
+    load, cores = load_average(), os.cpu_count() or 1
+    if load is not None and load + threads > cores + 0.5:
+        return (f"!! machine busy: load average {load:.1f} on {cores} cores before this run "
+                f"({threads} threads asked): timings will be noisy or inflated; compare only "
+                f"modes of the same run" + (", or use --threads 1" if threads > 1 else ""))
+    return None
+
+
+# ----------------------------------------------------------------------------- models and inputs
+def randomize(model, seed=0, branch_gain=(0.02, 0.06), logit_std=2.0):
+    """Trained-like random weights, in place, so that fusing, bias gathers and numerical
+    errors anywhere show in the outputs (with default initialisation the residual
+    branches are tiny, the corner head shrinks its input ~100x, the score maps are flat
+    and the outputs hardly depend on the input).
+
+    1. every BatchNorm gets random affine parameters: weight in [0.5, 1.5], except the
+       last BN of each residual branch, in `branch_gain` (a larger gain makes the random
+       network chaotic: outputs then jump between 16-pixel cells on float rounding);
+       every attention-bias table gets N(0, 1) entries;
+    2. BN running statistics become the batch statistics of seeded random inputs (one
+       forward with momentum 1): non-trivial means and variances to fold;
+    3. each corner's 1x1 score conv is scaled so its logits have std `logit_std` on those
+       inputs: score maps neither flat nor one-hot."""
+    g = torch.Generator().manual_seed(seed)
+    is_bn = lambda m: isinstance(m, torch.nn.modules.batchnorm._BatchNorm)  # noqa: E731
+    bns = [m for m in model.modules() if is_bn(m)]
+    branch_ends = {id([b for b in r.m.modules() if is_bn(b)][-1])
+                   for r in model.modules() if type(r).__name__ == "Residual"}
+    with torch.no_grad():
+        for m in bns:
+            lo, hi = branch_gain if id(m) in branch_ends else (0.5, 1.5)
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) * (hi - lo) + lo)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        for name, p in model.named_parameters():
+            if name.endswith("attention_biases"):
+                p.copy_(torch.randn(p.shape, generator=g))
+        z, x = make_inputs(model.cfg, 2, "cpu", seed + 1000)
+        model.eval()
+        for m in bns:
+            m.momentum, m.training = 1.0, True
+        head, logits = model.box_head, {}
+        hooks = [getattr(head, f"conv5_{c}").register_forward_hook(
+            lambda mod, inp, out, c=c: logits.__setitem__(c, out)) for c in ("tl", "br")]
+        model(z, x)
+        for h in hooks:
+            h.remove()
+        for m in bns:
+            m.momentum, m.training = 0.1, False
+        for c, out in logits.items():
+            conv = getattr(head, f"conv5_{c}")
+            s = logit_std / float(out.flatten(1).std(1).mean())
+            conv.weight.mul_(s)
+            conv.bias.mul_(s)
+    return model
+
+
+def make_model(variant, checkpoint=None, seed=0):
+    """An unfused eval-mode HiT on the CPU: the checkpoint's weights, or seeded random
+    ones with trained-like statistics (see `randomize`)."""
+    if checkpoint:
+        return hit.load_checkpoint(checkpoint, "cpu", variant)
+    torch.manual_seed(seed)
+    return randomize(hit.build_hit(variant), seed).eval()
+
+
+def make_inputs(cfg, batch=1, device="cpu", seed=0):
+    """Seeded random (template, search) of the real shapes, on `device`."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, 3, cfg.template_size, cfg.template_size, generator=g)
+    x = torch.randn(batch, 3, cfg.search_size, cfg.search_size, generator=g)
+    return z.to(device), x.to(device)
+
+
+def model_stats(model):
+    """Parameters unfused / fully fused and GMACs (hit.count_macs: batch 1, unfused).
+
+    Counted on a copy on the meta device (shapes only, no arithmetic: same counts, a
+    fraction of the time), on a CPU copy if some op has no meta kernel."""
+    for device in ("meta", "cpu"):
+        try:
+            m = copy.deepcopy(model).to(device).eval()  # eval: counting must not touch BN stats
+            with torch.device(device):  # inputs and the fused layers made there too
+                macs = hit.count_macs(m, batch=1)
+                unfused = hit.count_params(m)
+                released = hit.count_params(m.fuse(head=False))  # Table 1's "BN fused"
+                fused = hit.count_params(m.fuse(head=True))
+            return {"params_unfused": unfused, "params_bn_fused": released,
+                    "params_fused": fused, "gmacs": macs / 1e9}
+        except (NotImplementedError, RuntimeError):
+            if device == "cpu":
+                raise
+
+
+# ----------------------------------------------------------------------------- modes
+def failure(e):
+    """A one-line reason for an exception that skips a measurement (the run goes on)."""
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"failed: {type(e).__name__}: {first}"
+
+
+def attempt(fn):
+    """Run fn(); None when it worked, else a one-line reason. For measurements that may
+    not fit a device (out of memory on a small board, a mode this torch lacks)."""
+    try:
+        fn()
+        return None
+    except Exception as e:
+        return failure(e)
+
+
+ALL_MODES = ("released",) + hit.MODES
+
+
+def default_modes(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return ["released", "eager", "fused", "cuda_graph", "fp16", "bf16"]
+    if device.type == "mps":
+        return ["released", "eager", "fused", "fp16"]
+    return ["released", "eager", "fused", "int8"]
+
+
+def is_exact(mode):
+    return mode == "released" or mode in hit.EXACT_MODES
+
+
+def skip_reason(mode, device):
+    """Why `mode` cannot run on `device` (a sentence), or None when it can."""
+    device = torch.device(device)
+    if mode not in ALL_MODES:
+        return f"unknown mode (expected one of {', '.join(ALL_MODES)})"
+    if mode == "cuda_graph" and device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if mode in ("fp16", "bf16") and device.type == "cpu":
+        return "half precision is a GPU mode here (on the CPU use int8)"
+    if mode == "int8" and device.type != "cpu":
+        return "int8 (dynamic quantisation) runs on the CPU only"
+    if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bfloat16 support"
+    return None
+
+
+def build_mode(model, mode, device, batch=1):
+    """f(template, search) -> {"pred_boxes", "score"} for `mode`, from a copy of `model`."""
+    m = copy.deepcopy(model)
+    if mode == "released":
+        return Released(m.to(device).eval()).eval()
+    return hit.prepare(m, mode, device, batch)
+
+
+def outputs(fn, z, x):
+    with torch.inference_mode():
+        out = fn(z, x)
+    return {k: out[k].detach().float().cpu().clone() for k in ("pred_boxes", "score")}
+
+
+def reference64(model, z, x):
+    """Eager outputs in float64 on the CPU: the yardstick for float32 rounding. A random
+    network can amplify rounding past EXACT_TOL (eager itself then sits far from this);
+    a mode as far from it as eager is no less exact than eager."""
+    m = copy.deepcopy(model).cpu().double().eval()
+    return outputs(m, z.cpu().double(), x.cpu().double())
+
+
+def deviation(out, ref):
+    """Max |out - ref| of pred_boxes and of score."""
+    return (float((out["pred_boxes"] - ref["pred_boxes"]).abs().max()),
+            float((out["score"] - ref["score"]).abs().max()))
+
+
+CHECK_INPUTS = 4  # input pairs each mode's outputs are compared on
+
+
+def check(fn, inputs, refs, refs64):
+    """(max box deviation, max score deviation) from eager float32, and the max deviation
+    from eager float64, over all input pairs."""
+    devs = []
+    for (z, x), ref, ref64 in zip(inputs, refs, refs64):
+        out = outputs(fn, z, x)
+        devs.append(deviation(out, ref) + (max(deviation(out, ref64)),))
+    return tuple(max(d[i] for d in devs) for i in range(3))
+
+
+# ----------------------------------------------------------------------------- timing
+def sync_for(device):
+    """The device's synchronise function (None on the CPU, where calls are synchronous)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return None
+
+
+def time_fn(fn, warmup, iters, sync=None):
+    """Call fn() `warmup` times untimed, then `iters` times; returns each timed call's ms.
+    `sync` (e.g. torch.cuda.synchronize) runs before starting and before stopping every
+    timed call, so queued GPU work is neither charged to nor hidden from the call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return times
+
+
+def time_interleaved(fns, warmup, iters, sync=None, chunk=10):
+    """Time several callables round-robin, `chunk` calls each per round, the order rotated
+    every round, so that machine noise (other processes, clocks) hits them alike.
+    Returns {name: [ms, ...]} with `iters` entries each."""
+    names = list(fns)
+    for name in names:
+        time_fn(fns[name], warmup, 0, sync)
+    times = {name: [] for name in names}
+    r = 0
+    while any(len(t) < iters for t in times.values()):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            n = min(chunk, iters - len(times[name]))
+            times[name] += time_fn(fns[name], 0, n, sync)
+        r += 1
+    return times
+
+
+def summarize(ms):
+    ms = sorted(ms)
+    median = statistics.median(ms)
+    p90 = ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))]
+    return {"median_ms": median, "p90_ms": p90, "min_ms": ms[0], "fps": 1e3 / median}
+
+
+# ----------------------------------------------------------------------------- memory
+def reset_peak(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device):
+    """(MB, what it measures): the CUDA allocator's peak since the last reset, the MPS
+    driver's allocation, or the whole process's peak resident set on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20, "cuda max_memory_allocated"
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2 ** 20, "mps driver allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2 ** 20 if platform.system() == "Darwin" else 2 ** 10), "process max RSS"
+
+
+def forward_memory(call, device):
+    """Memory around one call(): (peak MB, what it measures, MB the call itself added on
+    top of what was allocated before it: CUDA only, else None)."""
+    device = torch.device(device)
+    sync = sync_for(device)
+    if sync:
+        sync()
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+    reset_peak(device)
+    with torch.inference_mode():
+        call()
+    if sync:
+        sync()
+    peak, kind = peak_memory(device)
+    return peak, kind, (peak - before / 2 ** 20) if before is not None else None
+
+
+# ----------------------------------------------------------------------------- model-only benchmark
+def bench_variant(model, args, device, log=print):
+    """Prepare every mode from copies of `model` (unfused, CPU), check their outputs
+    against eager on the same inputs, time all modes interleaved, in one process.
+    Returns (records, skipped)."""
+    variant = model.cfg.variant
+    stats = model_stats(model)
+    # Outputs are checked on CHECK_INPUTS input pairs (a random network's score maps are
+    # one-hot for some inputs, where errors hide), of the timed batch size (CUDA graphs
+    # are captured for one); the first pair is also the timed one.
+    inputs = [make_inputs(model.cfg, args.batch, device, args.seed + 1 + i)
+              for i in range(CHECK_INPUTS)]
+    eager = copy.deepcopy(model).to(device)
+    refs = [outputs(eager, z, x) for z, x in inputs]
+    refs64 = [reference64(model, z, x) for z, x in inputs]
+    eager_err = max(max(deviation(r, r64)) for r, r64 in zip(refs, refs64))  # float32 rounding
+    z, x = inputs[0]
+    fns, devs, skipped = {}, {}, []
+    for mode in args.modes:
+        reason = skip_reason(mode, device)
+        if reason is None:
+            try:
+                fn = build_mode(model, mode, device, args.batch)
+                devs[mode] = check(fn, inputs, refs, refs64)
+                fns[mode] = (lambda f: lambda: f(z, x))(fn)
+            except Exception as e:  # a mode this torch/device cannot run: note it, go on
+                reason = failure(e)
+        if reason is not None:
+            log(f"  [{variant}] skipping mode {mode}: {reason}")
+            skipped.append({"variant": variant, "mode": mode, "device": device.type, "reason": reason})
+    mems = {mode: forward_memory(f, device) for mode, f in fns.items()}
+    with torch.inference_mode():
+        times = time_interleaved(fns, args.warmup, args.iters, sync_for(device))
+    base = statistics.median(times["released"]) if "released" in times else None
+    name = device_name(device)
+    records = []
+    for mode, ms in times.items():
+        s = summarize(ms)
+        records.append({
+            "variant": variant, "device": device.type, "device_name": name,
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": args.batch,
+            "mode": mode, "exact": is_exact(mode), **stats, **s,
+            "speedup_vs_released": base / s["median_ms"] if base else None,
+            "max_abs_dev": devs[mode][0], "score_dev": devs[mode][1],
+            "dev_vs_fp64": devs[mode][2], "eager_fp32_err": eager_err,
+            "exact_ok": devs[mode][0] <= EXACT_TOL and devs[mode][1] <= EXACT_TOL if is_exact(mode) else None,
+            "peak_mem_mb": mems[mode][0], "peak_mem_kind": mems[mode][1],
+            "call_mem_mb": mems[mode][2],
+            "weights": "checkpoint" if args.checkpoint else f"random (seed {args.seed})",
+            "iters": args.iters, "warmup": args.warmup})
+    return records, skipped
+
+
+# ----------------------------------------------------------------------------- end-to-end tracking
+def make_sequence(folder, frames, size=(640, 360), seed=0):
+    """One procedural sequence (data.synth) of `frames` frames, written under `folder`."""
+    import data
+    data.synth(folder, sequences=1, frames=frames, seed=seed, size=size, val_fraction=0,
+               progress=False)
+    return data.read_got10k(folder, "train")[0]
+
+
+def bench_tracking(model, mode, device, seq, model_ms=None, warmup_frames=10):
+    """Track `seq` with track.Tracker in `mode`: a warm-up pass over its first frames
+    (a tenth, at most `warmup_frames`), then a timed pass over all of them.
+
+    End-to-end time per frame = crop + resize + normalise + network + box mapping
+    (track.run_sequence's per-frame times, which exclude JPEG decoding); the first frame
+    (initialisation) is left out. Returns one record."""
+    import track
+    tracker = track.Tracker(copy.deepcopy(model), device, mode)  # it runs hit.prepare
+    splits = []
+    inner = tracker.track
+
+    def track_and_record(image):
+        result = inner(image)
+        splits.append(dict(tracker.last_timing))
+        return result
+
+    tracker.track = track_and_record
+    k = min(warmup_frames, max(2, len(seq.frames) // 10))  # warm-up (compile compiles here)
+    track.run_sequence(tracker, dataclasses.replace(
+        seq, frames=seq.frames[:k], gt=seq.gt[:k],
+        visible=None if seq.visible is None else seq.visible[:k]))
+    splits.clear()
+    _, seconds = track.run_sequence(tracker, seq)
+    per_frame = 1e3 * seconds[1:]
+    rec = {"variant": model.cfg.variant, "mode": mode, "device": device.type,
+           "frames": len(seq.frames), "image_size": list(data_size(seq)),
+           "e2e_median_ms": float(statistics.median(per_frame)),
+           "e2e_fps": float(len(per_frame) / (per_frame.sum() / 1e3)),
+           "model_median_ms": model_ms, "model_fps": 1e3 / model_ms if model_ms else None}
+    if splits and splits[0]:
+        for key in splits[0]:
+            rec[f"{key}_ms"] = float(statistics.median(s[key] for s in splits))
+    return rec
+
+
+def data_size(seq):
+    """(width, height) of the sequence's first frame."""
+    from PIL import Image
+    with Image.open(seq.frames[0]) as im:
+        return im.size
+
+
+# ----------------------------------------------------------------------------- training throughput
+def random_batch(cfg, batch, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z, x = make_inputs(cfg, batch, device, seed)
+    cxcy = torch.rand(batch, 2, generator=g) * 0.4 + 0.3
+    wh = torch.rand(batch, 2, generator=g) * 0.4 + 0.1
+    return {"template": z, "search": x, "search_box": torch.cat([cxcy, wh], 1).to(device)}
+
+
+def step_fn(model, optimizer, batch, device):
+    """One training step: train.train_step (Eq. 4 loss, clip, AdamW) when train.py is
+    importable, else forward + sum(pred_boxes) + backward + AdamW step. -> (fn, which)."""
+    try:
+        import train
+        train_step = train.train_step
+    except (ImportError, AttributeError, SyntaxError):
+        train_step = None
+    if train_step is not None:
+        return (lambda: train_step(model, batch, optimizer, device)), "train.train_step (Eq. 4 loss)"
+
+    def fallback():
+        out = model(batch["template"], batch["search"])
+        optimizer.zero_grad(set_to_none=True)
+        out["pred_boxes"].sum().backward()
+        optimizer.step()
+    return fallback, "fallback (sum of pred_boxes)"
+
+
+def bench_training(model, device, batch, warmup=2, steps=5):
+    """Samples/s of forward + backward + AdamW step on random inputs, model in train mode
+    (median step after min(warmup, steps) untimed ones)."""
+    warmup = min(warmup, steps)
+    m = copy.deepcopy(model).to(device).train()
+    optimizer = torch.optim.AdamW(m.parameters(), lr=5e-4, weight_decay=1e-4)
+    fn, which = step_fn(m, optimizer, random_batch(m.cfg, batch, device), device)
+    reset_peak(device)
+    ms = time_fn(fn, warmup, steps, sync_for(device))
+    mem, kind = peak_memory(device)
+    median = statistics.median(ms)
+    return {"variant": m.cfg.variant, "device": device.type, "batch": batch, "steps": steps,
+            "step_median_ms": median, "samples_per_s": batch * 1e3 / median, "loss": which,
+            "peak_mem_mb": mem, "peak_mem_kind": kind}
+
+
+# ----------------------------------------------------------------------------- report
+def format_table(records):
+    """One row per (variant, mode). An exact mode off eager by more than EXACT_TOL is
+    flagged "!! NOT EXACT"; reduced modes show their deviation as "~"."""
+    head = (f"{'variant':7s} {'mode':10s} {'exact':5s} {'median':>7s} {'p90':>7s} {'min':>7s} "
+            f"{'fps':>7s} {'vs rel':>6s} {'box dev':>8s} {'score dev':>9s} {'params M':>11s} "
+            f"{'GMACs':>6s} {'mem MB':>7s}")
+    lines = [head, "-" * len(head)]
+    for r in records:
+        speed = f"{r['speedup_vs_released']:.2f}x" if r["speedup_vs_released"] else "-"
+        if not r["exact"]:
+            flag = "  ~ reduced precision"
+        elif not r["exact_ok"]:
+            flag = f"  !! NOT EXACT: deviates > {EXACT_TOL:g} from eager"
+            if r.get("dev_vs_fp64") is not None:
+                flag += (f" (vs float64 eager {r['dev_vs_fp64']:.1e}; eager's own float32 "
+                         f"error {r['eager_fp32_err']:.1e})")
+        else:
+            flag = ""
+        lines.append(
+            f"{r['variant']:7s} {r['mode']:10s} {'yes' if r['exact'] else 'no':5s} "
+            f"{r['median_ms']:7.2f} {r['p90_ms']:7.2f} {r['min_ms']:7.2f} {r['fps']:7.1f} "
+            f"{speed:>6s} {r['max_abs_dev']:8.1e} {r['score_dev']:9.1e} "
+            f"{r['params_unfused'] / 1e6:5.2f}/{r['params_fused'] / 1e6:5.2f} "
+            f"{r['gmacs']:6.3f} {r['peak_mem_mb']:7.0f}{flag}")
+    return "\n".join(lines)
+
+
+def format_tracking(rec):
+    s = (f"tracking {rec['variant']:5s} {rec['mode']:8s} {rec['frames']} frames "
+         f"{rec['image_size'][0]}x{rec['image_size'][1]}: end-to-end {rec['e2e_fps']:.1f} fps "
+         f"(median {rec['e2e_median_ms']:.2f} ms/frame = {1e3 / rec['e2e_median_ms']:.1f} fps)")
+    if rec["model_fps"]:
+        s += f", model only {rec['model_fps']:.1f} fps"
+    if "network_ms" in rec:
+        s += (f"; split preprocess {rec['preprocess_ms']:.2f} / network {rec['network_ms']:.2f}"
+              f" / postprocess {rec['postprocess_ms']:.2f} ms")
+    return s
+
+
+def format_training(rec):
+    return (f"training {rec['variant']:5s} batch {rec['batch']}: {rec['samples_per_s']:.1f} samples/s "
+            f"(step {rec['step_median_ms']:.0f} ms median of {rec['steps']}; {rec['loss']}; "
+            f"peak {rec['peak_mem_mb']:.0f} MB {rec['peak_mem_kind']})")
+
+
+# ----------------------------------------------------------------------------- command line
+def default_threads():
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Measure HiT: model-only latency per inference "
+                                "mode (interleaved, against the released op sequence), "
+                                "end-to-end tracking fps and training throughput.")
+    p.add_argument("--device", choices=("cpu", "cuda", "mps"), default="cpu")
+    p.add_argument("--variant", choices=("base", "small", "tiny", "all"), default="all")
+    p.add_argument("--batch", type=int, default=1, help="model-only batch size (default 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: the cores available to this process)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed calls per mode (default 20)")
+    p.add_argument("--iters", type=int, default=100, help="timed calls per mode (default 100)")
+    p.add_argument("--modes", default=None,
+                   help="comma list from " + ",".join(ALL_MODES) + "; default: CPU "
+                   "released,eager,fused,int8; CUDA released,eager,fused,cuda_graph,fp16,bf16 "
+                   "(compile only when asked)")
+    p.add_argument("--json", metavar="PATH", help="write records, tracking, training, machine")
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="real weights (released or ours); default: seeded random weights with "
+                   "random BN statistics and attention biases")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-track", action="store_true", help="skip end-to-end tracking")
+    p.add_argument("--track-frames", type=int, default=100)
+    p.add_argument("--track-modes", default="fused", help="comma list of modes to track in")
+    p.add_argument("--no-train", action="store_true", help="skip training throughput")
+    p.add_argument("--train-batch", type=int, default=None, help="default 32 on GPU, 8 on CPU")
+    p.add_argument("--train-steps", type=int, default=5, help="timed steps (after 2 warm-up)")
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch.cuda.is_available() is False")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        p.error("--device mps: torch.backends.mps.is_available() is False")
+    args.modes = args.modes.split(",") if args.modes else default_modes(device)
+    args.track_modes = args.track_modes.split(",")
+    unknown = [m for m in args.modes + args.track_modes if m not in ALL_MODES]
+    if unknown:
+        p.error(f"unknown modes {unknown}; expected from {list(ALL_MODES)}")
+    if "released" in args.track_modes:
+        p.error("--track-modes: the tracker runs hit.prepare modes, not the released baseline")
+    if min(args.batch, args.iters, args.track_frames) < 1 or args.warmup < 0:
+        p.error("--batch, --iters and --track-frames must be >= 1, --warmup >= 0")
+    if args.track_frames < 2 and not args.no_track:
+        p.error("--track-frames must be >= 2 (the first frame initialises)")
+    args.threads = args.threads or default_threads()
+    args.train_batch = args.train_batch or (8 if device.type == "cpu" else 32)
+    return args, device
+
+
+def variants_of(args):
+    if args.checkpoint:  # the checkpoint decides; --variant all accepts it, else must match
+        v = hit.load_checkpoint(args.checkpoint).cfg.variant
+        if args.variant not in ("all", v):
+            raise SystemExit(f"--checkpoint holds HiT-{v}, not HiT-{args.variant}")
+        return [v]
+    return list(hit.VARIANTS) if args.variant == "all" else [args.variant]
+
+
+def main(argv=None):
+    args, device = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    machine = machine_info(device, args.threads)
+    print(f"HiT bench on {machine['device_name']} ({device.type}), torch {torch.__version__}, "
+          f"{args.threads} threads, batch {args.batch}, {args.warmup} warm-up + {args.iters} "
+          f"timed calls per mode, interleaved; modes {','.join(args.modes)}")
+    warning = busy_warning(args.threads) if device.type == "cpu" else None
+    if warning:
+        print(warning)
+    records, skipped, tracking, training = [], [], [], []
+    tmp = tempfile.TemporaryDirectory(prefix="hit_bench_")  # the procedural sequence
+    try:
+        seq = None
+        for variant in variants_of(args):
+            print(f"[{variant}] preparing and timing {len(args.modes)} modes ...", flush=True)
+            model = make_model(variant, args.checkpoint, args.seed)
+            recs, skip = bench_variant(model, args, device)
+            records += recs
+            skipped += skip
+            for r in recs:
+                if r["exact"] and not r["exact_ok"]:
+                    print(f"!! WARNING: {variant} {r['mode']} is an exact mode but deviates "
+                          f"from eager by {max(r['max_abs_dev'], r['score_dev']):.2e} > {EXACT_TOL:g} "
+                          f"(from float64 eager {r['dev_vs_fp64']:.2e}; eager float32 itself "
+                          f"{r['eager_fp32_err']:.2e} from it)")
+            for mode in ([] if args.no_track else args.track_modes):
+                reason = skip_reason(mode, device)
+                if reason is None:
+                    seq = seq or make_sequence(tmp.name, args.track_frames)
+                    ms = next((r["median_ms"] for r in recs if r["mode"] == mode), None)
+                    reason = attempt(lambda: tracking.append(bench_tracking(
+                        model, mode, device, seq, ms if args.batch == 1 else None)))
+                if reason:
+                    print(f"  [{variant}] not tracking in {mode}: {reason}")
+                    skipped.append({"variant": variant, "mode": f"tracking {mode}",
+                                    "device": device.type, "reason": reason})
+            if not args.no_train:
+                reason = attempt(lambda: training.append(bench_training(
+                    model, device, args.train_batch, steps=args.train_steps)))
+                if reason:
+                    print(f"  [{variant}] training throughput: {reason}")
+                    skipped.append({"variant": variant, "mode": "training",
+                                    "device": device.type, "reason": reason})
+    finally:
+        tmp.cleanup()
+    print()
+    print(format_table(records))
+    print("times in ms per call (median, p90, min); vs rel = released median / mode median, same "
+          "run; box/score dev = max |output - eager| on the same inputs (JSON also has "
+          "dev_vs_fp64 and eager_fp32_err: the float32 rounding yardstick); params M unfused/fused; "
+          f"mem = {records[0]['peak_mem_kind'] if records else '-'}")
+    for s in skipped:
+        print(f"skipped {s['variant']} {s['mode']}: {s['reason']}")
+    for rec in tracking:
+        print(format_tracking(rec))
+    for rec in training:
+        print(format_training(rec))
+    machine["load_end"] = load_average()
+    if warning:
+        print(warning)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"records": records, "tracking": tracking, "training": training,
+                       "skipped": skipped, "machine": machine,
+                       "args": {k: v for k, v in vars(args).items()}}, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""bench.py: timing, MAC counting, every mode against eager, device paths, the CLI.
+
+Fast by design (HiT-Tiny, a handful of calls): these check that the measurement is
+right, not how fast anything is.
+"""
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import bench
+import hit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One thread: on a shared 2-core machine two threads stall at every parallel region
+# whenever another process holds a core (HiT-Tiny: 26 ms -> 1.6 s per forward).
+THREADS = "1"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(THREADS))
+    yield
+    torch.set_num_threads(before)
+CUDA = torch.cuda.is_available()
+INT8_TOL = 1.0  # boxes are in [0, 1] units of the search crop; see test_every_cpu_mode_...
+
+
+# ----------------------------------------------------------------------------- timing
+def test_time_fn_times_a_sleep():
+    calls = []
+    times = bench.time_fn(lambda: time.sleep(0.002), warmup=2, iters=5,
+                          sync=lambda: calls.append(1))
+    assert len(times) == 5
+    assert all(2.0 <= t <= 50.0 for t in times), times
+    assert len(calls) == 2 * 5  # before starting and before stopping every timed call
+
+
+def test_time_fn_counts_warmup_apart():
+    n = []
+    times = bench.time_fn(lambda: n.append(1), warmup=3, iters=4)
+    assert len(n) == 7 and len(times) == 4 and all(t >= 0 for t in times)
+
+
+def test_interleaved_timing_gives_every_mode_all_its_calls_in_rounds():
+    order = []
+    fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    times = bench.time_interleaved(fns, warmup=1, iters=25, chunk=10)
+    assert {k: len(v) for k, v in times.items()} == {"a": 25, "b": 25, "c": 25}
+    timed = order[3:]  # after one warm-up call each
+    assert timed[:10] == ["a"] * 10 and timed[10:20] == ["b"] * 10  # round 1: a, b, c
+    assert timed[30:40] == ["b"] * 10  # round 2 starts with the next mode
+
+
+def test_summarize():
+    s = bench.summarize([5.0, 1.0, 2.0, 3.0, 4.0])
+    assert s["median_ms"] == 3.0 and s["min_ms"] == 1.0 and s["p90_ms"] == 5.0
+    assert s["fps"] == pytest.approx(1000 / 3)
+
+
+# ----------------------------------------------------------------------------- MAC counting
+def macs(module, *inputs):
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(*inputs)
+    return counter.get_total_flops() / 2
+
+
+def test_mac_count_equals_closed_form_for_small_layers():
+    assert macs(nn.Linear(64, 32), torch.randn(5, 64)) == 5 * 64 * 32
+    assert macs(nn.Conv2d(3, 8, 3, padding=1), torch.randn(1, 3, 10, 10)) == 8 * 3 * 9 * 100
+    q, k = torch.randn(2, 7, 16), torch.randn(2, 16, 9)  # attention-style batched matmul
+    assert macs(lambda a, b: torch.bmm(a, b), q, k) == 2 * 7 * 16 * 9
+
+
+def test_hit_tiny_macs_match_the_notes():
+    model = hit.build_hit("tiny").eval()
+    assert hit.count_macs(model) == pytest.approx(1.016e9, rel=0.01)
+
+
+# ----------------------------------------------------------------------------- modes vs eager
+@pytest.fixture(scope="module")
+def tiny():
+    """Random HiT-Tiny with trained-like statistics (bench.randomize) and two inputs."""
+    model = bench.make_model("tiny", seed=0)
+    z, x = bench.make_inputs(model.cfg, 2, "cpu", seed=1)
+    return model, z, x, bench.outputs(copy.deepcopy(model), z, x)
+
+
+def test_float32_rounding_is_far_below_the_tolerance(tiny):
+    """The exact tolerance is meaningful here: eager float32 sits well within it of a
+    float64 run of the same network."""
+    model, z, x, ref = tiny
+    assert max(bench.deviation(ref, bench.reference64(model, z, x))) < bench.EXACT_TOL / 2
+
+
+def test_random_model_makes_errors_visible(tiny):
+    """The premise of the agreement tests: with these weights a 1 % change of one
+    attention-bias table moves the outputs by more than the exact tolerance, and the
+    score maps are neither flat nor one-hot."""
+    model, z, x, ref = tiny
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.backbone.body.blocks[0].m.attention_biases.mul_(0.99)
+    assert max(bench.deviation(bench.outputs(broken, z, x), ref)) > bench.EXACT_TOL
+    assert ((ref["score"] > 0.02) & (ref["score"] < 0.99)).all(), ref["score"]
+    assert (ref["pred_boxes"][0] - ref["pred_boxes"][1]).abs().max() > 0.01  # input matters
+
+
+@pytest.mark.parametrize("mode", ["released", "eager", "fused", "int8", "compile"])
+def test_every_cpu_mode_agrees_with_eager(tiny, mode):
+    if mode == "compile" and os.environ.get("HIT_TEST_COMPILE") != "1":
+        pytest.skip("torch.compile is slow here; set HIT_TEST_COMPILE=1 to run it")
+    model, z, x, ref = tiny
+    assert bench.skip_reason(mode, "cpu") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation notes for dynamic int8
+        fn = bench.build_mode(model, mode, "cpu")
+        box_dev, score_dev = bench.deviation(bench.outputs(fn, z, x), ref)
+    if bench.is_exact(mode):
+        assert box_dev <= bench.EXACT_TOL and score_dev <= bench.EXACT_TOL, (box_dev, score_dev)
+    else:
+        # Dynamic int8 on a random network whose outputs are deliberately sensitive moves
+        # the boxes by ~0.1-0.6 (search-crop units); only "finite and in range" is a fair
+        # bound here. Its real cost is AUC with trained weights (issue 6), not this.
+        print(f"int8 deviation from eager: boxes {box_dev:.3g}, score {score_dev:.3g}")
+        out = bench.outputs(fn, z, x)
+        assert torch.isfinite(out["pred_boxes"]).all() and box_dev < INT8_TOL
+        assert ((out["score"] > 0) & (out["score"] <= 1)).all()
+    assert not model.fused  # every mode worked on its own copy
+
+
+@pytest.mark.parametrize("mode", ["cuda_graph", "fp16", "bf16"])
+def test_cuda_modes(tiny, mode):
+    if not CUDA:
+        assert bench.skip_reason(mode, "cpu") is not None
+        pytest.skip("no CUDA device")
+    model, z, x, ref = tiny
+    fn = bench.build_mode(model, mode, "cuda", batch=2)
+    box_dev, score_dev = bench.deviation(bench.outputs(fn, z.cuda(), x.cuda()), ref)
+    tol = bench.EXACT_TOL if bench.is_exact(mode) else 0.5
+    assert box_dev <= tol and score_dev <= tol, (box_dev, score_dev)
+
+
+def test_modes_that_cannot_run_are_skipped_with_a_note(tiny):
+    model = tiny[0]
+    args = types.SimpleNamespace(modes=["cuda_graph", "fp16", "fused", "nonsense"], batch=1,
+                                 seed=0, warmup=0, iters=2, checkpoint=None)
+    notes = []
+    records, skipped = bench.bench_variant(model, args, torch.device("cpu"), log=notes.append)
+    assert [r["mode"] for r in records] == ["fused"]
+    assert [s["mode"] for s in skipped] == ["cuda_graph", "fp16", "nonsense"]
+    assert all(s["reason"] for s in skipped) and len(notes) == 3
+    assert records[0]["speedup_vs_released"] is None  # no baseline in this run
+    assert bench.skip_reason("int8", "cuda") and bench.skip_reason("int8", "cpu") is None
+
+
+def test_table_flags_an_exact_mode_that_deviates():
+    rec = dict(variant="tiny", mode="fused", exact=True, exact_ok=False, median_ms=1.0,
+               p90_ms=1.0, min_ms=1.0, fps=1000.0, speedup_vs_released=1.0, max_abs_dev=1e-3,
+               score_dev=0.0, params_unfused=1, params_fused=1, gmacs=1.0, peak_mem_mb=1.0)
+    assert "NOT EXACT" in bench.format_table([rec])
+    assert "NOT EXACT" not in bench.format_table([dict(rec, exact_ok=True)])
+    assert "reduced" in bench.format_table([dict(rec, mode="int8", exact=False, exact_ok=None)])
+
+
+# ----------------------------------------------------------------------------- machine
+def test_jetson_board_absent_and_parsed(tmp_path):
+    assert bench.jetson_board(tmp_path / "nv_tegra_release") is None
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R32 (release), REVISION: 7.1, GCID: 27863751, BOARD: t186ref, "
+                       "EABI: aarch64, DATE: Mon Jul 26 19:36:31 UTC 2021\n")
+    model = tmp_path / "model"
+    model.write_bytes(b"NVIDIA Jetson AGX Xavier Developer Kit\x00")
+    name = bench.jetson_board(release, model)
+    assert name == "NVIDIA Jetson AGX Xavier Developer Kit (L4T R32.7.1, board t186ref)"
+    assert "L4T R32.7.1" in bench.jetson_board(release, tmp_path / "absent")
+
+
+def test_cpu_name_reads_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
+    assert bench.cpu_name(info) == "AMD EPYC 7B13"
+    assert bench.cpu_name(tmp_path / "absent")  # falls back, never empty
+    assert bench.device_name("cpu")
+
+
+def test_default_modes_per_device():
+    assert bench.default_modes("cpu") == ["released", "eager", "fused", "int8"]
+    cuda = bench.default_modes("cuda")
+    assert "cuda_graph" in cuda and "int8" not in cuda and "compile" not in cuda
+
+
+# ----------------------------------------------------------------------------- command line
+def test_help_exits_zero():
+    r = subprocess.run([sys.executable, "bench.py", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "--device" in r.stdout
+
+
+def test_cli_runs_end_to_end(tmp_path):
+    out = tmp_path / "out.json"
+    r = subprocess.run([sys.executable, "bench.py", "--variant", "tiny", "--iters", "3",
+                        "--warmup", "1", "--modes", "released,fused", "--json", str(out),
+                        "--track-frames", "5", "--train-batch", "2", "--train-steps", "1",
+                        "--threads", THREADS],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "released" in r.stdout and "tracking tiny" in r.stdout and "training tiny" in r.stdout
+    res = json.loads(out.read_text())
+    assert set(res) >= {"records", "tracking", "training", "machine"}
+    assert [rec["mode"] for rec in res["records"]] == ["released", "fused"]
+    for rec in res["records"]:
+        assert set(rec) >= {"variant", "device", "device_name", "torch", "threads", "batch",
+                            "mode", "exact", "params_unfused", "params_fused", "gmacs",
+                            "median_ms", "p90_ms", "min_ms", "fps", "speedup_vs_released",
+                            "max_abs_dev", "score_dev", "dev_vs_fp64", "eager_fp32_err",
+                            "peak_mem_mb", "peak_mem_kind"}
+        assert rec["median_ms"] > 0 and rec["exact"] and isinstance(rec["exact_ok"], bool)
+        assert rec["gmacs"] == pytest.approx(1.016, rel=0.01)
+    assert res["records"][0]["speedup_vs_released"] == 1.0
+    track, train = res["tracking"][0], res["training"][0]
+    assert track["mode"] == "fused" and track["frames"] == 5 and track["e2e_fps"] > 0
+    assert track["model_fps"] > 0 and track["network_ms"] > 0
+    assert train["batch"] == 2 and train["samples_per_s"] > 0
+    assert res["machine"]["device"] == "cpu" and res["machine"]["threads"] == int(THREADS)
