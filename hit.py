@@ -233,6 +233,9 @@ class HiT(nn.Module):
             # Channels-last patch-embedding weights make the convs run (and return) NHWC:
             # faster for these few-channel convs, and NHWC is already token-major.
             self.backbone.body.patch_embed.to(memory_format=torch.channels_last)
+            for m in self.backbone.modules():
+                if isinstance(m, levit.BiasTable):
+                    m.freeze()
             self.head_fused = True
         self.fused = True
         return self
@@ -488,9 +491,14 @@ def count_macs(model, batch=1):
     cfg = model.cfg
     z = torch.randn(batch, 3, cfg.template_size, cfg.template_size)
     x = torch.randn(batch, 3, cfg.search_size, cfg.search_size)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(z, x)
+    device = next(model.parameters()).device
+    counter, training = FlopCounterMode(display=False), model.training
+    model.eval()  # a train-mode forward would update the BN running statistics
+    try:
+        with counter, torch.no_grad():
+            model(z.to(device), x.to(device))
+    finally:
+        model.train(training)
     return counter.get_total_flops() / 2
 
 

@@ -178,16 +178,26 @@ class BiasTable(nn.Module):
     def __init__(self, heads, index, entries):
         super().__init__()
         self._cache = None
+        self.register_buffer("frozen", None, persistent=False)  # set by freeze(); moves with .to()
         if index is None:  # "absolute" ablation: no relative bias at all
             self.attention_biases = None
             return
         self.attention_biases = nn.Parameter(torch.zeros(heads, entries))
         self.register_buffer("attention_bias_idxs", index)  # persistent: part of released files
 
+    @torch.no_grad()
+    def freeze(self):
+        """Gather the bias once for inference (no cache checks per call, which also keeps
+        torch.compile from recompiling); the table must not change afterwards."""
+        if self.attention_biases is not None:
+            self.frozen = self.attention_biases[:, self.attention_bias_idxs].contiguous()
+
     def bias(self):
         t = self.attention_biases
         if t is None:
             return None
+        if self.frozen is not None:
+            return self.frozen
         if self.training or torch.is_grad_enabled():
             return t[:, self.attention_bias_idxs]  # (heads, Nq, Nk)
         key = (t._version, t.data_ptr(), self.attention_bias_idxs._version,
