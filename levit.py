@@ -172,7 +172,9 @@ class BiasTable(nn.Module):
     """Learned bias per head and offset (B^h of Eq. 2) and the (Nq, Nk) index into it.
 
     In eval mode without autograd the gathered (heads, Nq, Nk) bias is computed once and
-    reused until the table changes (its version counter moves), device or dtype change.
+    reused until the table changes (its version counter or storage moves), as the
+    released LeViT caches it in eval mode. `freeze()` (used by HiT.fuse(head=True)) fixes
+    it for good.
     """
 
     def __init__(self, heads, index, entries):
@@ -210,9 +212,9 @@ class BiasTable(nn.Module):
 def attend(q, k, v, bias, scale):
     """softmax(q k^T * scale + bias) v for q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv).
 
-    Written as baddbmm + in-place softmax + bmm: on CPU this is faster than
-    scaled_dot_product_attention with a float mask, whose masked-row checks cost more
-    than the attention itself at these sizes.
+    Written as baddbmm (bias, scale and q k^T in one GEMM call) + softmax + bmm: on CPU
+    this is faster than scaled_dot_product_attention with a float mask, whose masked-row
+    checks cost more than the attention itself at these sizes.
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
