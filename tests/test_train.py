@@ -1,0 +1,305 @@
+"""Tests of train.py: the loss of Eq. 4, optimisation, checkpoints, resume and DDP.
+
+Everything runs on a tiny procedural data set written once per module (4 sequences of
+12 frames) and HiT-tiny with a handful of pairs, so the whole file stays within a few
+minutes on a 2-core CPU.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import data  # noqa: E402
+import hit  # noqa: E402
+import train  # noqa: E402
+
+SYNTH = dict(sequences=4, frames=12, seed=0)
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synth") / "set"
+    train.ensure_synth(folder, SYNTH["sequences"], SYNTH["frames"], SYNTH["seed"], log=lambda *a: None)
+    return folder
+
+
+def tiny_args(synth_dir, out, *extra):
+    return ["--variant", "tiny", "--device", "cpu", "--workers", "0", "--out", str(out),
+            "--samples-per-epoch", "4", "--batch-size", "2", "--synth-dir", str(synth_dir),
+            "--synth-sequences", str(SYNTH["sequences"]), "--synth-frames", str(SYNTH["frames"]),
+            "--synth-seed", str(SYNTH["seed"]), *extra]
+
+
+def fixed_batch(synth_dir, n=2, seed=0):
+    ds = data.PairDataset([("synth", data.read_got10k(synth_dir, "train"))], None, 64, seed)
+    return torch.utils.data.default_collate([ds[i] for i in range(n)])
+
+
+# ----------------------------------------------------------------------------- loss
+def xyxy(*b):
+    return torch.tensor([b], dtype=torch.float64)
+
+
+def test_giou_identical_boxes_give_zero_loss():
+    b = xyxy(0.1, 0.2, 0.5, 0.9)
+    assert train.giou(b, b).item() == pytest.approx(1.0)
+    assert train.giou_loss(b, b).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_giou_disjoint_boxes():
+    # [0,1]^2 and [2,3]^2: IoU 0, union 2, enclosing box [0,3]^2 of area 9
+    a, b = xyxy(0, 0, 1, 1) / 4, xyxy(2, 2, 3, 3) / 4
+    assert train.giou(a, b).item() == pytest.approx(-7 / 9)
+    assert train.giou_loss(a, b).item() == pytest.approx(1 + 7 / 9)
+
+
+def test_giou_partial_overlap():
+    # [0,2]^2 and [1,3]^2: intersection 1, union 4 + 4 - 1 = 7, enclosing [0,3]^2 = 9
+    a, b = xyxy(0, 0, 2, 2) / 4, xyxy(1, 1, 3, 3) / 4
+    expected = 1 / 7 - (9 - 7) / 9
+    assert train.giou(a, b).item() == pytest.approx(expected)
+    assert train.giou_loss(a, b).item() == pytest.approx(1 - expected)
+
+
+def test_giou_degenerate_boxes_are_finite():
+    gt = torch.tensor([[0.2, 0.2, 0.6, 0.6]] * 4)
+    pred = torch.tensor([[0.3, 0.3, 0.3, 0.3],  # a point
+                         [0.5, 0.5, 0.4, 0.4],  # corners swapped
+                         [0.2, 0.2, 0.6, 0.6],  # exact
+                         [0.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    g = train.giou(pred, gt)
+    g.sum().backward()
+    assert torch.isfinite(g).all() and torch.isfinite(pred.grad).all()
+    zero = torch.zeros(1, 4, requires_grad=True)
+    v = train.giou(zero, torch.zeros(1, 4))  # both empty and at the same place
+    v.sum().backward()
+    assert torch.isfinite(v).all() and torch.isfinite(zero.grad).all()
+
+
+def test_box_loss_is_2_giou_plus_5_l1_with_gt_clamped():
+    pred = torch.tensor([[0.5, 0.5, 0.5, 0.5]])  # cxcywh -> xyxy (0.25, 0.25, 0.75, 0.75)
+    gt = torch.tensor([[0.8, 0.5, 0.6, 0.5]])  # xyxy (0.5, 0.25, 1.1, 0.75) -> x2 clamped to 1.0
+    total, parts = train.box_loss(pred, gt)
+    # clamped gt (0.5, 0.25, 1.0, 0.75): inter 0.25 * 0.5 = 0.125, union 0.25 + 0.25 - 0.125,
+    # enclosing (0.25..1.0) x (0.25..0.75) = 0.375
+    union = 0.375
+    g = 0.125 / union - (0.375 - union) / 0.375
+    l1 = (0.25 + 0 + 0.25 + 0) / 4
+    assert parts["giou"].item() == pytest.approx(1 - g)
+    assert parts["l1"].item() == pytest.approx(l1)
+    assert total.item() == pytest.approx(2 * (1 - g) + 5 * l1)
+    assert torch.allclose(train.box_cxcywh_to_xyxy(gt), torch.tensor([[0.5, 0.25, 1.1, 0.75]]))
+
+
+# ----------------------------------------------------------------------------- optimisation
+def test_one_step_changes_every_parameter(synth_dir):
+    """Every parameter with a gradient moves on the first AdamW step (clip 0.1). LeViT
+    zero-initialises the last BN scale of each residual branch, so at step 1 the layers
+    inside a branch have exactly zero gradient (their zero-initialised BN biases and bias
+    tables cannot move yet; weight decay moves the rest); after step 2 every one moves."""
+    torch.manual_seed(0)
+    model = hit.build_hit("tiny").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
+    start = {k: p.detach().clone() for k, p in model.named_parameters()}
+    batch = fixed_batch(synth_dir)
+    m = train.train_step(model, batch, opt, torch.device("cpu"), grad_clip=0.1)
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+    params = dict(model.named_parameters())
+    stuck = [k for k, p in params.items() if torch.equal(p, start[k])]
+    assert all(params[k].grad is not None and not params[k].grad.any() for k in stuck), stuck
+    assert all(".m." in k and k.startswith("backbone.body.blocks.") for k in stuck), stuck
+    assert params["box_head.conv5_tl.bias"].grad.abs().sum() > 0
+    train.train_step(model, batch, opt, torch.device("cpu"), grad_clip=0.1)
+    unchanged = [k for k, p in model.named_parameters() if p.requires_grad and torch.equal(p, start[k])]
+    assert not unchanged, f"parameters not updated after two steps: {unchanged}"
+
+
+def test_overfitting_a_small_batch_lowers_the_loss(synth_dir):
+    # 30 AdamW steps (lr 1e-3, clip 0.1) on 4 fixed procedural pairs; over seeds 0-3 the
+    # last losses end at 0.2-0.45 of the first ones, so 0.7 leaves a wide margin.
+    torch.manual_seed(0)
+    model = hit.build_hit("tiny").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    batch = fixed_batch(synth_dir, n=4, seed=1)
+    losses = [train.train_step(model, batch, opt, torch.device("cpu"), grad_clip=0.1)["loss"]
+              for _ in range(30)]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.7 * first, losses
+
+
+# ----------------------------------------------------------------------------- checkpoints and resume
+@pytest.fixture(scope="module")
+def straight_run(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    model = train.main(tiny_args(synth_dir, out, "--epochs", "2", "--lr-drop", "0.5"))
+    return out, model
+
+
+def test_checkpoint_and_log_format(straight_run):
+    out, model = straight_run
+    assert sorted(p.name for p in out.iterdir()) == ["last.pth", "log.jsonl"]
+    ckpt = hit.safe_load(out / "last.pth")  # plain types and tensors only
+    assert {"model", "config", "optimizer", "scheduler", "epoch", "rng", "args", "scaler"} <= set(ckpt)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["variant"] == "tiny"
+    assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
+    lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert {"epoch", "loss", "giou", "l1", "lr", "samples_per_s", "seconds"} <= set(lines[0])
+    assert lines[0]["lr"] == pytest.approx(5e-4) and lines[1]["lr"] == pytest.approx(5e-5)  # x0.1 at 50 %
+
+
+def test_load_checkpoint_reads_train_checkpoints(straight_run):
+    out, model = straight_run
+    loaded = hit.load_checkpoint(out / "last.pth")
+    assert not loaded.training and loaded.cfg == model.cfg
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+
+
+def test_crash_while_saving_then_resume_matches_uninterrupted_run(straight_run, synth_dir, tmp_path, monkeypatch):
+    _, reference = straight_run
+    real_save, calls = torch.save, []
+
+    def save_then_crash(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the checkpoint after epoch 2: half a file, then the "kill"
+            f.write(b"PK\x03\x04 partial checkpoint")
+            raise KeyboardInterrupt("killed while writing")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save_then_crash)
+    args = tiny_args(synth_dir, tmp_path, "--epochs", "2", "--lr-drop", "0.5")
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert hit.safe_load(tmp_path / "last.pth")["epoch"] == 1  # the previous checkpoint survived
+    hit.load_checkpoint(tmp_path / "last.pth")
+
+    resumed = train.main(args + ["--resume"])
+    ref, got = reference.state_dict(), resumed.state_dict()
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    ck = hit.safe_load(tmp_path / "last.pth")
+    assert ck["epoch"] == 2 and ck["scheduler"]["last_epoch"] == 2
+
+
+def test_stop_after_then_resume_gives_same_log(straight_run, synth_dir, tmp_path):
+    out, _ = straight_run
+    args = tiny_args(synth_dir, tmp_path, "--epochs", "2", "--lr-drop", "0.5")
+    train.main(args + ["--stop-after", "1"])
+    assert hit.safe_load(tmp_path / "last.pth")["epoch"] == 1
+    with pytest.raises(ValueError, match="--resume"):  # no silent overwrite of a run
+        train.main(args)
+    with open(tmp_path / "log.jsonl", "a") as f:  # a killed run may have logged past its checkpoint
+        f.write('{"epoch": 2, "loss": 9.0, "lr": 1.0}\n{"epoch": 3, "lo')
+    train.main(args + ["--resume", str(tmp_path / "last.pth")])
+    want = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
+    got = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
+    for w, g in zip(want, got, strict=True):
+        assert (w["epoch"], w["loss"], w["lr"]) == (g["epoch"], g["loss"], g["lr"])
+
+
+def test_resume_without_checkpoint_names_it(synth_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="last.pth"):
+        train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--resume"))
+
+
+def test_val_every_logs_auc(synth_dir, tmp_path):
+    train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "2",
+                         "--val-every", "1", "--val-sequences", "1"))
+    record = json.loads((tmp_path / "log.jsonl").read_text())
+    assert 0.0 <= record["val_auc"] <= 100.0
+
+
+def test_static_box_baseline(synth_dir):
+    auc = train.main(tiny_args(synth_dir, synth_dir / "unused", "--baseline-only"))
+    assert 0.0 < auc <= 100.0
+    assert not (synth_dir / "unused").exists()
+
+
+def test_save_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    train.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def broken(obj, f, *a, **k):
+        f.write(b"garbage")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError):
+        train.save_atomic({"epoch": 2, "w": torch.zeros(3)}, path)
+    kept = hit.safe_load(path)
+    assert kept["epoch"] == 1 and torch.equal(kept["w"], torch.ones(3))
+
+
+# ----------------------------------------------------------------------------- data options
+def test_bad_data_spec_is_named(tmp_path):
+    with pytest.raises(ValueError, match="'got10k'"):
+        train.parse_data_spec("got10k")
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        train.parse_data_spec(f"imagenet:{tmp_path}")
+    with pytest.raises(ValueError, match="does-not-exist"):
+        train.parse_data_spec(f"got10k:{tmp_path},lasot:{tmp_path}/does-not-exist")
+    assert train.parse_data_spec(f"got10k:{tmp_path}, coco:{tmp_path}") == [
+        ("got10k", str(tmp_path)), ("coco", str(tmp_path))]
+    r = subprocess.run([sys.executable, "train.py", "--data", "lasot=/x"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "lasot=/x" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_data_flag_trains_on_a_got10k_layout(synth_dir, tmp_path):
+    with pytest.warns(UserWarning, match="CUDA only"):  # --amp on CPU: warned, float32
+        train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "2",
+                             "--data", f"got10k:{synth_dir}", "--amp"))
+    assert hit.safe_load(tmp_path / "last.pth")["epoch"] == 1
+
+
+def test_synth_cache_is_redone_when_incomplete(tmp_path):
+    folder = tmp_path / "synth"
+    partial = tmp_path / "synth.partial"  # an interrupted generation
+    (partial / "train").mkdir(parents=True)
+    (partial / "train" / "stale.txt").write_text("x")
+    train.ensure_synth(folder, 2, 3, 0, log=lambda *a: None)
+    assert (folder / train.SYNTH_MARKER).is_file() and not partial.exists()
+    assert not (folder / "train" / "stale.txt").exists()
+    stamp = (folder / train.SYNTH_MARKER).stat().st_mtime_ns
+    train.ensure_synth(folder, 2, 3, 0, log=lambda *a: None)  # cached: not regenerated
+    assert (folder / train.SYNTH_MARKER).stat().st_mtime_ns == stamp
+    train.ensure_synth(folder, 2, 4, 0, log=lambda *a: None)  # other settings: made again
+    assert len(data.read_got10k(folder, "train")[0].frames) == 4
+
+
+def test_synth_dir_not_made_by_train_is_never_deleted(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not made by train.py"):
+        train.ensure_synth(tmp_path / "mine", 2, 3, 0, log=lambda *a: None)
+    assert (tmp_path / "mine" / "precious.txt").read_text() == "keep"
+
+
+def test_help_works():
+    r = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--resume" in r.stdout and "--levit-weights" in r.stdout
+
+
+# ----------------------------------------------------------------------------- DDP
+def test_two_process_gloo_run(synth_dir, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", *tiny_args(synth_dir, tmp_path / "run", "--epochs", "1")]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.iterdir()) == ["last.pth", "log.jsonl"]
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1  # rank 0 only
+    assert (r.stdout + r.stderr).count("x2;") == 1  # the banner, printed by rank 0 alone
+    assert hit.load_checkpoint(out / "last.pth").cfg.variant == "tiny"
