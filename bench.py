@@ -89,9 +89,9 @@ class Released(torch.nn.Module):
                 x = blk(x)
             if i + 1 in body.stage_ends:
                 feats.append(x)
-        B = x.shape[0]
-        maps = [f[:, :side * side].transpose(1, 2).reshape(B, -1, side, side)
-                for f, side in zip(feats, (16, 8, 4))]  # (B, C, h, w) search parts
+        B, side = x.shape[0], cfg.search_size // cfg.stride
+        maps = [f[:, :s * s].transpose(1, 2).reshape(B, -1, s, s)
+                for f, s in zip(feats, (side, side // 2, side // 4))]  # (B, C, h, w) search parts
         g = feats[2].mean(1)
         br = self.m.bottleneck
         y = F.relu(br.layers[0](maps[2]) + maps[1])
@@ -100,7 +100,7 @@ class Released(torch.nn.Module):
         gp = br.proj2(g).unsqueeze(2)  # (B, D, 1)
         att = torch.matmul(e, gp)  # (B, 256, 1)
         opt = (e.unsqueeze(-1) * att.unsqueeze(-2)).permute(0, 3, 2, 1).contiguous()  # (B, 1, D, 256)
-        box, score = self.m.box_head(opt.view(B, -1, 16, 16))
+        box, score = self.m.box_head(opt.view(B, -1, side, side))
         return {"pred_boxes": hit.xyxy_to_cxcywh(box), "score": score}
 
 

@@ -19,7 +19,6 @@ import struct
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import attention_bias

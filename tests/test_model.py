@@ -2,9 +2,7 @@
 import itertools
 import os
 import pickle
-import zipfile
 
-import numpy as np
 import pytest
 import torch
 
