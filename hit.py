@@ -464,19 +464,15 @@ def prepare(model, mode="fused", device=None, batch=1):
 
 
 def quantize_int8(model):
-    """Dynamic int8 quantisation (weights int8, activations quantised per call) of every
-    Linear and of the corner head's 3x3 convolutions (half of Small/Tiny's MACs). The
-    Bridge projections and the 1x1 score convs stay float: they are tiny and sensitive."""
+    """Dynamic int8 quantisation (int8 weights, activations quantised per call) of every
+    backbone Linear: most of the MACs of Base, ~40 % of Small/Tiny. The convolutions stay
+    float: quantising the corner head's 3x3 convs too (PyTorch's dynamic Conv2d) was
+    faster but cost 6 AUC points on the procedural val split (14.7 -> 8.6), while the
+    Linear-only model kept it (16.9)."""
     import copy
-    from torch.ao.nn.quantized import dynamic as qd
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization import quantize_dynamic
     q = copy.deepcopy(model)
     q.backbone = quantize_dynamic(q.backbone, {nn.Linear}, dtype=torch.qint8)
-    towers = q.box_head.towers
-    for i, layer in enumerate(towers[:-1]):
-        if isinstance(layer, nn.Conv2d):
-            layer.qconfig = default_dynamic_qconfig
-            towers[i] = qd.Conv2d.from_float(layer)
     return q
 
 
