@@ -433,6 +433,13 @@ class CudaGraph(nn.Module):
         return self.out
 
 
+def default_device():
+    """The fastest device present: cuda, else mps, else cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
+
 def prepare(model, mode="fused", device=None, batch=1):
     """The model ready for inference in `mode` (see MODES) on `device`; a callable
     f(template, search) -> {"pred_boxes", "score"} with a `cfg` attribute."""

@@ -626,11 +626,7 @@ def result_path(folder, seq_name: str, dataset: str) -> Path:
 
 
 def _device(name):
-    if name:
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    return torch.device(name) if name else hit.default_device()
 
 
 def _make_tracker(args) -> Tracker:

@@ -180,10 +180,7 @@ def setup_distributed(device_arg):
     """(rank, world, device); under torchrun joins the process group (nccl/gloo)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    if device_arg == "auto":
-        device_arg = "cuda" if torch.cuda.is_available() else (
-            "mps" if torch.backends.mps.is_available() else "cpu")
-    device = torch.device(device_arg)
+    device = hit.default_device() if device_arg == "auto" else torch.device(device_arg)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
     if device.type == "cuda":
