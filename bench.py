@@ -12,8 +12,9 @@ round-robin, so machine noise hits them alike; we report median and p90.
 
 Modes (see hit.prepare): `released` re-runs the released implementation's op sequence on
 the same weights (the baseline for every speed-up claim), `eager` (unfused), `fused`
-(the default), `compile`, `cuda_graph`; reduced precision `fp16`, `bf16` (GPU) and `int8`
-(CPU) are reported with their output deviation and never presented as exact.
+(the default), `compile`, `cuda_graph`; reduced precision `fp16` (GPU), `bf16` (GPU, and
+CPUs with native bfloat16), `int8` and `fast` (CPU: int8 Linears + bf16 convs) are
+reported with their output deviation and never presented as exact.
 
 Also measured: each mode's max |output - eager| on the same inputs (an exact mode beyond
 EXACT_TOL is flagged in the table), parameters and GMACs (torch.utils.flop_counter),
@@ -296,7 +297,7 @@ def default_modes(device):
         return ["released", "eager", "fused", "cuda_graph", "fp16", "bf16"]
     if device.type == "mps":
         return ["released", "eager", "fused", "fp16"]
-    return ["released", "eager", "fused", "int8"]
+    return ["released", "eager", "fused", "int8", "fast"] + (["bf16"] if hit.cpu_has_bf16() else [])
 
 
 def is_exact(mode):
@@ -310,10 +311,12 @@ def skip_reason(mode, device):
         return f"unknown mode (expected one of {', '.join(ALL_MODES)})"
     if mode == "cuda_graph" and device.type != "cuda":
         return "CUDA graphs need a CUDA device"
-    if mode in ("fp16", "bf16") and device.type == "cpu":
-        return "half precision is a GPU mode here (on the CPU use int8)"
-    if mode == "int8" and device.type != "cpu":
-        return "int8 (dynamic quantisation) runs on the CPU only"
+    if mode == "fp16" and device.type == "cpu":
+        return "fp16 is a GPU mode here (on the CPU use fast or int8)"
+    if mode == "bf16" and device.type == "cpu" and not hit.cpu_has_bf16():
+        return "this CPU has no native bfloat16 (AVX512-BF16 or AMX)"
+    if mode in ("int8", "fast") and device.type != "cpu":
+        return f"{mode} (dynamic int8 quantisation) runs on the CPU only"
     if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return "this GPU has no bfloat16 support"
     return None
@@ -666,7 +669,7 @@ def build_parser():
     p.add_argument("--iters", type=int, default=100, help="timed calls per mode (default 100)")
     p.add_argument("--modes", default=None,
                    help="comma list from " + ",".join(ALL_MODES) + "; default: CPU "
-                   "released,eager,fused,int8; CUDA released,eager,fused,cuda_graph,fp16,bf16 "
+                   "released,eager,fused,int8,fast (+bf16 where the CPU has it); CUDA released,eager,fused,cuda_graph,fp16,bf16 "
                    "(compile only when asked)")
     p.add_argument("--json", metavar="PATH", help="write records, tracking, training, machine")
     p.add_argument("--checkpoint", metavar="PATH",
@@ -675,7 +678,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-track", action="store_true", help="skip end-to-end tracking")
     p.add_argument("--track-frames", type=int, default=100)
-    p.add_argument("--track-modes", default="fused", help="comma list of modes to track in")
+    p.add_argument("--track-modes", default="fused",
+                   help="comma list of modes to track in (default fused)")
     p.add_argument("--no-train", action="store_true", help="skip training throughput")
     p.add_argument("--train-batch", type=int, default=None, help="default 32 on GPU, 8 on CPU")
     p.add_argument("--train-steps", type=int, default=5, help="timed steps (after 2 warm-up)")

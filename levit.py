@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import attention_bias
 
@@ -98,6 +99,64 @@ def gemm_layout(w):
     by W^T; handing BLAS a contiguous W^T makes the few-token GEMMs of stages 2 and 3
     (20-80 rows) 15-45 % faster on CPU (measured with MKL, fp32), and costs nothing else."""
     return w.detach().t().contiguous().t()
+
+
+def tensor_key(t):
+    """Changes when `t` is written to or moved: the key of caches derived from a weight.
+    Inference tensors (made under torch.inference_mode) keep no version counter."""
+    return t.data_ptr(), (None if t.is_inference() else t._version)
+
+
+def onednn_linear_available():
+    """oneDNN's packed-weight linear (torch.ops.mkldnn, what torch.compile's CPU backend
+    calls) exists in this build."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class PackedLinear(nn.Module):
+    """A Linear (+ an optional Hardswish after it) for CPU inference through oneDNN with
+    its weight pre-packed in oneDNN's blocked layout. On the AMD EPYC here it runs LeViT's
+    GEMMs 1.2-1.8x faster than the MKL sgemm behind F.linear (e.g. 20x768 -> 1536:
+    407 -> 230 us, 2 threads); same results within float32 rounding. The packed copy is an
+    opaque tensor: it is made on first use, remade when the weight changes, never saved or
+    copied; with autograd on, off the CPU, or without oneDNN this is F.linear."""
+
+    def __init__(self, linear, post="none"):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias  # shared, unchanged (state dict)
+        self.post = post  # "none" or "hardswish" (fused into the GEMM's epilogue)
+        self._packed, self._key = None, None
+
+    def forward(self, x):
+        if x.device.type != "cpu" or torch.is_grad_enabled() or not onednn_linear_available():
+            y = F.linear(x, self.weight, self.bias)
+            return F.hardswish(y) if self.post == "hardswish" else y
+        key = tensor_key(self.weight)
+        if key != self._key:
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), x.shape[:-1].numel())
+            self._key = key
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, self.post, [], "")
+
+    def __getstate__(self):  # deepcopy/pickle: the opaque packed weight cannot be copied
+        return {**self.__dict__, "_packed": None, "_key": None}
+
+
+def pack_linears(module):
+    """Replace every nn.Linear in `module` by a PackedLinear, in place, fusing a Hardswish
+    that directly follows it in a Sequential (LeViT's MLP) into it; returns `module`."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            for i in range(len(child) - 1):
+                if type(child[i]) is nn.Linear and type(child[i + 1]) is nn.Hardswish:
+                    child[i], child[i + 1] = PackedLinear(child[i], "hardswish"), nn.Identity()
+        if type(child) is nn.Linear:
+            setattr(module, name, PackedLinear(child))
+        else:
+            pack_linears(child)
+    return module
 
 
 class BN_Linear(nn.Module):
@@ -201,8 +260,7 @@ class BiasTable(nn.Module):
             return self.frozen
         if self.training or torch.is_grad_enabled():
             return t[:, self.attention_bias_idxs]  # (heads, Nq, Nk)
-        key = (t._version, t.data_ptr(), self.attention_bias_idxs._version,
-               self.attention_bias_idxs.data_ptr())
+        key = (tensor_key(t), tensor_key(self.attention_bias_idxs))
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, t[:, self.attention_bias_idxs].contiguous())
         return self._cache[1]

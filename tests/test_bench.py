@@ -117,10 +117,13 @@ def test_random_model_makes_errors_visible(tiny):
     assert (ref["pred_boxes"][0] - ref["pred_boxes"][1]).abs().max() > 0.01  # input matters
 
 
-@pytest.mark.parametrize("mode", ["released", "eager", "fused", "int8", "compile"])
+@pytest.mark.parametrize("mode", ["released", "eager", "fused", "int8", "fast", "bf16", "compile"])
 def test_every_cpu_mode_agrees_with_eager(tiny, mode):
     if mode == "compile" and os.environ.get("HIT_TEST_COMPILE") != "1":
         pytest.skip("torch.compile is slow here; set HIT_TEST_COMPILE=1 to run it")
+    if mode == "bf16" and not hit.cpu_has_bf16():
+        assert bench.skip_reason(mode, "cpu") is not None
+        pytest.skip("this CPU has no native bfloat16")
     model, z, x, ref = tiny
     assert bench.skip_reason(mode, "cpu") is None
     with warnings.catch_warnings():
@@ -133,11 +136,45 @@ def test_every_cpu_mode_agrees_with_eager(tiny, mode):
         # Dynamic int8 on a random network whose outputs are deliberately sensitive moves
         # the boxes by ~0.1-0.6 (search-crop units); only "finite and in range" is a fair
         # bound here. Its real cost is AUC with trained weights (issue 6), not this.
-        print(f"int8 deviation from eager: boxes {box_dev:.3g}, score {score_dev:.3g}")
+        print(f"{mode} deviation from eager: boxes {box_dev:.3g}, score {score_dev:.3g}")
         out = bench.outputs(fn, z, x)
         assert torch.isfinite(out["pred_boxes"]).all() and box_dev < INT8_TOL
         assert ((out["score"] > 0) & (out["score"] <= 1)).all()
     assert not model.fused  # every mode worked on its own copy
+
+
+@pytest.mark.parametrize("post,shift", [("relu", 0.0), ("none", 0.0), ("hardswish", 2.0)])
+def test_int8_conv_close_to_float_conv(post, shift):
+    """Per-call input range (signed, all-positive after a shift), per-channel weights,
+    zero padding exact: within ~2 % of the float conv's output range."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(48, 64, 3, padding=1, groups=2)
+    x = (torch.randn(1, 48, 16, 16) + shift).contiguous(memory_format=torch.channels_last)
+    act = {"relu": torch.relu, "none": lambda t: t, "hardswish": nn.functional.hardswish}[post]
+    with torch.inference_mode():
+        ref = act(conv(x))
+        got = hit.Int8Conv2d(conv, post)(x)
+    assert got.shape == ref.shape == (1, 64, 16, 16) and got.dtype == torch.float32
+    err = (got - ref).abs().max() / ref.abs().max()
+    assert err < 0.02, err
+    assert err > 0  # it really is int8
+
+
+def test_fast_mode_layers(monkeypatch):
+    model = hit.build_hit("tiny").eval()
+    for bf16 in (True, False):  # bf16 is emulated (slow but correct) where it is not native
+        monkeypatch.setattr(hit, "cpu_has_bf16", lambda cpuinfo=None, v=bf16: v)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fast = hit.prepare(copy.deepcopy(model), "fast", "cpu")
+        assert not any(type(m) is nn.Linear for m in fast.backbone.modules())  # all int8
+        assert all(isinstance(m, (hit.Int8Conv2d, nn.ReLU)) for m in fast.box_head.towers)
+        assert isinstance(fast.backbone.body.patch_embed, hit.InBF16) == bf16
+        with torch.inference_mode():
+            out = fast(torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256))
+        assert out["pred_boxes"].shape == (1, 4) and out["pred_boxes"].dtype == torch.float32
+    with pytest.raises(ValueError, match="prepared for mode fused"):
+        hit.quantize_int8(hit.prepare(copy.deepcopy(model), "fused", "cpu"))
 
 
 @pytest.mark.parametrize("mode", ["cuda_graph", "fp16", "bf16"])
@@ -187,6 +224,15 @@ def test_jetson_board_absent_and_parsed(tmp_path):
     assert "L4T R32.7.1" in bench.jetson_board(release, tmp_path / "absent")
 
 
+def test_cpu_bf16_flag_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert not hit.cpu_has_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert hit.cpu_has_bf16(info)
+    assert not hit.cpu_has_bf16(tmp_path / "absent")  # not Linux: no claim
+
+
 def test_cpu_name_reads_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
@@ -196,7 +242,9 @@ def test_cpu_name_reads_cpuinfo(tmp_path):
 
 
 def test_default_modes_per_device():
-    assert bench.default_modes("cpu") == ["released", "eager", "fused", "int8"]
+    cpu = bench.default_modes("cpu")
+    assert cpu[:5] == ["released", "eager", "fused", "int8", "fast"]
+    assert ("bf16" in cpu) == hit.cpu_has_bf16() and "fp16" not in cpu
     cuda = bench.default_modes("cuda")
     assert "cuda_graph" in cuda and "int8" not in cuda and "compile" not in cuda
 

@@ -192,6 +192,63 @@ def test_fused_upsample_equals_transposed_conv():
     assert torch.allclose(ref, out, atol=1e-5)
 
 
+ONEDNN = levit.onednn_linear_available()
+
+
+@pytest.mark.parametrize("post", ["none", "hardswish"])
+def test_packed_linear_equals_linear_and_follows_weight_changes(post):
+    torch.manual_seed(3)
+    lin = torch.nn.Linear(96, 160)
+    packed = levit.PackedLinear(lin, post)
+    act = torch.nn.functional.hardswish if post == "hardswish" else (lambda t: t)
+    for shape in [(1, 80, 96), (2, 7, 96)]:  # M differs from the packing call's
+        x = torch.randn(shape) * 3
+        with torch.inference_mode():
+            got = packed(x)
+        assert got.shape == (*shape[:-1], 160)
+        assert (got - act(lin(x))).abs().max() < 1e-4
+    with torch.no_grad():
+        lin.weight.mul_(-2)  # a packed copy made before this must not be reused
+    with torch.inference_mode():
+        assert (packed(x) - act(lin(x))).abs().max() < 1e-4
+    copied = __import__("copy").deepcopy(packed)  # the opaque packed weight is not copied
+    with torch.inference_mode():
+        assert (copied(x) - act(lin(x))).abs().max() < 1e-4
+    x.requires_grad_(True)
+    packed(x).sum().backward()  # with autograd on it is F.linear: gradients flow
+    assert lin.weight.grad is not None and x.grad is not None
+
+
+def test_pack_linears_replaces_every_linear_and_fuses_mlp_hardswish():
+    torch.manual_seed(4)
+    model = hit.build_hit("tiny")
+    randomize_bn_and_biases(model)
+    model.eval()
+    z, x = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        ref = model(z, x)
+    n_linear = sum(type(m) is torch.nn.Linear for m in model.fuse(head=True).modules())
+    sd = model.state_dict()
+    levit.pack_linears(model)
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    packed = [m for m in model.modules() if isinstance(m, levit.PackedLinear)]
+    assert len(packed) == n_linear
+    assert sum(m.post == "hardswish" for m in packed) == 2 + 3 + 4 + 2  # MLPs: 9 blocks + 2 shrinks
+    assert model.state_dict().keys() == sd.keys()  # same names: Identity keeps the index
+    with torch.inference_mode():
+        out = model(z, x)
+    assert (out["pred_boxes"] - ref["pred_boxes"]).abs().max() < 1e-4
+    assert (out["score"] - ref["score"]).abs().max() < 1e-4
+
+
+def test_bias_cache_works_on_inference_tensors():
+    """A model made (or cast) inside inference_mode has no version counters to key on."""
+    with torch.inference_mode():
+        model = hit.build_hit("tiny").eval().double()
+        out = model(torch.randn(1, 3, 128, 128).double(), torch.randn(1, 3, 256, 256).double())
+    assert out["pred_boxes"].shape == (1, 4)
+
+
 def test_levit_classifier_shapes():
     model = levit.build_levit("LeViT_128S").eval()
     with torch.no_grad():
