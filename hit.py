@@ -435,13 +435,23 @@ class Int8Conv2d(nn.Module):
         qw = torch.round(w / scales[:, None, None, None]).clamp(-127, 127).to(torch.int8)
         self.conv_args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
         self.post, self.levels = post, levels
+        self.register_buffer("qweight", qw)
         self.register_buffer("w_scales", scales)
         self.register_buffer("w_zero_points", torch.zeros_like(scales, dtype=torch.int64))
         self.register_buffer("bias", conv.bias.detach().float().clone())
-        # the x scale/zero point given here are placeholders: the real ones come per call
-        self.register_buffer("packed", torch.ops.onednn.qconv_prepack(qw, scales, 1.0, 0, *self.conv_args, None))
+        self._packed = self.pack()  # fails here, not mid-tracking, where oneDNN lacks it
+
+    def pack(self):
+        """oneDNN's blocked copy of the weight: opaque, so never saved or copied (remade)."""
+        # the input scale / zero point given here are placeholders: the real ones come per call
+        return torch.ops.onednn.qconv_prepack(self.qweight, self.w_scales, 1.0, 0, *self.conv_args, None)
+
+    def __getstate__(self):  # deepcopy/pickle: drop the opaque packed weight
+        return {**self.__dict__, "_packed": None}
 
     def forward(self, x):
+        if self._packed is None:
+            self._packed = self.pack()
         lo, hi = (float(v) for v in torch.aminmax(x))
         lo, hi = min(lo, 0.0), max(hi, 0.0)  # 0 must be exact: it is the convs' padding
         scale = max(hi - lo, 1e-8) / self.levels
@@ -449,7 +459,7 @@ class Int8Conv2d(nn.Module):
         qx = torch.round(x / scale).add_(zero).clamp_(0, self.levels).to(torch.uint8)
         stride, padding, dilation, groups = self.conv_args
         return torch.ops.onednn.qconv2d_pointwise(
-            qx, scale, zero, self.packed, self.w_scales, self.w_zero_points, self.bias, stride,
+            qx, scale, zero, self._packed, self.w_scales, self.w_zero_points, self.bias, stride,
             padding, dilation, groups, 1.0, 0, torch.float32, self.post, [], "")
 
 
@@ -526,18 +536,18 @@ def prepare(model, mode="fused", device=None, batch=1):
     model = model.to(device).eval()
     if mode == "eager":
         return model
-    if not getattr(model, "head_fused", False):
-        model.fuse(head=True)
     if mode == "fp16" and device.type == "cpu":
         raise ValueError("mode fp16 needs a GPU (cuda or mps); on the CPU use fast or int8")
     if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         raise ValueError("mode bf16 on the CPU needs native bfloat16 (AVX512-BF16 or AMX); "
                          "this CPU would emulate it, slower than fp32: use int8")
+    if mode in ("int8", "fast") and device.type != "cpu":
+        raise ValueError(f"mode {mode} runs on the CPU (fbgemm/onednn kernels)")
+    if not getattr(model, "head_fused", False):
+        model.fuse(head=True)
     if mode in ("fp16", "bf16"):
         return CastInputs(model, torch.float16 if mode == "fp16" else torch.bfloat16)
     if mode in ("int8", "fast"):
-        if device.type != "cpu":
-            raise ValueError(f"mode {mode} runs on the CPU (fbgemm/onednn kernels)")
         return quantize_int8(model) if mode == "int8" else fast_cpu(model)
     if mode == "fused" and device.type == "cpu":
         levit.pack_linears(model)
@@ -555,9 +565,9 @@ def prepare(model, mode="fused", device=None, batch=1):
 def quantize_int8(model):
     """Dynamic int8 quantisation (int8 weights, activations quantised per call) of every
     backbone Linear: most of the MACs of Base, ~40 % of Small/Tiny. The convolutions stay
-    float: quantising the corner head's 3x3 convs too (PyTorch's dynamic Conv2d) was
-    faster but cost 6 AUC points on the procedural val split (14.7 -> 8.6), while the
-    Linear-only model kept it (16.9)."""
+    float here; the fast mode adds int8 head convs (Int8Conv2d). PyTorch's own dynamic
+    Conv2d (7-bit activations, per-tensor weights) was tried for the head first and cost
+    6 AUC points on the procedural val split; Int8Conv2d costs none (README, Speed)."""
     import copy
     from torch.ao.quantization import quantize_dynamic
     if any(isinstance(m, levit.PackedLinear) for m in model.modules()):
