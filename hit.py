@@ -18,6 +18,7 @@ training checkpoints without executing anything from the file.
 import dataclasses
 import io
 import pickle
+import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -573,7 +574,9 @@ def quantize_int8(model):
     if any(isinstance(m, levit.PackedLinear) for m in model.modules()):
         raise ValueError("this model was prepared for mode fused already; quantise a fresh one")
     q = copy.deepcopy(model)
-    q.backbone = quantize_dynamic(q.backbone, {nn.Linear}, dtype=torch.qint8)
+    with warnings.catch_warnings():  # torch.ao announces its own deprecation on every call
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        q.backbone = quantize_dynamic(q.backbone, {nn.Linear}, dtype=torch.qint8)
     return q
 
 

@@ -143,8 +143,9 @@ def test_every_cpu_mode_agrees_with_eager(tiny, mode):
     assert not model.fused  # every mode worked on its own copy
 
 
-@pytest.mark.parametrize("post,shift", [("relu", 0.0), ("none", 0.0), ("hardswish", 2.0)])
-def test_int8_conv_close_to_float_conv(post, shift):
+@pytest.mark.parametrize("post,shift,levels", [("relu", 0.0, 255), ("none", 0.0, 255),
+                                               ("hardswish", 2.0, 255), ("relu", 0.0, 127)])
+def test_int8_conv_close_to_float_conv(post, shift, levels):
     """Per-call input range (signed, all-positive after a shift), per-channel weights,
     zero padding exact: within ~2 % of the float conv's output range."""
     torch.manual_seed(5)
@@ -153,7 +154,7 @@ def test_int8_conv_close_to_float_conv(post, shift):
     act = {"relu": torch.relu, "none": lambda t: t, "hardswish": nn.functional.hardswish}[post]
     with torch.inference_mode():
         ref = act(conv(x))
-        q = hit.Int8Conv2d(conv, post)
+        q = hit.Int8Conv2d(conv, post, levels)  # 127: the 7-bit input of pre-VNNI CPUs
         got = q(x)
         assert torch.equal(copy.deepcopy(q)(x), got)  # the opaque packed weight is remade
     assert got.shape == ref.shape == (1, 64, 16, 16) and got.dtype == torch.float32
