@@ -116,7 +116,11 @@ class CornerHead(nn.Module):
         return self
 
     def forward(self, x):
-        prob = self.score_maps(x).flatten(2).softmax(dim=-1)  # (B, 2, HW)
+        return self.from_maps(self.score_maps(x))
+
+    def from_maps(self, logits):
+        """Corner logits (B, 2, H, W) -> box (B, 4) xyxy in [0, 1] of the crop, score (B,)."""
+        prob = logits.flatten(2).softmax(dim=-1)  # (B, 2, HW)
         cx, cy = prob @ self.coord_x, prob @ self.coord_y  # (B, 2) soft-argmax per corner
         box = torch.stack([cx[:, 0], cy[:, 0], cx[:, 1], cy[:, 1]], dim=1) / self.img_size  # (B, 4) xyxy
         # Confidence: geometric mean of the two corner maps' peak probabilities. A sharp,
@@ -173,16 +177,20 @@ class HiT(nn.Module):
             x = e * att  # (B, 256, D)
             tokens = torch.cat([g_p.unsqueeze(1), e], dim=1).transpose(0, 1)  # (257, B, D)
         fmap = x.transpose(1, 2).reshape(x.shape[0], -1, side, side)  # (B, channels, 16, 16)
-        box, score = self.box_head(fmap)
+        maps = self.box_head.score_maps(fmap)  # (B, 2, 16, 16) corner logits
+        box, score = self.box_head.from_maps(maps)
         return {"stage_features": [s1, s2, torch.cat([g.unsqueeze(1), s3], dim=1)],
-                "bridge_tokens": tokens, "pred_boxes": xyxy_to_cxcywh(box), "score": score}
+                "bridge_tokens": tokens, "score_maps": maps,
+                "pred_boxes": xyxy_to_cxcywh(box), "score": score}
 
-    def forward(self, template, search):
+    def forward(self, template, search, maps=False):
         """template (B,3,128,128), search (B,3,256,256), ImageNet-normalised.
         Returns pred_boxes (B, 4) = (cx, cy, w, h) normalised to the search crop, and
-        score (B,) in (0, 1] (see CornerHead.forward)."""
+        score (B,) in (0, 1] (see CornerHead.forward); with maps=True also the corner
+        logits "score_maps" (B, 2, 16, 16) (train.py's optional corner loss)."""
         out = self.forward_features(template, search)
-        return {"pred_boxes": out["pred_boxes"], "score": out["score"]}
+        keys = ("pred_boxes", "score", "score_maps") if maps else ("pred_boxes", "score")
+        return {k: out[k] for k in keys}
 
     def folded_gate(self, o, g_p):
         """The head's input without forming e = proj1(O) (see _fold_proj1):

@@ -80,6 +80,24 @@ def box_loss(pred_cxcywh, gt_cxcywh):
     return sum(LOSS_WEIGHTS[k] * v for k, v in parts.items()), parts
 
 
+def corner_loss(logits, gt_cxcywh, sigma=1.0):
+    """Optional dense supervision of the corner maps (not in the paper; --corner-loss):
+    cross-entropy between each corner's softmax over its (B, 2, H, W) logits and a
+    Gaussian (sigma in cells) around the true corner's cell. The corner coordinate of
+    cell i is i * stride (CornerHead), so the true cell is x * H for x in [0, 1]. Eq. 4's
+    soft-argmax gets gradient only through the map's mean; this tells every cell where
+    the corner is, which shortens the from-scratch plateau."""
+    B, _, H, W = logits.shape
+    gt = box_cxcywh_to_xyxy(gt_cxcywh.float()).clamp(0.0, 1.0)  # (B, 4) x1 y1 x2 y2
+    cells = torch.arange(W, device=logits.device, dtype=torch.float32)  # (W,)
+    ex = torch.exp(-0.5 * ((cells - gt[:, 0::2, None] * W) / sigma) ** 2)  # (B, 2, W): x1, x2
+    ey = torch.exp(-0.5 * ((cells - gt[:, 1::2, None] * H) / sigma) ** 2)  # (B, 2, H): y1, y2
+    target = (ey[:, :, :, None] * ex[:, :, None, :]).flatten(2)  # (B, 2, H*W)
+    target = target / target.sum(-1, keepdim=True).clamp(min=1e-12)
+    logp = logits.float().flatten(2).log_softmax(-1)  # (B, 2, H*W)
+    return -(target * logp).sum(-1).mean()
+
+
 # ----------------------------------------------------------------------------- command line
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -91,6 +109,9 @@ def build_parser():
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--grad-clip", type=float, default=0.1, help="max gradient norm (0: off)")
+    p.add_argument("--corner-loss", type=float, default=0.0,
+                   help="weight of an extra cross-entropy on the corner maps (not in the paper; "
+                   "0: Eq. 4 only)")
     p.add_argument("--lr-drop", type=float, default=0.8, help="lr x0.1 after this fraction of the epochs")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--out", default="runs/hit", help="folder for last.pth and log.jsonl")
@@ -255,14 +276,19 @@ def trim_log(path, last_epoch):
 
 
 # ----------------------------------------------------------------------------- one step
-def train_step(model, batch, optimizer, device, grad_clip=0.1, scaler=None, amp_dtype=None):
-    """Forward, Eq. 4, backward, clip, AdamW step. Returns floats {loss, giou, l1}."""
+def train_step(model, batch, optimizer, device, grad_clip=0.1, scaler=None, amp_dtype=None,
+               corner_weight=0.0):
+    """Forward, Eq. 4 (+ corner_weight * corner_loss), backward, clip, AdamW step.
+    Returns floats {loss, giou, l1} (+ corner)."""
     template = batch["template"].to(device, non_blocking=True)
     search = batch["search"].to(device, non_blocking=True)
     target = batch["search_box"].to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        out = model(template, search)
+        out = model(template, search, maps=corner_weight > 0)
     loss, parts = box_loss(out["pred_boxes"], target)
+    if corner_weight > 0:
+        parts["corner"] = corner_loss(out["score_maps"], target)
+        loss = loss + corner_weight * parts["corner"]
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -276,7 +302,7 @@ def train_step(model, batch, optimizer, device, grad_clip=0.1, scaler=None, amp_
         scaler.update()
     else:
         optimizer.step()
-    return {"loss": loss.item(), "giou": parts["giou"].item(), "l1": parts["l1"].item()}
+    return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -407,7 +433,8 @@ def main(argv=None):
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
-            m = train_step(model, batch, optimizer, device, args.grad_clip, scaler, amp_dtype)
+            m = train_step(model, batch, optimizer, device, args.grad_clip, scaler, amp_dtype,
+                           args.corner_loss)
             b = len(batch["search_box"])
             sums += torch.tensor([m["loss"], m["giou"], m["l1"]], dtype=torch.float64) * b
             n_seen += b

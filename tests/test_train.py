@@ -98,6 +98,35 @@ def test_box_loss_is_2_giou_plus_5_l1_with_gt_clamped():
     assert torch.allclose(train.box_cxcywh_to_xyxy(gt), torch.tensor([[0.5, 0.25, 1.1, 0.75]]))
 
 
+def test_corner_loss_prefers_the_true_corner_cells():
+    gt = torch.tensor([[0.5, 0.5, 0.5, 0.25]])  # xyxy (0.25, 0.375, 0.75, 0.625): cells 4,6 / 12,10
+    cell = torch.arange(16.0)
+
+    def gaussian_logits(row, col):  # log of a sigma-1 Gaussian bump at (row y, column x)
+        return -0.5 * ((cell[:, None] - row) ** 2 + (cell[None, :] - col) ** 2)
+
+    right = torch.stack([gaussian_logits(6, 4), gaussian_logits(10, 12)])[None]  # (1, 2, 16, 16)
+    wrong = right.flip(1)  # corners swapped
+    flat = torch.zeros(1, 2, 16, 16)
+    r, w, f = (train.corner_loss(m, gt).item() for m in (right, wrong, flat))
+    assert r < f < w
+    # the target itself costs its entropy, log(2 pi e sigma^2) = 2.84; a flat map log(256)
+    assert abs(r - 2.84) < 0.02 and abs(f - torch.log(torch.tensor(256.0)).item()) < 1e-5
+    logits = flat.clone().requires_grad_(True)
+    train.corner_loss(logits, gt).backward()
+    assert logits.grad[0, 0, 6, 4] < 0 and logits.grad[0, 0, 10, 12] > 0  # pulls toward the corner
+
+
+def test_forward_maps_gives_the_corner_logits():
+    model = hit.build_hit("tiny").eval()
+    z, x = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        out, plain = model(z, x, maps=True), model(z, x)
+    assert out["score_maps"].shape == (1, 2, 16, 16) and set(plain) == {"pred_boxes", "score"}
+    box, _ = model.box_head.from_maps(out["score_maps"])
+    assert torch.allclose(hit.xyxy_to_cxcywh(box), plain["pred_boxes"])
+
+
 # ----------------------------------------------------------------------------- optimisation
 def test_one_step_changes_every_parameter(synth_dir):
     """Every parameter with a gradient moves on the first AdamW step (clip 0.1). LeViT
