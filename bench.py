@@ -306,20 +306,7 @@ def is_exact(mode):
 
 def skip_reason(mode, device):
     """Why `mode` cannot run on `device` (a sentence), or None when it can."""
-    device = torch.device(device)
-    if mode not in ALL_MODES:
-        return f"unknown mode (expected one of {', '.join(ALL_MODES)})"
-    if mode == "cuda_graph" and device.type != "cuda":
-        return "CUDA graphs need a CUDA device"
-    if mode == "fp16" and device.type == "cpu":
-        return "fp16 is a GPU mode here (on the CPU use fast or int8)"
-    if mode == "bf16" and device.type == "cpu" and not hit.cpu_has_bf16():
-        return "this CPU has no native bfloat16 (AVX512-BF16 or AMX)"
-    if mode in ("int8", "fast") and device.type != "cpu":
-        return f"{mode} (dynamic int8 quantisation) runs on the CPU only"
-    if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return "this GPU has no bfloat16 support"
-    return None
+    return None if mode == "released" else hit.unavailable(mode, device)
 
 
 def build_mode(model, mode, device, batch=1):

@@ -536,22 +536,36 @@ def default_device():
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 
+def unavailable(mode, device):
+    """Why `mode` cannot run on `device` (a sentence), or None when it can: the one check
+    behind hit.prepare's errors and bench.py's skipped modes."""
+    device = torch.device(device)
+    if mode not in MODES:
+        return f"unknown mode {mode!r}; expected one of {MODES}"
+    if mode == "cuda_graph" and device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if mode == "fp16" and device.type == "cpu":
+        return "fp16 needs a GPU (cuda or mps); on the CPU use fast or int8"
+    if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        return ("bf16 on the CPU needs native bfloat16 (AVX512-BF16 or AMX); this CPU would "
+                "emulate it, slower than fp32: use int8")
+    if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bfloat16 support"
+    if mode in ("int8", "fast") and device.type != "cpu":
+        return f"{mode} runs on the CPU only (fbgemm/oneDNN int8 kernels)"
+    return None
+
+
 def prepare(model, mode="fused", device=None, batch=1):
     """The model ready for inference in `mode` (see MODES) on `device`; a callable
     f(template, search) -> {"pred_boxes", "score"} with a `cfg` attribute."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    reason = unavailable(mode, device)
+    if reason:
+        raise ValueError(f"mode {mode}: {reason}")
     model = model.to(device).eval()
     if mode == "eager":
         return model
-    if mode == "fp16" and device.type == "cpu":
-        raise ValueError("mode fp16 needs a GPU (cuda or mps); on the CPU use fast or int8")
-    if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        raise ValueError("mode bf16 on the CPU needs native bfloat16 (AVX512-BF16 or AMX); "
-                         "this CPU would emulate it, slower than fp32: use int8")
-    if mode in ("int8", "fast") and device.type != "cpu":
-        raise ValueError(f"mode {mode} runs on the CPU (fbgemm/onednn kernels)")
     if not getattr(model, "head_fused", False):
         model.fuse(head=True)
     if mode in ("fp16", "bf16"):
@@ -565,8 +579,6 @@ def prepare(model, mode="fused", device=None, batch=1):
         compiled.cfg = model.cfg
         return compiled
     if mode == "cuda_graph":
-        if device.type != "cuda":
-            raise ValueError("mode cuda_graph needs a CUDA device")
         return CudaGraph(model, batch)
     return model
 

@@ -13,6 +13,7 @@ Weights in the pytorch-image-models layout are converted with an explicit table
 (`timm_to_release`). Every Conv/Linear + BatchNorm pair has a `fuse()` that folds the BN
 (inference only), as the released tracker does before it runs.
 """
+import functools
 import json
 import re
 import struct
@@ -107,6 +108,7 @@ def tensor_key(t):
     return t.data_ptr(), (None if t.is_inference() else t._version)
 
 
+@functools.cache  # a property of the torch build; PackedLinear asks on every call
 def onednn_linear_available():
     """oneDNN's packed-weight linear (torch.ops.mkldnn, what torch.compile's CPU backend
     calls) exists in this build."""
