@@ -95,10 +95,7 @@ def test_shapes_and_parameter_counts(variant):
 
 
 def test_fuse_keeps_outputs_on_trained_like_statistics():
-    torch.manual_seed(1)
-    model = hit.build_hit("tiny")
-    randomize_bn_and_biases(model)
-    model.eval()
+    model = trained_like("tiny", seed=1)
     z, x = torch.randn(2, 3, 128, 128), torch.randn(2, 3, 256, 256)
     with torch.no_grad():
         ref = model.forward_features(z, x)
@@ -116,10 +113,7 @@ def test_fuse_keeps_outputs_on_trained_like_statistics():
 
 def test_proj1_folding_equals_plain_head_on_large_activations():
     """The folded head regroups sums; check it on inputs far from zero as well."""
-    torch.manual_seed(2)
-    model = hit.build_hit("small")
-    randomize_bn_and_biases(model)
-    model.eval()
+    model = trained_like("small", seed=2)
     z, x = torch.randn(1, 3, 128, 128) * 3, torch.randn(1, 3, 256, 256) * 3
     with torch.no_grad():
         ref = model(z, x)
@@ -129,6 +123,14 @@ def test_proj1_folding_equals_plain_head_on_large_activations():
     assert (out["score"] - ref["score"]).abs().max() < 1e-4
     base = hit.build_hit("base").fuse(head=True)
     assert not base.head_folded  # C1 = 384 > 256: folding would add work
+
+
+def trained_like(variant, seed):
+    """An eval-mode HiT (weights seeded by `seed`) with randomize_bn_and_biases applied."""
+    torch.manual_seed(seed)
+    model = hit.build_hit(variant)
+    randomize_bn_and_biases(model)
+    return model.eval()
 
 
 def randomize_bn_and_biases(model):
@@ -220,10 +222,7 @@ def test_packed_linear_equals_linear_and_follows_weight_changes(post):
 
 
 def test_pack_linears_replaces_every_linear_and_fuses_mlp_hardswish():
-    torch.manual_seed(4)
-    model = hit.build_hit("tiny")
-    randomize_bn_and_biases(model)
-    model.eval()
+    model = trained_like("tiny", seed=4)
     z, x = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256)
     with torch.inference_mode():
         ref = model(z, x)
