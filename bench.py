@@ -20,7 +20,8 @@ Also measured: each mode's max |output - eager| on the same inputs (an exact mod
 EXACT_TOL is flagged in the table), parameters and GMACs (torch.utils.flop_counter),
 peak memory, end-to-end tracking fps with track.Tracker on a procedural 640x360 sequence
 (crop + resize + network + box mapping, JPEG decoding excluded) next to model-only fps,
-and training throughput (forward + loss + backward + AdamW, samples/s). Without
+and training throughput (forward + loss + backward + AdamW, samples/s; float32 and,
+where it runs natively, train.py --amp's bf16/fp16 autocast). Without
 --checkpoint the weights are random but trained-like (`randomize`): random BN statistics
 and attention biases, and outputs that depend on the input, so errors cannot hide.
 
@@ -40,6 +41,7 @@ import resource
 import statistics
 import tempfile
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -554,16 +556,30 @@ def random_batch(cfg, batch, device, seed=0):
     return {"template": z, "search": x, "search_box": torch.cat([cxcy, wh], 1).to(device)}
 
 
-def step_fn(model, optimizer, batch, device):
-    """One training step: train.train_step (Eq. 4 loss, clip, AdamW) when train.py is
-    importable, else forward + sum(pred_boxes) + backward + AdamW step. -> (fn, which)."""
+def amp_dtype_for(device):
+    """train.py --amp's autocast dtype on `device` (None: it would train in float32)."""
+    try:
+        import train
+    except (ImportError, SyntaxError):
+        return None
+    with warnings.catch_warnings():  # "no native bfloat16": then there is no amp row
+        warnings.simplefilter("ignore")
+        return train.amp_settings(True, device)[0]
+
+
+def step_fn(model, optimizer, batch, device, amp_dtype=None):
+    """One training step: train.train_step (Eq. 4 loss, clip, AdamW; autocast to
+    amp_dtype as --amp does) when train.py is importable, else forward + sum(pred_boxes) +
+    backward + AdamW step. -> (fn, which)."""
     try:
         import train
         train_step = train.train_step
     except (ImportError, AttributeError, SyntaxError):
         train_step = None
     if train_step is not None:
-        return (lambda: train_step(model, batch, optimizer, device)), "train.train_step (Eq. 4 loss)"
+        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        return ((lambda: train_step(model, batch, optimizer, device, 0.1, scaler, amp_dtype)),
+                "train.train_step (Eq. 4 loss)")
 
     def fallback():
         out = model(batch["template"], batch["search"])
@@ -573,20 +589,21 @@ def step_fn(model, optimizer, batch, device):
     return fallback, "fallback (sum of pred_boxes)"
 
 
-def bench_training(model, device, batch, warmup=2, steps=5):
+def bench_training(model, device, batch, warmup=2, steps=5, amp_dtype=None):
     """Samples/s of forward + backward + AdamW step on random inputs, model in train mode
-    (median step after min(warmup, steps) untimed ones)."""
+    (median step after min(warmup, steps) untimed ones), float32 or autocast to amp_dtype."""
     warmup = min(warmup, steps)
     m = copy.deepcopy(model).to(device).train()
     optimizer = torch.optim.AdamW(m.parameters(), lr=5e-4, weight_decay=1e-4)
-    fn, which = step_fn(m, optimizer, random_batch(m.cfg, batch, device), device)
+    fn, which = step_fn(m, optimizer, random_batch(m.cfg, batch, device), device, amp_dtype)
     reset_peak(device)
     ms = time_fn(fn, warmup, steps, sync_for(device))
     mem, kind = peak_memory(device)
     median = statistics.median(ms)
+    precision = "float32" if amp_dtype is None else f"amp {str(amp_dtype).split('.')[-1]}"
     return {"variant": m.cfg.variant, "device": device.type, "batch": batch, "steps": steps,
-            "step_median_ms": median, "samples_per_s": batch * 1e3 / median, "loss": which,
-            "peak_mem_mb": mem, "peak_mem_kind": kind}
+            "precision": precision, "step_median_ms": median, "samples_per_s": batch * 1e3 / median,
+            "loss": which, "peak_mem_mb": mem, "peak_mem_kind": kind}
 
 
 # ----------------------------------------------------------------------------- report
@@ -630,7 +647,8 @@ def format_tracking(rec):
 
 
 def format_training(rec):
-    return (f"training {rec['variant']:5s} batch {rec['batch']}: {rec['samples_per_s']:.1f} samples/s "
+    return (f"training {rec['variant']:5s} batch {rec['batch']} {rec['precision']}: "
+            f"{rec['samples_per_s']:.1f} samples/s "
             f"(step {rec['step_median_ms']:.0f} ms median of {rec['steps']}; {rec['loss']}; "
             f"peak {rec['peak_mem_mb']:.0f} MB {rec['peak_mem_kind']})")
 
@@ -743,11 +761,12 @@ def main(argv=None):
                     print(f"  [{variant}] not tracking in {mode}: {reason}")
                     skipped.append({"variant": variant, "mode": f"tracking {mode}",
                                     "device": device.type, "reason": reason})
-            if not args.no_train:
+            amp = amp_dtype_for(device)  # --amp's step too, where it does anything
+            for dtype in ([] if args.no_train else [None] + ([amp] if amp else [])):
                 reason = attempt(lambda: training.append(bench_training(
-                    model, device, args.train_batch, steps=args.train_steps)))
+                    model, device, args.train_batch, steps=args.train_steps, amp_dtype=dtype)))
                 if reason:
-                    print(f"  [{variant}] training throughput: {reason}")
+                    print(f"  [{variant}] training throughput ({dtype or 'float32'}): {reason}")
                     skipped.append({"variant": variant, "mode": "training",
                                     "device": device.type, "reason": reason})
     finally:

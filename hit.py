@@ -54,6 +54,13 @@ VARIANTS = {
 
 
 # ----------------------------------------------------------------------------- head
+def autocast_on(device_type):
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: one query per device type
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def conv_bn_relu(c_in, c_out):
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
@@ -120,6 +127,9 @@ class CornerHead(nn.Module):
 
     def from_maps(self, logits):
         """Corner logits (B, 2, H, W) -> box (B, 4) xyxy in [0, 1] of the crop, score (B,)."""
+        if autocast_on(logits.device.type):  # mixed-precision training: a bf16 soft-argmax
+            with torch.autocast(logits.device.type, enabled=False):  # would round corners to ~1 px
+                return self.from_maps(logits.float())
         prob = logits.flatten(2).softmax(dim=-1)  # (B, 2, HW)
         cx, cy = prob @ self.coord_x, prob @ self.coord_y  # (B, 2) soft-argmax per corner
         box = torch.stack([cx[:, 0], cy[:, 0], cx[:, 1], cy[:, 1]], dim=1) / self.img_size  # (B, 4) xyxy
@@ -465,7 +475,7 @@ class Int8Conv2d(nn.Module):
         lo, hi = min(lo, 0.0), max(hi, 0.0)  # 0 must be exact: it is the convs' padding
         scale = max(hi - lo, 1e-8) / self.levels
         zero = int(round(-lo / scale))
-        qx = torch.round(x / scale).add_(zero).clamp_(0, self.levels).to(torch.uint8)
+        qx = x.mul(1.0 / scale).round_().add_(zero).clamp_(0, self.levels).to(torch.uint8)
         stride, padding, dilation, groups = self.conv_args
         return torch.ops.onednn.qconv2d_pointwise(
             qx, scale, zero, self._packed, self.w_scales, self.w_zero_points, self.bias, stride,

@@ -284,5 +284,7 @@ def test_cli_runs_end_to_end(tmp_path):
     track, train = res["tracking"][0], res["training"][0]
     assert track["mode"] == "fused" and track["frames"] == 5 and track["e2e_fps"] > 0
     assert track["model_fps"] > 0 and track["network_ms"] > 0
-    assert train["batch"] == 2 and train["samples_per_s"] > 0
+    assert train["batch"] == 2 and train["samples_per_s"] > 0 and train["precision"] == "float32"
+    amp = bench.amp_dtype_for(torch.device("cpu"))  # --amp's bf16 step where it is native
+    assert [t["precision"] for t in res["training"]] == ["float32"] + (["amp bfloat16"] if amp else [])
     assert res["machine"]["device"] == "cpu" and res["machine"]["threads"] == int(THREADS)

@@ -4,6 +4,7 @@ Everything runs on a tiny procedural data set written once per module (4 sequenc
 12 frames) and HiT-tiny with a handful of pairs, so the whole file stays within a few
 minutes on a 2-core CPU.
 """
+import copy
 import json
 import os
 import subprocess
@@ -163,6 +164,38 @@ def test_overfitting_a_small_batch_lowers_the_loss(synth_dir):
     assert last < 0.7 * first, losses
 
 
+def test_amp_settings_per_device(monkeypatch):
+    cpu = torch.device("cpu")
+    assert train.amp_settings(False, cpu) == (None, None)
+    monkeypatch.setattr(hit, "cpu_has_bf16", lambda cpuinfo=None: True)
+    assert train.amp_settings(True, cpu) == (torch.bfloat16, None)
+    monkeypatch.setattr(hit, "cpu_has_bf16", lambda cpuinfo=None: False)
+    with pytest.warns(UserWarning, match="no native bfloat16"):  # emulated bf16: slower
+        assert train.amp_settings(True, cpu) == (None, None)
+
+
+def test_bf16_autocast_step_keeps_float32_boxes_and_weights(synth_dir):
+    """--amp's step (bf16 autocast, forced here even where bf16 is emulated): the
+    soft-argmax runs in float32 (a bf16 one would round corners to ~1 px), weights and
+    their gradients stay float32, and the loss matches the fp32 step's within bf16's error."""
+    torch.manual_seed(0)
+    model = hit.build_hit("tiny").train()
+    batch = fixed_batch(synth_dir)
+    z, x = batch["template"], batch["search"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(z, x, maps=True)
+    assert out["score_maps"].dtype == torch.bfloat16 and out["pred_boxes"].dtype == torch.float32
+    box, _ = model.box_head.from_maps(out["score_maps"].float())
+    assert torch.equal(hit.xyxy_to_cxcywh(box), out["pred_boxes"])
+    ref = copy.deepcopy(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
+    m = train.train_step(model, batch, opt, torch.device("cpu"), 0.1, None, torch.bfloat16, 1.0)
+    m32 = train.train_step(ref, batch, torch.optim.AdamW(ref.parameters()), torch.device("cpu"), 0.1,
+                           corner_weight=1.0)
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+    assert m["loss"] == pytest.approx(m32["loss"], rel=0.05), (m, m32)
+
+
 # ----------------------------------------------------------------------------- checkpoints and resume
 @pytest.fixture(scope="module")
 def straight_run(synth_dir, tmp_path_factory):
@@ -285,9 +318,9 @@ def test_bad_data_spec_is_named(tmp_path):
 
 
 def test_data_flag_trains_on_a_got10k_layout(synth_dir, tmp_path):
-    with pytest.warns(UserWarning, match="CUDA only"):  # --amp on CPU: warned, float32
-        train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "2",
-                             "--data", f"got10k:{synth_dir}", "--amp"))
+    # --amp: bf16 autocast where this CPU has native bf16, else a warning and float32
+    train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "2",
+                         "--data", f"got10k:{synth_dir}", "--amp"))
     assert hit.safe_load(tmp_path / "last.pth")["epoch"] == 1
 
 
