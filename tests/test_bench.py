@@ -119,8 +119,6 @@ def test_random_model_makes_errors_visible(tiny):
 
 @pytest.mark.parametrize("mode", ["released", "eager", "fused", "int8", "fast", "bf16", "compile"])
 def test_every_cpu_mode_agrees_with_eager(tiny, mode):
-    if mode == "compile" and os.environ.get("HIT_TEST_COMPILE") != "1":
-        pytest.skip("torch.compile is slow here; set HIT_TEST_COMPILE=1 to run it")
     if mode == "bf16" and not hit.cpu_has_bf16():
         assert bench.skip_reason(mode, "cpu") is not None
         pytest.skip("this CPU has no native bfloat16")
@@ -128,8 +126,14 @@ def test_every_cpu_mode_agrees_with_eager(tiny, mode):
     assert bench.skip_reason(mode, "cpu") is None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's deprecation notes for dynamic int8
-        fn = bench.build_mode(model, mode, "cpu")
+        fn = bench.build_mode(model, mode, "cpu", batch=len(z))  # compiled for this batch
         box_dev, score_dev = bench.deviation(bench.outputs(fn, z, x), ref)
+    if mode in ("compile", "fast") and (mode == "compile" or hit.cpu_has_bf16()):
+        from torch._inductor import config as inductor_config
+        assert isinstance(fn, hit.Compiled)
+        assert fn.dtype == (torch.bfloat16 if mode == "fast" else None)
+        assert fn.options["freezing"] and fn.options.get("max_autotune", False) == (mode == "fast")
+        assert not inductor_config.freezing and not inductor_config.max_autotune  # set per call only
     if bench.is_exact(mode):
         assert box_dev <= bench.EXACT_TOL and score_dev <= bench.EXACT_TOL, (box_dev, score_dev)
     else:
@@ -163,13 +167,13 @@ def test_int8_conv_close_to_float_conv(post, shift, levels):
     assert err > 0  # it really is int8
 
 
-def test_fast_mode_layers(monkeypatch):
-    model = hit.build_hit("tiny").eval()
+def test_int8_fast_path_layers(monkeypatch):
+    model = hit.build_hit("tiny").eval().fuse(head=True)
     for bf16 in (True, False):  # bf16 is emulated (slow but correct) where it is not native
         monkeypatch.setattr(hit, "cpu_has_bf16", lambda cpuinfo=None, v=bf16: v)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fast = hit.prepare(copy.deepcopy(model), "fast", "cpu")
+            fast = hit.int8_cpu(copy.deepcopy(model))
         assert not any(type(m) is nn.Linear for m in fast.backbone.modules())  # all int8
         assert all(isinstance(m, (hit.Int8Conv2d, nn.ReLU)) for m in fast.box_head.towers)
         assert isinstance(fast.backbone.body.patch_embed, hit.InBF16) == bf16
@@ -178,6 +182,32 @@ def test_fast_mode_layers(monkeypatch):
         assert out["pred_boxes"].shape == (1, 4) and out["pred_boxes"].dtype == torch.float32
     with pytest.raises(ValueError, match="prepared for mode fused"):
         hit.quantize_int8(hit.prepare(copy.deepcopy(model), "fused", "cpu"))
+
+
+def test_fast_mode_picks_compiled_bf16_or_int8(monkeypatch):
+    """fast = Inductor-compiled bf16 autocast where the CPU has native bf16; the eager
+    int8 path without it, or (with a warning naming the reason) where compiling fails."""
+    model = hit.build_hit("tiny").eval()
+    made = []
+
+    class FakeCompiled:
+        def __init__(self, m, dtype, batch=1, autotune=False):
+            made.append((dtype, batch, autotune))
+            if len(made) > 1:
+                raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(hit, "Compiled", FakeCompiled)
+    monkeypatch.setattr(hit, "cpu_has_bf16", lambda cpuinfo=None: True)
+    assert isinstance(hit.prepare(copy.deepcopy(model), "fast", "cpu", batch=3), FakeCompiled)
+    assert made == [(torch.bfloat16, 3, True)]
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        fast = hit.prepare(copy.deepcopy(model), "fast", "cpu")
+    assert isinstance(fast.box_head.towers[0], hit.Int8Conv2d)
+    monkeypatch.setattr(hit, "cpu_has_bf16", lambda cpuinfo=None: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no compile attempted, nothing to warn
+        fast = hit.prepare(copy.deepcopy(model), "fast", "cpu")
+    assert len(made) == 2 and isinstance(fast.box_head.towers[0], hit.Int8Conv2d)
 
 
 @pytest.mark.parametrize("mode", ["cuda_graph", "fp16", "bf16"])
@@ -247,7 +277,7 @@ def test_cpu_name_reads_cpuinfo(tmp_path):
 
 def test_default_modes_per_device():
     cpu = bench.default_modes("cpu")
-    assert cpu[:5] == ["released", "eager", "fused", "int8", "fast"]
+    assert cpu[:6] == ["released", "eager", "fused", "compile", "int8", "fast"]
     assert ("bf16" in cpu) == hit.cpu_has_bf16() and "fp16" not in cpu
     cuda = bench.default_modes("cuda")
     assert "cuda_graph" in cuda and "int8" not in cuda and "compile" not in cuda
