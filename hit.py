@@ -499,6 +499,12 @@ def int8_convs(seq):
     return nn.Sequential(*out)
 
 
+def example_inputs(cfg, batch=1, device="cpu"):
+    """Zero (template, search) of the real shapes: for warm-up and compilation."""
+    return (torch.zeros(batch, 3, cfg.template_size, cfg.template_size, device=device),
+            torch.zeros(batch, 3, cfg.search_size, cfg.search_size, device=device))
+
+
 class CastInputs(nn.Module):
     """Run a half/bfloat16 model on float32 inputs and return float32 outputs."""
 
@@ -519,10 +525,8 @@ class CudaGraph(nn.Module):
 
     def __init__(self, model, batch=1):
         super().__init__()
-        cfg, dev = model.cfg, next(model.parameters()).device
-        self.model, self.cfg = model, cfg
-        self.z = torch.zeros(batch, 3, cfg.template_size, cfg.template_size, device=dev)
-        self.x = torch.zeros(batch, 3, cfg.search_size, cfg.search_size, device=dev)
+        self.model, self.cfg = model, model.cfg
+        self.z, self.x = example_inputs(model.cfg, batch, next(model.parameters()).device)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), torch.inference_mode():
@@ -567,14 +571,12 @@ class Compiled(nn.Module):
         self.options = {"freezing": True}
         if autotune:
             self.options.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN")
-        cfg, dev = model.cfg, next(model.parameters()).device
-        self.device_type = dev.type
+        device = next(model.parameters()).device
+        self.device_type = device.type
         self.compiled = torch.compile(model, dynamic=False)
-        z = torch.zeros(batch, 3, cfg.template_size, cfg.template_size, device=dev)
-        x = torch.zeros(batch, 3, cfg.search_size, cfg.search_size, device=dev)
         # Autotuning writes a table per GEMM to stderr; keep the tracker's output readable.
         with torch.inference_mode(), contextlib.redirect_stderr(io.StringIO()):
-            self(z, x)
+            self(*example_inputs(model.cfg, batch, device))
 
     def forward(self, template, search):
         from torch._inductor import config as inductor_config
@@ -629,6 +631,8 @@ def prepare(model, mode="fused", device=None, batch=1):
         return quantize_int8(model) if mode == "int8" else fast_cpu(model, batch)
     if mode == "fused" and device.type == "cpu":
         levit.pack_linears(model)
+        if any(isinstance(m, levit.PackedLinear) for m in model.modules()):
+            levit.pick_gemm(model, *example_inputs(model.cfg, batch, device))
     if mode == "compile":
         return Compiled(model, batch=batch)
     if mode == "cuda_graph":

@@ -16,7 +16,9 @@ Weights in the pytorch-image-models layout are converted with an explicit table
 import functools
 import json
 import re
+import statistics
 import struct
+import time
 from dataclasses import dataclass
 
 import torch
@@ -119,21 +121,26 @@ def onednn_linear_available():
 
 
 class PackedLinear(nn.Module):
-    """A Linear (+ an optional Hardswish after it) for CPU inference through oneDNN with
-    its weight pre-packed in oneDNN's blocked layout. On the AMD EPYC here it runs LeViT's
-    GEMMs 1.2-1.8x faster than the MKL sgemm behind F.linear (e.g. 20x768 -> 1536:
-    407 -> 230 us, 2 threads); same results within float32 rounding. The packed copy is an
-    opaque tensor: it is made on first use, remade when the weight changes, never saved or
-    copied; with autograd on, off the CPU, or without oneDNN this is F.linear."""
+    """A Linear (+ an optional Hardswish after it) for CPU inference through one of two
+    GEMMs: oneDNN with the weight pre-packed in its blocked layout (the Hardswish fused
+    into the GEMM's epilogue), or F.linear (MKL sgemm) on the column-major weight.
+    Neither wins everywhere (see `pick_gemm`): on a 2-core AMD EPYC oneDNN ran LeViT's
+    GEMMs 1.2-1.8x faster (20x768 -> 1536: 407 -> 230 us); on a 2-core Sapphire Rapids
+    MKL made fused Tiny/Small 1.1x faster than oneDNN did, Base slightly slower. Same
+    results within float32 rounding either way. The packed copy is an opaque tensor: made
+    on first use, remade when the weight changes, never saved or copied; with autograd
+    on, off the CPU, or without oneDNN this is F.linear."""
 
     def __init__(self, linear, post="none"):
         super().__init__()
         self.weight, self.bias = linear.weight, linear.bias  # shared, unchanged (state dict)
         self.post = post  # "none" or "hardswish" (fused into the GEMM's epilogue)
+        self.use_onednn = True  # pick_gemm may switch it
         self._packed, self._key = None, None
 
     def forward(self, x):
-        if x.device.type != "cpu" or torch.is_grad_enabled() or not onednn_linear_available():
+        if (not self.use_onednn or x.device.type != "cpu" or torch.is_grad_enabled()
+                or not onednn_linear_available()):
             y = F.linear(x, self.weight, self.bias)
             return F.hardswish(y) if self.post == "hardswish" else y
         key = tensor_key(self.weight)
@@ -144,6 +151,37 @@ class PackedLinear(nn.Module):
 
     def __getstate__(self):  # deepcopy/pickle: the opaque packed weight cannot be copied
         return {**self.__dict__, "_packed": None, "_key": None}
+
+
+def median_seconds(fns, warmup=2, reps=7):
+    """Median wall time of each callable in `fns`, called round-robin (noise hits all alike)."""
+    times = [[] for _ in fns]
+    for i in range(warmup + reps):
+        for t, fn in zip(times, fns):
+            start = time.perf_counter()
+            fn()
+            if i >= warmup:
+                t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+@torch.inference_mode()
+def pick_gemm(model, *inputs):
+    """Run every PackedLinear of `model` through oneDNN or through MKL, whichever makes
+    the whole forward on `inputs` faster on this machine (timed in context, interleaved:
+    a GEMM timed alone misleads, as the caches and thread pools differ). Returns True
+    when oneDNN was kept. Costs ~20 forwards once, when the model is prepared."""
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+
+    def run(use_onednn):
+        for m in packed:
+            m.use_onednn = use_onednn
+        model(*inputs)
+
+    t_onednn, t_mkl = median_seconds([lambda: run(True), lambda: run(False)])
+    for m in packed:
+        m.use_onednn = t_onednn <= t_mkl
+    return t_onednn <= t_mkl
 
 
 def pack_linears(module):

@@ -2,6 +2,7 @@
 import itertools
 import os
 import pickle
+import time
 
 import pytest
 import torch
@@ -238,6 +239,41 @@ def test_pack_linears_replaces_every_linear_and_fuses_mlp_hardswish():
         out = model(z, x)
     assert (out["pred_boxes"] - ref["pred_boxes"]).abs().max() < 1e-4
     assert (out["score"] - ref["score"]).abs().max() < 1e-4
+
+
+def test_pick_gemm_keeps_the_faster_kernel_for_the_whole_model(monkeypatch):
+    """fused mode times the forward with every PackedLinear on oneDNN, then on MKL, and
+    keeps the faster for all of them; outputs agree either way."""
+    model = trained_like("tiny", seed=4)
+    z, x = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        ref = model(z, x)
+    fused = hit.prepare(model, "fused", "cpu")
+    packed = [m for m in fused.modules() if isinstance(m, levit.PackedLinear)]
+    assert len({m.use_onednn for m in packed}) == 1  # one choice for the whole model
+    for t_onednn, t_mkl in ((1.0, 2.0), (2.0, 1.0)):
+        calls = []
+
+        def timed(fns, calls=calls, t=(t_onednn, t_mkl)):
+            for fn in fns:
+                fn()
+                calls.append([m.use_onednn for m in packed])
+            return list(t)
+
+        monkeypatch.setattr(levit, "median_seconds", timed)
+        assert levit.pick_gemm(fused, z, x) == (t_onednn < t_mkl)
+        assert [set(c) for c in calls] == [{True}, {False}]  # each timed run is one kernel throughout
+        assert all(m.use_onednn == (t_onednn < t_mkl) for m in packed)
+        with torch.inference_mode():
+            out = fused(z, x)
+        assert (out["pred_boxes"] - ref["pred_boxes"]).abs().max() < 1e-4
+
+
+def test_median_seconds_times_each_callable_round_robin():
+    order = []
+    fns = [lambda: order.append("a"), lambda: (order.append("b"), time.sleep(0.002))]
+    t_a, t_b = levit.median_seconds(fns, warmup=1, reps=3)
+    assert order == ["a", "b"] * 4 and 0 <= t_a < t_b and t_b >= 0.002
 
 
 def test_bias_cache_works_on_inference_tensors():
