@@ -579,9 +579,16 @@ class Compiled(nn.Module):
             self(*example_inputs(model.cfg, batch, device))
 
     def forward(self, template, search):
+        from torch._dynamo import config as dynamo_config
         from torch._inductor import config as inductor_config
-        with inductor_config.patch(self.options), \
+        # Dynamo keeps the graphs of every compiled HiT on the one code object of
+        # HiT.forward, 8 by default: a process with several compiled models (bench.py)
+        # would silently fall back to eager. Tensors made outside inference mode carry
+        # another dispatch key and would compile a second graph: cloned into it instead.
+        with dynamo_config.patch(recompile_limit=256), inductor_config.patch(self.options), \
+                torch.inference_mode(), \
                 torch.autocast(self.device_type, self.dtype, enabled=self.dtype is not None):
+            template, search = (t if t.is_inference() else t.clone() for t in (template, search))
             out = self.compiled(template, search)
         return {k: v.float() for k, v in out.items()}
 

@@ -134,6 +134,14 @@ def test_every_cpu_mode_agrees_with_eager(tiny, mode):
         assert fn.dtype == (torch.bfloat16 if mode == "fast" else None)
         assert fn.options["freezing"] and fn.options.get("max_autotune", False) == (mode == "fast")
         assert not inductor_config.freezing and not inductor_config.max_autotune  # set per call only
+        from torch._dynamo.utils import counters
+        graphs = counters["stats"]["unique_graphs"]
+        with torch.inference_mode():
+            z_inf, x_inf = z.clone(), x.clone()
+        fn(z, x), fn(z_inf, x_inf)  # normal and inference tensors: the one graph serves both
+        with torch.no_grad():
+            fn(z, x)
+        assert counters["stats"]["unique_graphs"] == graphs
     if bench.is_exact(mode):
         assert box_dev <= bench.EXACT_TOL and score_dev <= bench.EXACT_TOL, (box_dev, score_dev)
     else:
