@@ -27,7 +27,6 @@ import shutil
 import sys
 import time
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +111,12 @@ def build_parser():
     p.add_argument("--corner-loss", type=float, default=0.0,
                    help="weight of an extra cross-entropy on the corner maps (not in the paper; "
                    "0: Eq. 4 only)")
+    p.add_argument("--schedule", default="step", choices=("step", "cosine"),
+                   help="step: lr x0.1 after --lr-drop of the epochs (paper); cosine: lr decays to 0 "
+                        "along a half cosine, step by step (not in the paper; for short runs)")
     p.add_argument("--lr-drop", type=float, default=0.8, help="lr x0.1 after this fraction of the epochs")
+    p.add_argument("--warmup", type=float, default=0.0,
+                   help="epochs of linear lr warm-up from 0 (not in the paper)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--out", default="runs/hit", help="folder for last.pth and log.jsonl")
     p.add_argument("--resume", nargs="?", const="last", default=None,
@@ -120,6 +124,10 @@ def build_parser():
     p.add_argument("--save-every", type=int, default=0, help="also keep OUT/epoch_XXXX.pth every K epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers")
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile (Inductor); the first step compiles (seconds to "
+                        "minutes); measured on a 2-core AMX CPU: 1.22x the bf16 HiT-Tiny step, 1.1x with "
+                        "data loading")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision: bf16 (fp16 + loss scaling where bf16 is missing) on CUDA; "
                         "bf16 on CPUs with native bfloat16 (measured 1.8x the fp32 step with AVX512-BF16, 2.5x with AMX)")
@@ -247,9 +255,17 @@ def plain(x):
     return x if x is None or isinstance(x, (bool, int, float, str)) else str(x)
 
 
-def scheduler_state(scheduler):
-    """MultiStepLR keeps its milestones in a Counter; store a plain dict instead."""
-    return {**scheduler.state_dict(), "milestones": dict(scheduler.milestones)}
+def lr_factor(step, steps_per_epoch, args):
+    """lr / --lr after `step` optimizer steps: --warmup epochs of linear ramp, then the
+    paper's x0.1 at --lr-drop of the epochs (Sec. 4.1), or a half cosine down to 0."""
+    total = max(1, args.epochs * steps_per_epoch)
+    warm = args.warmup * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    if args.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
+    drop_epoch = max(1, round(args.lr_drop * args.epochs))
+    return 0.1 if step >= drop_epoch * steps_per_epoch else 1.0
 
 
 def save_atomic(obj, path):
@@ -398,8 +414,8 @@ def main(argv=None):
         levit.load_imagenet_weights(model.backbone.body, args.levit_weights)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    drop_epoch = max(1, round(args.lr_drop * args.epochs))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [drop_epoch], gamma=0.1)
+    # Stepped once per optimizer step; a closure, so its state_dict is just the step count.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, steps, args))
     amp_dtype, scaler = amp_settings(args.amp, device)
 
     start_epoch = 0
@@ -414,7 +430,9 @@ def main(argv=None):
             raise ValueError(f"--resume: {path} holds {ckpt['config']}, this run builds {model.cfg}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict({**ckpt["scheduler"], "milestones": Counter(ckpt["scheduler"]["milestones"])})
+        if "milestones" in ckpt["scheduler"]:
+            raise ValueError(f"--resume: {path} was written by an older train.py (per-epoch MultiStepLR)")
+        scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
@@ -431,6 +449,9 @@ def main(argv=None):
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    if args.compile:
+        # One static graph per batch size (a ragged last batch adds a second, not a dynamic one).
+        model = torch.compile(model, dynamic=False)
     log(f"HiT-{args.variant}: {hit.count_params(raw_model):,} params on {device} x{world}; "
         f"{len(sources)} source(s); {steps} steps/epoch of {args.batch_size}x{world} pairs")
     t_start, done_epochs = time.time(), 0
@@ -445,14 +466,16 @@ def main(argv=None):
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
+            lr = optimizer.param_groups[0]["lr"]
             m = train_step(model, batch, optimizer, device, args.grad_clip, scaler, amp_dtype,
                            args.corner_loss)
+            scheduler.step()
             b = len(batch["search_box"])
             sums += torch.tensor([m["loss"], m["giou"], m["l1"]], dtype=torch.float64) * b
             n_seen += b
             rate = n_seen * world / max(time.time() - t0, 1e-9)
             left = ((args.epochs - epoch) * steps - step - 1) * args.batch_size * world / rate
-            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{lr:.2e}",
                             sps=f"{rate:.1f}", eta=time.strftime("%H:%M:%S", time.gmtime(left))
                             if left < 86400 else f"{left / 86400:.1f}d")
             bar.update(1)
@@ -464,14 +487,13 @@ def main(argv=None):
             stats = stats.cpu()
         seconds = time.time() - t0
         record = {"epoch": epoch + 1, "loss": (stats[0] / stats[3]).item(), "giou": (stats[1] / stats[3]).item(),
-                  "l1": (stats[2] / stats[3]).item(), "lr": optimizer.param_groups[0]["lr"],
+                  "l1": (stats[2] / stats[3]).item(), "lr": lr,  # lr of the epoch's last step
                   "samples_per_s": stats[3].item() / seconds, "seconds": seconds}
-        scheduler.step()
         if rank == 0 and args.val_every and (epoch + 1) % args.val_every == 0:
             record["val_auc"] = validate(raw_model, args.synth_dir, args.val_sequences, device)
         if rank == 0:
             ckpt = {"model": raw_model.state_dict(), "config": plain(dataclasses.asdict(raw_model.cfg)),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler_state(scheduler),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "epoch": epoch + 1, "rng": rng_state(), "args": plain(vars(args)),
                     "scaler": scaler.state_dict() if scaler is not None else None}
             save_atomic(ckpt, out / "last.pth")
