@@ -879,8 +879,13 @@ def _write_sequence(folder: Path, rng, frames: int, size) -> None:
     (folder / "absence.label").write_text("\n".join(absent_lines) + "\n")
 
 
+def _write_one(task) -> None:
+    folder, seed, index, frames, size = task
+    _write_sequence(Path(folder), np.random.default_rng([seed, index]), frames, size)
+
+
 def synth(out, sequences: int = 300, frames: int = 100, seed: int = 0, size=(320, 240),
-          val_fraction: float = 0.1, progress: bool = True) -> None:
+          val_fraction: float = 0.1, progress: bool = True, workers: int = 1) -> None:
     """Write a procedural tracking data set in GOT-10k layout: out/train/<name>/00000001.jpg,
     groundtruth.txt (x,y,w,h, 4 decimals; clipped to the frame), absence.label (1 when more
     than 90 % of the target is hidden or outside), out/{train,val}/list.txt.
@@ -889,22 +894,30 @@ def synth(out, sequences: int = 300, frames: int = 100, seed: int = 0, size=(320
     background with camera motion, a textured target with damped random-walk motion and
     scale/aspect drift, 1-3 look-alike distractors, occluders sweeping across the target,
     global gain drift, sensor noise, JPEG artefacts and occasional motion blur.
-    list.txt is written last, so a split with a list.txt is complete.
+    Sequences depend on (seed, index) alone, so `workers` processes write the same bytes
+    as one. list.txt is written last, so a split with a list.txt is complete.
     """
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
     out = Path(out)
     n_val = min(sequences - 1, max(1, round(sequences * val_fraction))) if val_fraction > 0 and sequences > 1 else 0
     splits = {"train": range(sequences - n_val), "val": range(sequences - n_val, sequences)}
-    bar = tqdm(total=sequences, desc="synth", unit="seq", disable=not progress)
+    tasks = [(str(out / split / f"synth_{i:05d}"), seed, i, frames, tuple(size))
+             for split, indices in splits.items() for i in indices]
+    with tqdm(total=sequences, desc="synth", unit="seq", disable=not progress) as bar:
+        if workers > 1:
+            with ProcessPoolExecutor(min(workers, sequences)) as pool:
+                for _ in pool.map(_write_one, tasks, chunksize=1):
+                    bar.update(1)
+        else:
+            for task in tasks:
+                _write_one(task)
+                bar.update(1)
     for split, indices in splits.items():
-        names = [f"synth_{i:05d}" for i in indices]
-        for i, name in zip(indices, names):
-            _write_sequence(out / split / name, np.random.default_rng([seed, i]), frames, size)
-            bar.update(1)
         (out / split).mkdir(parents=True, exist_ok=True)
-        (out / split / "list.txt").write_text("".join(f"{n}\n" for n in names))
-    bar.close()
+        (out / split / "list.txt").write_text("".join(f"synth_{i:05d}\n" for i in indices))
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -920,13 +933,15 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of sequences in val/")
     p.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"), help="frame size")
+    p.add_argument("--workers", type=int, default=1, help="processes (same bytes for any number)")
     s = sub.add_parser("show", help="read a dataset and print sequence/frame counts")
     s.add_argument("dataset", choices=["got10k", "lasot", "trackingnet", "otb", "folder", "coco"])
     s.add_argument("root", help="dataset root folder")
     s.add_argument("split", nargs="?", default=None, help="split (train/val/test, COCO: train2017)")
     args = parser.parse_args(argv)
     if args.command == "synth":
-        synth(args.out, args.sequences, args.frames, args.seed, tuple(args.size), args.val_fraction)
+        synth(args.out, args.sequences, args.frames, args.seed, tuple(args.size), args.val_fraction,
+              workers=args.workers)
         return
     seqs = read_dataset(args.dataset, args.root, args.split)
     n_frames = sum(len(q.frames) for q in seqs)

@@ -21,6 +21,7 @@ Contents, smallest pieces first:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -314,6 +315,7 @@ class Tracker:
         self.device = torch.device(device) if device is not None else param.device
         self.mode = mode
         self.model = hit.prepare(model, mode, self.device)
+        self.exact_cuda = self.device.type == "cuda" and mode in hit.EXACT_MODES  # float32, not TF32
         self.dtype = next(self.model.parameters()).dtype
         self.template = None  # (1, 3, 128, 128) normalised, on device
         self.state = None  # previous box (x, y, w, h) in pixels
@@ -341,7 +343,8 @@ class Tracker:
         search, resize_factor = self._crop_tensor(image, self.state, SEARCH_FACTOR, SEARCH_SIZE)
         _sync(self.device)
         t1 = time.perf_counter()
-        out = self.model(self.template, search)
+        with hit.no_tf32() if self.exact_cuda else contextlib.nullcontext():
+            out = self.model(self.template, search)
         pred = out["pred_boxes"][0].float().tolist()  # .tolist() waits for the device
         score = float(out["score"][0])
         t2 = time.perf_counter()

@@ -200,7 +200,7 @@ def ensure_synth(folder, sequences, frames, seed, log=print):
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     log(f"generating the procedural set ({sequences} sequences x {frames} frames) in {folder}")
-    data.synth(tmp, sequences, frames, seed)
+    data.synth(tmp, sequences, frames, seed, workers=os.cpu_count() or 1)  # same bytes for any count
     (tmp / SYNTH_MARKER).write_text(json.dumps(want))
     os.replace(tmp, folder)
     return folder

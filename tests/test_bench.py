@@ -124,11 +124,17 @@ def test_every_cpu_mode_agrees_with_eager(tiny, mode):
         pytest.skip("this CPU has no native bfloat16")
     model, z, x, ref = tiny
     assert bench.skip_reason(mode, "cpu") is None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's deprecation notes for dynamic int8
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # torch's deprecation notes for dynamic int8, and ours
         fn = bench.build_mode(model, mode, "cpu", batch=len(z))  # compiled for this batch
         box_dev, score_dev = bench.deviation(bench.outputs(fn, z, x), ref)
-    if mode in ("compile", "fast") and (mode == "compile" or hit.cpu_has_bf16()):
+    fell_back = [str(w.message) for w in caught if "torch.compile failed" in str(w.message)]
+    if mode == "fast" and fell_back:
+        # Allowed, and announced: Inductor failed here (seen on a 16-core Xeon with torch
+        # 2.11); the eager int8 path must be what came back.
+        assert isinstance(fn.box_head.towers[0], hit.Int8Conv2d), fell_back
+        print(f"fast fell back to eager int8: {fell_back[0]}")
+    elif mode in ("compile", "fast") and (mode == "compile" or hit.cpu_has_bf16()):
         from torch._inductor import config as inductor_config
         assert isinstance(fn, hit.Compiled)
         assert fn.dtype == (torch.bfloat16 if mode == "fast" else None)
@@ -218,17 +224,31 @@ def test_fast_mode_picks_compiled_bf16_or_int8(monkeypatch):
     assert len(made) == 2 and isinstance(fast.box_head.towers[0], hit.Int8Conv2d)
 
 
-@pytest.mark.parametrize("mode", ["cuda_graph", "fp16", "bf16"])
+@pytest.mark.parametrize("mode", ["fused", "cuda_graph", "fp16", "bf16"])
 def test_cuda_modes(tiny, mode):
     if not CUDA:
-        runs_on_cpu = mode == "bf16" and hit.cpu_has_bf16()
+        runs_on_cpu = mode == "fused" or (mode == "bf16" and hit.cpu_has_bf16())
         assert (bench.skip_reason(mode, "cpu") is None) == runs_on_cpu
         pytest.skip("no CUDA device")
     model, z, x, ref = tiny
     fn = bench.build_mode(model, mode, "cuda", batch=2)
-    box_dev, score_dev = bench.deviation(bench.outputs(fn, z.cuda(), x.cuda()), ref)
+    with hit.no_tf32():  # as bench.main runs them; a CUDA graph keeps its capture's kernels anyway
+        box_dev, score_dev = bench.deviation(bench.outputs(fn, z.cuda(), x.cuda()), ref)
     tol = bench.EXACT_TOL if bench.is_exact(mode) else 0.5
     assert box_dev <= tol and score_dev <= tol, (box_dev, score_dev)
+
+
+def test_no_tf32_sets_and_restores_the_flags():
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with pytest.raises(RuntimeError, match="inside"):
+            with hit.no_tf32():
+                assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+                raise RuntimeError("inside")
+        assert torch.backends.cudnn.allow_tf32  # restored, even after an exception
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_modes_that_cannot_run_are_skipped_with_a_note(tiny):

@@ -431,7 +431,8 @@ def test_synth_layout_and_labels(synth_root):
 
 
 def test_synth_is_deterministic(synth_root, tmp_path):
-    data.synth(tmp_path, sequences=4, frames=15, seed=3, size=(128, 96), val_fraction=0.25, progress=False)
+    data.synth(tmp_path, sequences=4, frames=15, seed=3, size=(128, 96), val_fraction=0.25, progress=False,
+               workers=2)  # the pool writes what one process writes (synth_root: workers=1)
     for rel in ["train/list.txt", "val/list.txt", "train/synth_00001/groundtruth.txt",
                 "train/synth_00001/absence.label", "train/synth_00000/00000001.jpg",
                 "val/synth_00003/00000015.jpg"]:

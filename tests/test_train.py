@@ -251,11 +251,17 @@ def test_compile_trains_like_eager(synth_dir, tmp_path):
     eager = train.main(tiny_args(synth_dir, tmp_path / "eager", *extra)).state_dict()
     compiled = train.main(tiny_args(synth_dir, tmp_path / "compiled", *extra, "--compile")).state_dict()
     assert compiled.keys() == eager.keys()  # the checkpoint holds the plain model's names
-    init = hit.build_hit("tiny").state_dict()
-    moved = torch.cat([(eager[k] - init[k]).abs().flatten() for k in eager if eager[k].is_floating_point()])
-    diff = torch.cat([(eager[k] - compiled[k]).abs().flatten() for k in eager if eager[k].is_floating_point()])
+    init = hit.build_hit("tiny")
+    params = [k for k, _ in init.named_parameters()]
+    moved = torch.cat([(eager[k] - init.state_dict()[k]).abs().flatten() for k in params])
+    diff = torch.cat([(eager[k] - compiled[k]).abs().flatten() for k in params])
     assert (moved > lr / 2).float().mean() > 0.5  # both really trained
     assert diff.max() <= 6.4 * lr and (diff > lr / 10).float().mean() < 0.01, (diff.max(), (diff > lr / 10).float().mean())
+    # BatchNorm running statistics are not Adam steps: no lr bound, only float rounding
+    # (on an H100 the whole state_dict differed by up to 1e-4, more than two Adam steps of
+    # ~1 lr each can move a weight: these buffers, which the bound above once covered).
+    for k in eager.keys() - set(params):
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-2, atol=1e-3, msg=k)
     log = [json.loads(s) for s in (tmp_path / "compiled" / "log.jsonl").read_text().splitlines()]
     assert log[0]["loss"] == pytest.approx(
         json.loads((tmp_path / "eager" / "log.jsonl").read_text())["loss"], rel=1e-4)
