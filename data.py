@@ -940,6 +940,8 @@ def main(argv=None) -> None:
     s.add_argument("split", nargs="?", default=None, help="split (train/val/test, COCO: train2017)")
     args = parser.parse_args(argv)
     if args.command == "synth":
+        if args.workers < 1:
+            parser.error(f"--workers {args.workers}: expected 1 or more")
         synth(args.out, args.sequences, args.frames, args.seed, tuple(args.size), args.val_fraction,
               workers=args.workers)
         return

@@ -450,6 +450,9 @@ def test_cli_help_and_show(synth_root):
     out = subprocess.run([sys.executable, str(script), "show", "got10k", str(synth_root), "val"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "1 sequences, 15 frames" in out.stdout
+    out = subprocess.run([sys.executable, str(script), "synth", "--out", str(synth_root / "x"), "--workers", "0"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "--workers 0" in out.stderr and not (synth_root / "x").exists()
 
 
 # ----------------------------------------------------------------------------- pairs
