@@ -172,6 +172,7 @@ def ope_summary(results, uav: bool = False) -> dict:
         "precision": float(mean["precision_curve"][20] * 100),
         "norm_precision": float(mean["norm_precision_curve"][20] * 100),
         "sequences": len(results),
+        "per_sequence": [float(c[0].mean() * 100) for c in per_seq],  # AUC of each sequence
         **mean,
     }
 
@@ -220,6 +221,8 @@ def got10k_summary(results) -> dict:
         "sr50": float((ious > 0.5).mean() * 100),
         "sr75": float((ious > 0.75).mean() * 100),
         "sequences": len(results),
+        # each sequence's mean IoU (NaN when it has no evaluable frame), for paired comparisons
+        "per_sequence": [float(i.mean() * 100) if i.size else float("nan") for i in pooled],
         "success_curve": (ious[:, None] > GOT10K_THRESHOLDS).mean(axis=0),
     }
 
@@ -567,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="dataset split (default: test)")
     p.add_argument("--out", help="result file (--sequence) or folder (--dataset)")
     p.add_argument("--analyze", action="store_true", help="score --results folders")
-    p.add_argument("--results", nargs="+", help="result folders to score")
+    p.add_argument("--results", nargs="+",
+                   help="result folders to score; each after the first is also compared with "
+                        "the first, paired per sequence (difference, standard error, wins)")
     p.add_argument("--json", help="write the summary (percent) to this file")
     p.add_argument("--plots", default=".", help="folder for the plot PNGs (default: .)")
     p.add_argument("--uav", action="store_true",
@@ -725,6 +730,20 @@ def analyze(dataset: str, root, split: str, folders, uav: bool = False) -> dict:
     return summaries
 
 
+def paired(first, other) -> dict:
+    """Per-sequence comparison of two trackers on the same sequences (percent): the mean
+    difference other - first with its standard error, and on how many sequences each is
+    ahead. Far tighter than comparing two averages: most of their spread is which
+    sequences are hard, shared by both."""
+    a, b = np.asarray(first, float), np.asarray(other, float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    d = b[keep] - a[keep]
+    if d.size < 2:
+        raise ValueError("a paired comparison needs at least 2 sequences with scores")
+    return {"mean_diff": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(d.size)),
+            "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "sequences": int(d.size)}
+
+
 def _score_keys(dataset: str):
     return ("ao", "sr50", "sr75") if dataset == "got10k" else ("auc", "precision", "norm_precision")
 
@@ -737,6 +756,17 @@ def cmd_analyze(args) -> None:
     for name, s in summaries.items():
         scores = "".join(f"{s[k]:>16.2f}" for k in keys)
         print(f"{name:<{width}}{scores}{s['sequences']:>12}")
+    names = list(summaries)
+    try:
+        pairs = {n: paired(summaries[names[0]]["per_sequence"], summaries[n]["per_sequence"])
+                 for n in names[1:]}
+    except ValueError as e:
+        pairs = {}
+        print(f"no paired comparison: {e}")
+    for n, p in pairs.items():
+        print(f"{n} vs {names[0]}, paired per sequence: {keys[0]} {p['mean_diff']:+.2f} "
+              f"(standard error {p['se']:.2f}), ahead on {p['better']} and behind on "
+              f"{p['worse']} of {p['sequences']} sequences")
     plots = Path(args.plots)
     plots.mkdir(parents=True, exist_ok=True)
     kinds = ("success",) if args.dataset == "got10k" else ("success", "precision", "norm_precision")
@@ -745,7 +775,8 @@ def cmd_analyze(args) -> None:
     print(f"plots written to {plots}")
     if args.json:
         table = {n: {k: s[k] for k in keys + ("sequences",)} for n, s in summaries.items()}
-        report = {"dataset": args.dataset, "split": args.split, "results": table}
+        report = {"dataset": args.dataset, "split": args.split, "results": table,
+                  "paired_vs_first": pairs}
         write_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
 
 

@@ -326,11 +326,44 @@ def test_cli_dataset_resume_and_analyze(tmp_path, tiny_checkpoint, capsys):
     scores = summary["results"]["res"]
     assert set(scores) == {"auc", "precision", "norm_precision", "sequences"}
     assert scores["sequences"] == 2 and 0 <= scores["auc"] <= 100
+    # a second result folder (the ground truth itself) is compared with the first, paired
+    perfect = tmp_path / "perfect"
+    perfect.mkdir()
+    for i in range(2):
+        (perfect / f"seq{i}.txt").write_text((root / f"seq{i}" / "groundtruth.txt").read_text())
+    capsys.readouterr()
+    track.main(["--analyze", "--dataset", "folder", "--root", str(root), "--results", str(out), str(perfect),
+                "--json", str(report), "--plots", str(plots)])
+    pair = json.loads(report.read_text())["paired_vs_first"]["perfect"]
+    assert pair["sequences"] == 2 and pair["better"] + pair["worse"] <= 2
+    assert pair["mean_diff"] == pytest.approx(json.loads(report.read_text())["results"]["perfect"]["auc"] - scores["auc"])
+    assert "perfect vs res, paired per sequence: auc" in capsys.readouterr().out
     for kind in ("success", "precision", "norm_precision"):
         assert (plots / f"{kind}_plot.png").exists()
     (out / "seq1.txt").unlink()
     with pytest.raises(SystemExit, match="seq1"):
         track.main(["--analyze", "--dataset", "folder", "--root", str(root), "--results", str(out)])
+
+
+def test_paired_comparison_by_hand():
+    p = track.paired([10.0, 20.0, 30.0, float("nan")], [12.0, 19.0, 36.0, 50.0])
+    # differences +2, -1, +6 (the NaN sequence dropped): mean 7/3, sample std sqrt(37/3)
+    assert p["mean_diff"] == pytest.approx(7 / 3) and p["se"] == pytest.approx(np.sqrt(37 / 3) / np.sqrt(3))
+    assert (p["better"], p["worse"], p["sequences"]) == (2, 1, 3)
+    with pytest.raises(ValueError, match="at least 2"):
+        track.paired([1.0], [2.0])
+
+
+def test_per_sequence_scores_average_to_the_summary():
+    rng = np.random.default_rng(0)
+    gt = np.tile([50.0, 40.0, 30.0, 20.0], (6, 1))
+    results = [(gt + rng.normal(0, s, gt.shape), gt) for s in (1, 5, 12)]
+    ope = track.ope_summary(results)
+    assert np.mean(ope["per_sequence"]) == pytest.approx(ope["auc"])
+    assert ope["per_sequence"][0] > ope["per_sequence"][2]  # less noise, higher AUC
+    got = track.got10k_summary([r + (np.ones(6, bool),) for r in results])
+    assert len(got["per_sequence"]) == 3  # equal frame counts: pooled AO == mean of them
+    assert np.mean(got["per_sequence"]) == pytest.approx(got["ao"])
 
 
 def test_analyze_got10k_layout(tmp_path, monkeypatch):
