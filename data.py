@@ -561,6 +561,8 @@ class PairDataset(torch.utils.data.Dataset):
         self.samples_per_epoch, self.seed, self.max_gap = int(samples_per_epoch), int(seed), int(max_gap)
         self.sizes = (int(template_size), int(search_size))
         self.factors = (float(template_factor), float(search_factor))
+        if center_jitter < 0 or scale_jitter < 0:
+            raise ValueError(f"jitter must be >= 0, got center {center_jitter}, scale {scale_jitter}")
         self.jitter = (float(center_jitter), float(scale_jitter))
         self.probs_aug = (float(gray_prob), float(flip_prob), float(brightness))
         self.epoch = 0

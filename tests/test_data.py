@@ -503,6 +503,23 @@ def test_pairs_zero_jitter_centres_box_and_flip_mirrors(tmp_path):
     assert torch.equal(flipped["template"], plain["template"].flip(-1))
 
 
+def test_jitter_box_bounds():
+    """Released jitter: size * exp(N(0, scale)), centre within +-center/2 * sqrt(jittered area)."""
+    rng = np.random.default_rng(0)
+    box = np.array([100.0, 50.0, 40.0, 10.0])  # centre (120, 55), sqrt(area) 20
+    for center, scale in [(3.5, 0.5), (1.0, 0.25)]:
+        out = np.array([data.jitter_box(box, rng, scale, center) for _ in range(2000)])
+        size = out[:, 2:]
+        offset = np.abs(out[:, :2] + size / 2 - [120.0, 55.0]) / np.sqrt(size.prod(1, keepdims=True))
+        assert offset.max() <= center / 2 + 1e-9 and offset.max() > 0.9 * center / 2
+        assert abs(np.log(size / box[2:]).std() - scale) < 0.05 * scale
+    same = data.jitter_box(box, rng, 0.0, 0.0)
+    np.testing.assert_allclose(same, box)
+    with pytest.raises(ValueError, match="jitter must be >= 0"):
+        data.PairDataset([("v", [data.Sequence("v", [Path("x.png")], box[None], np.ones(1, bool))])],
+                         center_jitter=-1.0)
+
+
 def test_pairs_respect_visibility_and_gap(tmp_path):
     frames = []
     for k in range(6):

@@ -395,6 +395,21 @@ def test_data_flag_trains_on_a_got10k_layout(synth_dir, tmp_path):
     assert hit.safe_load(tmp_path / "last.pth")["epoch"] == 1
 
 
+def test_jitter_flags_reach_the_pair_sampler(synth_dir, tmp_path, monkeypatch):
+    seen = []
+    real = data.PairDataset
+
+    def spy(*args, **kwargs):
+        ds = real(*args, **kwargs)
+        seen.append(ds.jitter)
+        return ds
+    monkeypatch.setattr(data, "PairDataset", spy)
+    train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "2"))
+    train.main(tiny_args(synth_dir, tmp_path / "j", "--epochs", "1", "--samples-per-epoch", "2",
+                         "--center-jitter", "1", "--scale-jitter", "0.25"))
+    assert seen == [(3.5, 0.5), (1.0, 0.25)]  # released defaults, then the flags
+
+
 def test_synth_cache_is_redone_when_incomplete(tmp_path):
     folder = tmp_path / "synth"
     partial = tmp_path / "synth.partial"  # an interrupted generation
