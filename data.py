@@ -511,6 +511,9 @@ def read_dataset(name: str, root, split: str | None = None) -> list:
 # ----------------------------------------------------------------------------- training pairs
 
 
+RELEASED_JITTER = (3.5, 0.5)  # (centre, scale) of the released search-crop jitter, HIT_NOTES "Training"
+
+
 def jitter_box(box_xywh, rng: np.random.Generator, scale_jitter: float, center_jitter: float) -> np.ndarray:
     """Released search-box jitter (STARK `_get_jittered_box`): size * exp(N(0,1) * scale),
     centre moved by sqrt(jittered area) * center_jitter * U(-0.5, 0.5) per axis."""
@@ -544,12 +547,15 @@ class PairDataset(torch.utils.data.Dataset):
     (applied to the crops; the box centre becomes 1 - cx), brightness factor
     U(0.8, 1.2) drawn per crop as ToTensorAndJitter. Simplification: the released
     sampler also skips videos with fewer than 20 frames; here 2 usable frames suffice.
+    Addition (not released): wide_fraction > 0 draws that share of the search crops with
+    the released jitter and the rest with (center_jitter, scale_jitter), so a run can mix
+    narrow pairs (tracking) with wide ones (finding a target far from the crop centre).
     """
 
     def __init__(self, sources, weights=None, samples_per_epoch=60000, seed=0, max_gap=200,
                  template_size=128, search_size=256, template_factor=2.0, search_factor=4.0,
                  center_jitter=3.5, scale_jitter=0.5, gray_prob=0.05, flip_prob=0.5,
-                 brightness=0.2):
+                 brightness=0.2, wide_fraction=0.0):
         self.sources = [(name, [s for s in seqs if s.gt is not None and len(s.gt)]) for name, seqs in sources]
         empty = [name for name, seqs in self.sources if not seqs]
         if not self.sources or empty:
@@ -564,6 +570,9 @@ class PairDataset(torch.utils.data.Dataset):
         if center_jitter < 0 or scale_jitter < 0:
             raise ValueError(f"jitter must be >= 0, got center {center_jitter}, scale {scale_jitter}")
         self.jitter = (float(center_jitter), float(scale_jitter))
+        if not 0.0 <= wide_fraction <= 1.0:
+            raise ValueError(f"wide_fraction must be in [0, 1], got {wide_fraction}")
+        self.wide_fraction = float(wide_fraction)
         self.probs_aug = (float(gray_prob), float(flip_prob), float(brightness))
         self.epoch = 0
 
@@ -596,6 +605,9 @@ class PairDataset(torch.utils.data.Dataset):
         if ids is None:
             return None
         center_jitter, scale_jitter = self.jitter
+        # Drawn only when mixing, so the default stream of pairs is the one without the option.
+        if self.wide_fraction > 0 and rng.random() < self.wide_fraction:
+            center_jitter, scale_jitter = RELEASED_JITTER
         search_box = jitter_box(seq.gt[ids[1]], rng, scale_jitter, center_jitter)
         draws = rng.random(4)  # grayscale, flip, brightness of template, of search
         template_img = read_image(seq.frames[ids[0]])

@@ -142,6 +142,9 @@ def build_parser():
                         "for hour-long runs 1.0 with --scale-jitter 0.25 gave +23 AUC, see the README)")
     p.add_argument("--scale-jitter", type=float, default=0.5,
                    help="search-crop scale jitter, std of the log size per axis (released: 0.5)")
+    p.add_argument("--wide-fraction", type=float, default=0.0,
+                   help="share of search crops jittered as released (3.5 / 0.5) instead of the two flags above; "
+                        "mixes in pairs with the target far from the crop centre (not in the release)")
     p.add_argument("--synth-dir", default="data_cache/synth_v1")
     p.add_argument("--synth-sequences", type=int, default=300)
     p.add_argument("--synth-frames", type=int, default=100)
@@ -399,7 +402,8 @@ def main(argv=None):
     if len(weights) != len(sources):
         raise ValueError(f"--data-weights has {len(weights)} values for {len(sources)} datasets")
     dataset = data.PairDataset(sources, weights, args.samples_per_epoch, args.seed,
-                               center_jitter=args.center_jitter, scale_jitter=args.scale_jitter)
+                               center_jitter=args.center_jitter, scale_jitter=args.scale_jitter,
+                               wide_fraction=args.wide_fraction)
     # Every pair depends only on (seed, epoch, index): each rank takes every world-th index,
     # in order, so the data is the same however the run is split or interrupted.
     per_rank = args.samples_per_epoch // world

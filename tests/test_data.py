@@ -520,6 +520,26 @@ def test_jitter_box_bounds():
                          center_jitter=-1.0)
 
 
+def test_wide_fraction_mixes_released_jitter(tmp_path):
+    """wide_fraction p: about p of the search crops take the released 3.5 / 0.5 jitter, the
+    rest the given one (here none: the target sits exactly at the crop centre)."""
+    Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(tmp_path / "still.png")
+    seq = data.Sequence("still", [tmp_path / "still.png"], np.array([[80.0, 80.0, 40.0, 40.0]]), np.ones(1, bool))
+
+    def centred(fraction):
+        ds = data.PairDataset([("s", [seq])], samples_per_epoch=200, seed=3, center_jitter=0.0,
+                              scale_jitter=0.0, wide_fraction=fraction)
+        boxes = np.stack([ds[i]["search_box"].numpy() for i in range(len(ds))])
+        return np.all(np.abs(boxes - [0.5, 0.5, 0.25, 0.25]) < 0.005, axis=1)  # crop rounding: 1/256
+
+    assert centred(0.0).all()
+    assert centred(1.0).mean() < 0.03  # a released jitter draw lands this close to the centre only by chance
+    assert 0.15 < 1.0 - centred(0.25).mean() < 0.35  # binomial(200, 0.25): about 7 SE wide
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="wide_fraction must be in"):
+            data.PairDataset([("s", [seq])], wide_fraction=bad)
+
+
 def test_pairs_respect_visibility_and_gap(tmp_path):
     frames = []
     for k in range(6):

@@ -401,13 +401,13 @@ def test_jitter_flags_reach_the_pair_sampler(synth_dir, tmp_path, monkeypatch):
 
     def spy(*args, **kwargs):
         ds = real(*args, **kwargs)
-        seen.append(ds.jitter)
+        seen.append((*ds.jitter, ds.wide_fraction))
         return ds
     monkeypatch.setattr(data, "PairDataset", spy)
     train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "2"))
     train.main(tiny_args(synth_dir, tmp_path / "j", "--epochs", "1", "--samples-per-epoch", "2",
-                         "--center-jitter", "1", "--scale-jitter", "0.25"))
-    assert seen == [(3.5, 0.5), (1.0, 0.25)]  # released defaults, then the flags
+                         "--center-jitter", "1", "--scale-jitter", "0.25", "--wide-fraction", "0.25"))
+    assert seen == [(3.5, 0.5, 0.0), (1.0, 0.25, 0.25)]  # released defaults, then the flags
 
 
 def test_synth_cache_is_redone_when_incomplete(tmp_path):
