@@ -338,7 +338,7 @@ class Tracker:
 
     @torch.inference_mode()
     def track(self, image):
-        """-> ((x, y, w, h) in pixels, confidence score)."""
+        """-> ((x, y, w, h) in pixels, corner-map score (hit.CornerHead.from_maps))."""
         if self.template is None:
             raise ValueError("track() called before initialize()")
         image = _check_image(image)

@@ -160,6 +160,11 @@ def build_parser():
     p.add_argument("--stop-after", type=int, default=0,
                    help="stop after this many epochs in this invocation (schedule still spans --epochs)")
     p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after this many steps (debug)")
+    p.add_argument("--time-budget", type=float, default=0.0, metavar="MIN",
+                   help="fit the run into MIN minutes of wall time from the start of train.py (data "
+                        "generation included): after the first epoch, --epochs is lowered (never raised) "
+                        "to what fits at that epoch's pace and stored in the checkpoint, so --resume "
+                        "continues exactly; the schedule spans the lowered count (not in the paper; 0: off)")
     return p
 
 
@@ -278,6 +283,14 @@ def lr_factor(step, steps_per_epoch, args):
     return 0.1 if step >= drop_epoch * steps_per_epoch else 1.0
 
 
+def epochs_within(budget_s, elapsed_s, epoch_s, done, max_epochs):
+    """--time-budget: how many epochs the run gets. `done` epochs have run in `elapsed_s`
+    seconds since launch; each further one is expected to take `epoch_s`. Never more than
+    max_epochs, never fewer than `done`."""
+    more = math.floor((budget_s - elapsed_s) / epoch_s) if epoch_s > 0 else max_epochs
+    return max(done, min(max_epochs, done + more))
+
+
 def save_atomic(obj, path):
     """torch.save to path.tmp, fsync, rename: a crash mid-write leaves the old file."""
     path = Path(path)
@@ -377,7 +390,10 @@ def static_box_auc(val_root, max_sequences):
 
 # ----------------------------------------------------------------------------- main loop
 def main(argv=None):
+    t_launch = time.time()  # --time-budget counts from here, data generation included
     args = build_parser().parse_args(argv)
+    if args.time_budget < 0:
+        raise ValueError(f"--time-budget must be >= 0 minutes, got {args.time_budget}")
     rank, world, device = setup_distributed(args.device)
     log = print if rank == 0 else (lambda *a, **k: None)
     out = Path(args.out)
@@ -448,6 +464,8 @@ def main(argv=None):
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
+        if args.time_budget and ckpt["args"].get("time_budget") == args.time_budget:
+            args.epochs = min(args.epochs, ckpt["args"]["epochs"])  # as the budget set it after epoch 1
         changed = {k: (v, getattr(args, k, None)) for k, v in ckpt["args"].items()
                    if k not in RUN_ONLY_ARGS and plain(getattr(args, k, None)) != v}
         if changed:
@@ -473,6 +491,7 @@ def main(argv=None):
         loader = torch.utils.data.DataLoader(dataset, **loader_kw)
         model.train()
         sums, n_seen, t0 = torch.zeros(3, dtype=torch.float64), 0, time.time()
+        t_steady = None  # end of step 3: the pace for --time-budget leaves out compilation
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0,
                    dynamic_ncols=True, leave=False)
         for step, batch in enumerate(loader):
@@ -491,6 +510,8 @@ def main(argv=None):
                             sps=f"{rate:.1f}", eta=time.strftime("%H:%M:%S", time.gmtime(left))
                             if left < 86400 else f"{left / 86400:.1f}d")
             bar.update(1)
+            if step == 2:
+                t_steady = time.time()
         bar.close()
         stats = torch.cat([sums, torch.tensor([n_seen], dtype=torch.float64)])
         if world > 1:
@@ -498,6 +519,21 @@ def main(argv=None):
             dist.all_reduce(stats)
             stats = stats.cpu()
         seconds = time.time() - t0
+        if args.time_budget and epoch == 0:
+            # steady pace of the steps after the third, plus 3 % for checkpoints and drift
+            per_step = (time.time() - t_steady) / (steps - 3) if t_steady and steps > 6 else seconds / steps
+            fit = epochs_within(60 * args.time_budget, time.time() - t_launch, 1.03 * per_step * steps,
+                                1, args.epochs)
+            if world > 1:  # every rank must stop at the same epoch: rank 0 decides
+                fit_t = torch.tensor([fit], device=device)
+                dist.broadcast(fit_t, 0)
+                fit = int(fit_t.item())
+            if fit < args.epochs:
+                log(f"--time-budget {args.time_budget:g} min: {fit} of {args.epochs} epochs fit "
+                    f"({per_step * steps:.0f} s per epoch); the schedule now spans {fit}")
+                args.epochs = fit
+                for group, base in zip(optimizer.param_groups, scheduler.base_lrs):  # next step's lr,
+                    group["lr"] = base * lr_factor(scheduler.last_epoch, steps, args)  # on the new span
         record = {"epoch": epoch + 1, "loss": (stats[0] / stats[3]).item(), "giou": (stats[1] / stats[3]).item(),
                   "l1": (stats[2] / stats[3]).item(), "lr": lr,  # lr of the epoch's last step
                   "samples_per_s": stats[3].item() / seconds, "seconds": seconds}
@@ -516,8 +552,8 @@ def main(argv=None):
             log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
         barrier(world)
         done_epochs += 1
-        if args.stop_after and done_epochs >= args.stop_after:
-            break
+        if args.stop_after and done_epochs >= args.stop_after or epoch + 1 >= args.epochs:
+            break  # (--time-budget may have lowered args.epochs after the range was made)
     if world > 1:
         dist.destroy_process_group()
     log(f"done: {done_epochs} epoch(s) in {time.time() - t_start:.0f} s; checkpoint {out / 'last.pth'}")

@@ -340,6 +340,39 @@ def test_stop_after_then_resume_gives_same_log(straight_run, synth_dir, tmp_path
         assert (w["epoch"], w["loss"], w["lr"]) == (g["epoch"], g["loss"], g["lr"])
 
 
+def test_epochs_within_budget_by_hand():
+    assert train.epochs_within(3600, 100, 100, 1, 46) == 36  # 1 + floor(3500 / 100)
+    assert train.epochs_within(3600, 100, 70, 1, 46) == 46  # 51 fit; never above --epochs
+    assert train.epochs_within(3600, 4000, 70, 1, 46) == 1  # over budget already: what ran
+    assert train.epochs_within(3600, 3599, 70, 1, 46) == 1
+
+
+def test_time_budget_lowers_epochs_and_resumes_exactly(synth_dir, tmp_path, monkeypatch):
+    # A budget already spent after epoch 1: the run stops there, and says so in the checkpoint.
+    args = tiny_args(synth_dir, tmp_path / "spent", "--epochs", "3", "--time-budget", "1e-4")
+    train.main(args)
+    ckpt = hit.safe_load(tmp_path / "spent" / "last.pth")
+    assert (ckpt["epoch"], ckpt["args"]["epochs"]) == (1, 1)
+    assert len((tmp_path / "spent" / "log.jsonl").read_text().splitlines()) == 1
+    # A budget that fits 2 of 4 epochs: the cosine spans 2, and a resume continues exactly.
+    monkeypatch.setattr(train, "epochs_within", lambda *a: 2)
+    base = tiny_args(synth_dir, tmp_path / "whole", "--epochs", "4", "--time-budget", "50",
+                     "--schedule", "cosine", "--warmup", "1")
+    whole = train.main(base)
+    lrs = [json.loads(s)["lr"] for s in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([5e-4, 5e-4 * 0.5 * (1 + math.cos(math.pi / 2))])  # 2 epochs, not 4
+    split = tiny_args(synth_dir, tmp_path / "split", "--epochs", "4", "--time-budget", "50",
+                      "--schedule", "cosine", "--warmup", "1")
+    train.main(split + ["--stop-after", "1"])
+    monkeypatch.setattr(train, "epochs_within", lambda *a: 4)  # resumed runs do not re-decide
+    resumed = train.main(split + ["--resume"])
+    assert hit.safe_load(tmp_path / "split" / "last.pth")["epoch"] == 2
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    with pytest.raises(ValueError, match="--time-budget"):
+        train.main(tiny_args(synth_dir, tmp_path / "neg", "--time-budget", "-1"))
+
+
 def test_resume_without_checkpoint_names_it(synth_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="last.pth"):
         train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--resume"))
