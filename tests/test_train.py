@@ -484,3 +484,25 @@ def test_two_process_gloo_run(synth_dir, tmp_path):
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1  # rank 0 only
     assert (r.stdout + r.stderr).count("x2;") == 1  # the banner, printed by rank 0 alone
     assert hit.load_checkpoint(out / "last.pth").cfg.variant == "tiny"
+
+
+def test_default_workers_follow_device_and_cores(synth_dir, tmp_path):
+    assert train.default_workers("cuda", 16) == 14  # the H200 host: the GPU waits on the loader
+    assert train.default_workers("cuda", 16, world=4) == 2
+    assert train.default_workers("cuda", 2) == 1
+    assert train.default_workers("cpu", 2) == 0  # 2 cores: a worker slows the step
+    assert train.default_workers("cpu", 8) == 4
+    assert train.default_workers("cpu", 8, world=4) == 0
+    assert train.default_workers("mps", 10) == 4
+    with pytest.raises(ValueError, match="--workers"):
+        train.main(tiny_args(synth_dir, tmp_path, "--workers", "-1"))
+
+
+def test_workers_default_is_resolved_per_device(synth_dir, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(train, "default_workers", lambda *a: calls.append(a) or 0)
+    args = tiny_args(synth_dir, tmp_path, "--epochs", "1")
+    i = args.index("--workers")
+    train.main(args[:i] + args[i + 2:])  # no --workers given
+    assert len(calls) == 1 and calls[0][0] == "cpu" and calls[0][1] >= 1 and calls[0][2] == 1
+    assert "0 loader worker(s)" in capsys.readouterr().out
