@@ -537,11 +537,12 @@ def main(argv=None):
             stats = stats.to(device)
             dist.all_reduce(stats)
             stats = stats.cpu()
-        seconds = time.time() - t0
+        now = time.time()
+        seconds = now - t0
         if args.time_budget and epoch == 0:
             # steady pace of the steps after the third, plus 3 % for checkpoints and drift
-            per_step = (time.time() - t_steady) / (steps - 3) if t_steady and steps > 6 else seconds / steps
-            fit = epochs_within(60 * args.time_budget, time.time() - t_launch, 1.03 * per_step * steps,
+            per_step = (now - t_steady) / (steps - 3) if t_steady and steps > 6 else seconds / steps
+            fit = epochs_within(60 * args.time_budget, now - t_launch, 1.03 * per_step * steps,
                                 1, args.epochs)
             if world > 1:  # every rank must stop at the same epoch: rank 0 decides
                 fit_t = torch.tensor([fit], device=device)
