@@ -136,7 +136,7 @@ class CornerHead(nn.Module):
         box = torch.stack([cx[:, 0], cy[:, 0], cx[:, 1], cy[:, 1]], dim=1) / self.img_size  # (B, 4) xyxy
         # Confidence: geometric mean of the two corner maps' peak probabilities. A sharp,
         # unimodal pair of maps (a clear target) scores high; flat or multi-peaked maps low.
-        # A weak signal in practice: README, "The score is not a confidence".
+        # A weak signal in practice: TRAINING.md, "The score is not a confidence".
         score = prob.amax(dim=-1).prod(dim=-1).sqrt()  # (B,)
         return box, score
 
