@@ -656,13 +656,6 @@ def format_training(rec):
 
 
 # ----------------------------------------------------------------------------- command line
-def default_threads():
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may use
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def build_parser():
     p = argparse.ArgumentParser(description="Measure HiT: model-only latency per inference "
                                 "mode (interleaved, against the released op sequence), "
@@ -712,7 +705,7 @@ def parse_args(argv=None):
         p.error("--batch, --iters and --track-frames must be >= 1, --warmup >= 0")
     if args.track_frames < 2 and not args.no_track:
         p.error("--track-frames must be >= 2 (the first frame initialises)")
-    args.threads = args.threads or default_threads()
+    args.threads = args.threads or hit.usable_cores()
     args.train_batch = args.train_batch or (8 if device.type == "cpu" else 32)
     return args, device
 

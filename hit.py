@@ -18,6 +18,7 @@ training checkpoints without executing anything from the file.
 import contextlib
 import dataclasses
 import io
+import os
 import pickle
 import warnings
 import zipfile
@@ -607,6 +608,14 @@ class Compiled(nn.Module):
             template, search = (t if t.is_inference() else t.clone() for t in (template, search))
             out = self.compiled(template, search)
         return {k: v.float() for k, v in out.items()}
+
+
+def usable_cores():
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def default_device():

@@ -409,8 +409,7 @@ def main(argv=None):
         raise ValueError(f"--time-budget must be >= 0 minutes, got {args.time_budget}")
     rank, world, device = setup_distributed(args.device)
     if args.workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        args.workers = default_workers(device.type, cores, world)
+        args.workers = default_workers(device.type, hit.usable_cores(), world)
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     log = print if rank == 0 else (lambda *a, **k: None)
