@@ -48,6 +48,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+import fast
 import hit
 
 EXACT_TOL = 1e-4  # max |pred_boxes - eager| for a mode to count as exact
@@ -301,7 +302,7 @@ def default_modes(device):
         return ["released", "eager", "fused", "cuda_graph", "fp16", "bf16"]
     if device.type == "mps":
         return ["released", "eager", "fused", "fp16"]
-    return ["released", "eager", "fused", "compile", "int8", "fast"] + (["bf16"] if hit.cpu_has_bf16() else [])
+    return ["released", "eager", "fused", "compile", "int8", "fast"] + (["bf16"] if fast.cpu_has_bf16() else [])
 
 
 def is_exact(mode):
@@ -705,7 +706,7 @@ def parse_args(argv=None):
         p.error("--batch, --iters and --track-frames must be >= 1, --warmup >= 0")
     if args.track_frames < 2 and not args.no_track:
         p.error("--track-frames must be >= 2 (the first frame initialises)")
-    args.threads = args.threads or hit.usable_cores()
+    args.threads = args.threads or fast.usable_cores()
     args.train_batch = args.train_batch or (8 if device.type == "cpu" else 32)
     return args, device
 

@@ -16,6 +16,7 @@ so a released `net` state dict loads with strict=True. `load_checkpoint` reads r
 training checkpoints without executing anything from the file.
 """
 import contextlib
+import fast
 import dataclasses
 import io
 import os
@@ -414,23 +415,6 @@ REDUCED_MODES = ("fp16", "bf16", "int8", "fast")  # faster, approximate: report 
 MODES = EXACT_MODES + REDUCED_MODES
 
 
-def cpu_flags(cpuinfo="/proc/cpuinfo"):
-    """The CPU feature flags Linux reports (an empty set elsewhere)."""
-    try:
-        with open(cpuinfo) as f:
-            return set(next((line.split() for line in f if line.startswith("flags")), []))
-    except OSError:
-        return set()
-
-
-def cpu_has_bf16(cpuinfo="/proc/cpuinfo"):
-    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16). There
-    oneDNN runs bf16 convolutions and GEMMs ~1.4-2x faster than fp32 (measured on an AMD
-    EPYC: the patch embedding 0.90 -> 0.65 ms, a 320x256x512 GEMM 0.42 -> 0.21 ms);
-    elsewhere it emulates them, slower than fp32."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags(cpuinfo))
-
-
 class InBF16(nn.Module):
     """`module` run in bfloat16 between float32 activations (the fast mode's patch embedding)."""
 
@@ -488,7 +472,7 @@ class Int8Conv2d(nn.Module):
 def int8_convs(seq):
     """A copy of `seq` with each Conv2d (and a ReLU/Hardswish right after it, fused into
     it) replaced by Int8Conv2d."""
-    vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+    vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & fast.cpu_flags())
     mods, out = list(seq), []
     while mods:
         m = mods.pop(0)
@@ -610,21 +594,6 @@ class Compiled(nn.Module):
         return {k: v.float() for k, v in out.items()}
 
 
-def usable_cores():
-    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def default_device():
-    """The fastest device present: cuda, else mps, else cpu."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-
-
 def unavailable(mode, device):
     """Why `mode` cannot run on `device` (a sentence), or None when it can: the one check
     behind hit.prepare's errors and bench.py's skipped modes."""
@@ -635,7 +604,7 @@ def unavailable(mode, device):
         return "CUDA graphs need a CUDA device"
     if mode == "fp16" and device.type == "cpu":
         return "fp16 needs a GPU (cuda or mps); on the CPU use fast or int8"
-    if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+    if mode == "bf16" and device.type == "cpu" and not fast.cpu_has_bf16():
         return ("bf16 on the CPU needs native bfloat16 (AVX512-BF16 or AMX); this CPU would "
                 "emulate it, slower than fp32: use int8")
     if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -696,7 +665,7 @@ def fast_cpu(model, batch=1):
     accumulation, as autocast chooses; the soft-argmax and the outputs in float32).
     Elsewhere, or where Inductor cannot build (no C++ compiler), the eager int8 path
     `int8_cpu`."""
-    if cpu_has_bf16():
+    if fast.cpu_has_bf16():
         try:
             return Compiled(model, torch.bfloat16, batch, autotune=True)
         except Exception as e:  # Inductor's failures have no common base class
@@ -717,7 +686,7 @@ def int8_cpu(model):
         q.box_head.towers = int8_convs(q.box_head.towers)
     except (RuntimeError, AttributeError, NotImplementedError):
         pass  # no oneDNN int8 convolution in this build
-    if cpu_has_bf16():
+    if fast.cpu_has_bf16():
         q.backbone.body.patch_embed = InBF16(q.backbone.body.patch_embed)
     return q
 

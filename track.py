@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import data
+import fast
 import hit
 
 # ---------------------------------------------------------------------------------------
@@ -634,7 +635,7 @@ def result_path(folder, seq_name: str, dataset: str) -> Path:
 
 
 def _device(name):
-    return torch.device(name) if name else hit.default_device()
+    return torch.device(name) if name else fast.default_device()
 
 
 def _make_tracker(args) -> Tracker:

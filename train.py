@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 import attention_bias
 import data
+import fast
 import hit
 import levit
 
@@ -228,7 +229,7 @@ def setup_distributed(device_arg):
     """(rank, world, device); under torchrun joins the process group (nccl/gloo)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    device = hit.default_device() if device_arg == "auto" else torch.device(device_arg)
+    device = fast.default_device() if device_arg == "auto" else torch.device(device_arg)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
     if device.type == "cuda":
@@ -369,7 +370,7 @@ def amp_settings(amp, device):
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, None
         return torch.float16, torch.amp.GradScaler("cuda")
-    if device.type == "cpu" and hit.cpu_has_bf16():
+    if device.type == "cpu" and fast.cpu_has_bf16():
         return torch.bfloat16, None
     warnings.warn(f"--amp: no native bfloat16 on {device.type} here; training in float32")
     return None, None
@@ -409,7 +410,7 @@ def main(argv=None):
         raise ValueError(f"--time-budget must be >= 0 minutes, got {args.time_budget}")
     rank, world, device = setup_distributed(args.device)
     if args.workers is None:
-        args.workers = default_workers(device.type, hit.usable_cores(), world)
+        args.workers = default_workers(device.type, fast.usable_cores(), world)
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     log = print if rank == 0 else (lambda *a, **k: None)

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
+import fast
 import hit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,7 +120,7 @@ def test_random_model_makes_errors_visible(tiny):
 
 @pytest.mark.parametrize("mode", ["released", "eager", "fused", "int8", "fast", "bf16", "compile"])
 def test_every_cpu_mode_agrees_with_eager(tiny, mode):
-    if mode == "bf16" and not hit.cpu_has_bf16():
+    if mode == "bf16" and not fast.cpu_has_bf16():
         assert bench.skip_reason(mode, "cpu") is not None
         pytest.skip("this CPU has no native bfloat16")
     model, z, x, ref = tiny
@@ -134,7 +135,7 @@ def test_every_cpu_mode_agrees_with_eager(tiny, mode):
         # 2.11); the eager int8 path must be what came back.
         assert isinstance(fn.box_head.towers[0], hit.Int8Conv2d), fell_back
         print(f"fast fell back to eager int8: {fell_back[0]}")
-    elif mode in ("compile", "fast") and (mode == "compile" or hit.cpu_has_bf16()):
+    elif mode in ("compile", "fast") and (mode == "compile" or fast.cpu_has_bf16()):
         from torch._inductor import config as inductor_config
         assert isinstance(fn, hit.Compiled)
         assert fn.dtype == (torch.bfloat16 if mode == "fast" else None)
@@ -184,7 +185,7 @@ def test_int8_conv_close_to_float_conv(post, shift, levels):
 def test_int8_fast_path_layers(monkeypatch):
     model = hit.build_hit("tiny").eval().fuse(head=True)
     for bf16 in (True, False):  # bf16 is emulated (slow but correct) where it is not native
-        monkeypatch.setattr(hit, "cpu_has_bf16", lambda cpuinfo=None, v=bf16: v)
+        monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None, v=bf16: v)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fast = hit.int8_cpu(copy.deepcopy(model))
@@ -211,23 +212,23 @@ def test_fast_mode_picks_compiled_bf16_or_int8(monkeypatch):
                 raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(hit, "Compiled", FakeCompiled)
-    monkeypatch.setattr(hit, "cpu_has_bf16", lambda cpuinfo=None: True)
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: True)
     assert isinstance(hit.prepare(copy.deepcopy(model), "fast", "cpu", batch=3), FakeCompiled)
     assert made == [(torch.bfloat16, 3, True)]
     with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
-        fast = hit.prepare(copy.deepcopy(model), "fast", "cpu")
-    assert isinstance(fast.box_head.towers[0], hit.Int8Conv2d)
-    monkeypatch.setattr(hit, "cpu_has_bf16", lambda cpuinfo=None: False)
+        fast_model = hit.prepare(copy.deepcopy(model), "fast", "cpu")
+    assert isinstance(fast_model.box_head.towers[0], hit.Int8Conv2d)
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no compile attempted, nothing to warn
         fast = hit.prepare(copy.deepcopy(model), "fast", "cpu")
-    assert len(made) == 2 and isinstance(fast.box_head.towers[0], hit.Int8Conv2d)
+    assert len(made) == 2 and isinstance(fast_model.box_head.towers[0], hit.Int8Conv2d)
 
 
 @pytest.mark.parametrize("mode", ["fused", "cuda_graph", "fp16", "bf16"])
 def test_cuda_modes(tiny, mode):
     if not CUDA:
-        runs_on_cpu = mode == "fused" or (mode == "bf16" and hit.cpu_has_bf16())
+        runs_on_cpu = mode == "fused" or (mode == "bf16" and fast.cpu_has_bf16())
         assert (bench.skip_reason(mode, "cpu") is None) == runs_on_cpu
         pytest.skip("no CUDA device")
     model, z, x, ref = tiny
@@ -289,10 +290,10 @@ def test_jetson_board_absent_and_parsed(tmp_path):
 def test_cpu_bf16_flag_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
-    assert not hit.cpu_has_bf16(info)
+    assert not fast.cpu_has_bf16(info)
     info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
-    assert hit.cpu_has_bf16(info)
-    assert not hit.cpu_has_bf16(tmp_path / "absent")  # not Linux: no claim
+    assert fast.cpu_has_bf16(info)
+    assert not fast.cpu_has_bf16(tmp_path / "absent")  # not Linux: no claim
 
 
 def test_cpu_name_reads_cpuinfo(tmp_path):
@@ -306,7 +307,7 @@ def test_cpu_name_reads_cpuinfo(tmp_path):
 def test_default_modes_per_device():
     cpu = bench.default_modes("cpu")
     assert cpu[:6] == ["released", "eager", "fused", "compile", "int8", "fast"]
-    assert ("bf16" in cpu) == hit.cpu_has_bf16() and "fp16" not in cpu
+    assert ("bf16" in cpu) == fast.cpu_has_bf16() and "fp16" not in cpu
     cuda = bench.default_modes("cuda")
     assert "cuda_graph" in cuda and "int8" not in cuda and "compile" not in cuda
 

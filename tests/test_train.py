@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
+import fast  # noqa: E402
 import hit  # noqa: E402
 import train  # noqa: E402
 
@@ -168,9 +169,9 @@ def test_overfitting_a_small_batch_lowers_the_loss(synth_dir):
 def test_amp_settings_per_device(monkeypatch):
     cpu = torch.device("cpu")
     assert train.amp_settings(False, cpu) == (None, None)
-    monkeypatch.setattr(hit, "cpu_has_bf16", lambda cpuinfo=None: True)
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: True)
     assert train.amp_settings(True, cpu) == (torch.bfloat16, None)
-    monkeypatch.setattr(hit, "cpu_has_bf16", lambda cpuinfo=None: False)
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: False)
     with pytest.warns(UserWarning, match="no native bfloat16"):  # emulated bf16: slower
         assert train.amp_settings(True, cpu) == (None, None)
 
