@@ -188,12 +188,12 @@ def test_int8_fast_path_layers(monkeypatch):
         monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None, v=bf16: v)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fast = hit.int8_cpu(copy.deepcopy(model))
-        assert not any(type(m) is nn.Linear for m in fast.backbone.modules())  # all int8
-        assert all(isinstance(m, (hit.Int8Conv2d, nn.ReLU)) for m in fast.box_head.towers)
-        assert isinstance(fast.backbone.body.patch_embed, hit.InBF16) == bf16
+            q8 = hit.int8_cpu(copy.deepcopy(model))
+        assert not any(type(m) is nn.Linear for m in q8.backbone.modules())  # all int8
+        assert all(isinstance(m, (hit.Int8Conv2d, nn.ReLU)) for m in q8.box_head.towers)
+        assert isinstance(q8.backbone.body.patch_embed, hit.InBF16) == bf16
         with torch.inference_mode():
-            out = fast(torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256))
+            out = q8(torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256))
         assert out["pred_boxes"].shape == (1, 4) and out["pred_boxes"].dtype == torch.float32
     with pytest.raises(ValueError, match="prepared for mode fused"):
         hit.quantize_int8(hit.prepare(copy.deepcopy(model), "fused", "cpu"))
@@ -221,7 +221,7 @@ def test_fast_mode_picks_compiled_bf16_or_int8(monkeypatch):
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no compile attempted, nothing to warn
-        fast = hit.prepare(copy.deepcopy(model), "fast", "cpu")
+        fast_model = hit.prepare(copy.deepcopy(model), "fast", "cpu")
     assert len(made) == 2 and isinstance(fast_model.box_head.towers[0], hit.Int8Conv2d)
 
 
