@@ -1,5 +1,7 @@
-"""Tests for data.py: the released crop/resize arithmetic, image decoding, every dataset
-reader (valid and malformed layouts written here), the procedural set and PairDataset."""
+"""Tests for data.py and synth.py: the released crop/resize arithmetic, image decoding,
+every dataset reader (valid and malformed layouts written here), the procedural set and
+PairDataset."""
+import hashlib
 import json
 import math
 import subprocess
@@ -13,6 +15,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
+import synth  # noqa: E402
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -413,7 +416,7 @@ def test_read_dataset_unknown():
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
-    data.synth(root, sequences=4, frames=15, seed=3, size=(128, 96), val_fraction=0.25, progress=False)
+    synth.synth(root, sequences=4, frames=15, seed=3, size=(128, 96), val_fraction=0.25, progress=False)
     return root
 
 
@@ -431,27 +434,50 @@ def test_synth_layout_and_labels(synth_root):
 
 
 def test_synth_is_deterministic(synth_root, tmp_path):
-    data.synth(tmp_path, sequences=4, frames=15, seed=3, size=(128, 96), val_fraction=0.25, progress=False,
-               workers=2)  # the pool writes what one process writes (synth_root: workers=1)
+    synth.synth(tmp_path, sequences=4, frames=15, seed=3, size=(128, 96), val_fraction=0.25, progress=False,
+                workers=2)  # the pool writes what one process writes (synth_root: workers=1)
     for rel in ["train/list.txt", "val/list.txt", "train/synth_00001/groundtruth.txt",
                 "train/synth_00001/absence.label", "train/synth_00000/00000001.jpg",
                 "val/synth_00003/00000015.jpg"]:
         assert (tmp_path / rel).read_bytes() == (synth_root / rel).read_bytes(), rel
     other = tmp_path / "other"
-    data.synth(other, sequences=1, frames=2, seed=4, size=(128, 96), val_fraction=0, progress=False)
+    synth.synth(other, sequences=1, frames=2, seed=4, size=(128, 96), val_fraction=0, progress=False)
     first = "train/synth_00000/00000001.jpg"
     assert (other / first).read_bytes() != (synth_root / first).read_bytes()
 
 
+# Recorded with the generator as it stood in data.py, before it moved to synth.py: the
+# label files written, and the rendered frames (pixels before JPEG encoding, whose bytes
+# are up to Pillow's libjpeg) with each sequence's JPEG quality, boxes and absence flags.
+PINNED_LABELS = "8b9db81d48ce5dc9e863908f0187b7543ed34ec098b05ffb9b78bcebb594b4ab"
+PINNED_FRAMES = ["80e96648c12f288818c342ebb2f9ad077a2d5c3202f181af0c28501d9231cebe",
+                 "bcdbdb36d8ac77e9c3bcf74e63c077f9b0809dc5e1bbab413ffaed8c9c14b23c"]
+
+
+def test_synth_bytes_match_the_pinned_generator(tmp_path):
+    synth.synth(tmp_path, sequences=2, frames=4, seed=7, size=(128, 96), val_fraction=0.5, progress=False)
+    labels = hashlib.sha256()
+    for p in sorted(tmp_path.rglob("*")):
+        if p.is_file() and p.suffix != ".jpg":
+            labels.update(str(p.relative_to(tmp_path)).encode() + p.read_bytes())
+    assert labels.hexdigest() == PINNED_LABELS
+    for index, want in enumerate(PINNED_FRAMES):
+        rng = np.random.default_rng([7, index])  # as synth._write_one seeds sequence `index`
+        frames = hashlib.sha256(str(int(rng.integers(75, 96))).encode())  # the JPEG quality draw
+        for frame, box, absent in synth._render_sequence(rng, 4, 128, 96):
+            frames.update(frame.tobytes())
+            frames.update(repr((tuple(int(v) for v in box), bool(absent))).encode())
+        assert frames.hexdigest() == want, index
+
+
 def test_cli_help_and_show(synth_root):
-    script = Path(data.__file__)
-    out = subprocess.run([sys.executable, str(script), "synth", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(Path(synth.__file__)), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--sequences" in out.stdout
-    out = subprocess.run([sys.executable, str(script), "show", "got10k", str(synth_root), "val"],
+    out = subprocess.run([sys.executable, str(Path(data.__file__)), "show", "got10k", str(synth_root), "val"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "1 sequences, 15 frames" in out.stdout
-    out = subprocess.run([sys.executable, str(script), "synth", "--out", str(synth_root / "x"), "--workers", "0"],
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(Path(synth.__file__)), "--out", str(synth_root / "x"),
+                          "--workers", "0"], capture_output=True, text=True)
     assert out.returncode == 2 and "--workers 0" in out.stderr and not (synth_root / "x").exists()
 
 
@@ -518,26 +544,6 @@ def test_jitter_box_bounds():
     with pytest.raises(ValueError, match="jitter must be >= 0"):
         data.PairDataset([("v", [data.Sequence("v", [Path("x.png")], box[None], np.ones(1, bool))])],
                          center_jitter=-1.0)
-
-
-def test_wide_fraction_mixes_released_jitter(tmp_path):
-    """wide_fraction p: about p of the search crops take the released 3.5 / 0.5 jitter, the
-    rest the given one (here none: the target sits exactly at the crop centre)."""
-    Image.fromarray(np.full((200, 200, 3), 90, np.uint8)).save(tmp_path / "still.png")
-    seq = data.Sequence("still", [tmp_path / "still.png"], np.array([[80.0, 80.0, 40.0, 40.0]]), np.ones(1, bool))
-
-    def centred(fraction):
-        ds = data.PairDataset([("s", [seq])], samples_per_epoch=200, seed=3, center_jitter=0.0,
-                              scale_jitter=0.0, wide_fraction=fraction)
-        boxes = np.stack([ds[i]["search_box"].numpy() for i in range(len(ds))])
-        return np.all(np.abs(boxes - [0.5, 0.5, 0.25, 0.25]) < 0.005, axis=1)  # crop rounding: 1/256
-
-    assert centred(0.0).all()
-    assert centred(1.0).mean() < 0.03  # a released jitter draw lands this close to the centre only by chance
-    assert 0.15 < 1.0 - centred(0.25).mean() < 0.35  # binomial(200, 0.25): about 7 SE wide
-    for bad in (-0.1, 1.5):
-        with pytest.raises(ValueError, match="wide_fraction must be in"):
-            data.PairDataset([("s", [seq])], wide_fraction=bad)
 
 
 def test_pairs_respect_visibility_and_gap(tmp_path):
