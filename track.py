@@ -368,26 +368,43 @@ class Tracker:
 # ---------------------------------------------------------------------------------------
 
 
+class FrameError(ValueError):
+    """A frame that could not be read or tracked (a truncated JPEG, an initial box outside
+    the image). It carries the boxes and times of the frames before it, so that a caller
+    can keep what was computed instead of losing it with the exception."""
+
+    def __init__(self, message: str, frame: int, boxes: np.ndarray, times: np.ndarray):
+        super().__init__(message)
+        self.frame = frame  # 1-based number of the frame that failed
+        self.boxes, self.times = boxes, times  # (frame - 1, 4), (frame - 1,)
+
+
 def run_sequence(tracker: Tracker, seq, init_box=None):
     """Track `seq` (data.Sequence) -> (boxes (N, 4), seconds per frame (N,)).
 
     Frame 0 initialises with `init_box` or the first ground-truth box and reports that
     box. Times cover initialize/track only, not image reading (as pytracking records).
+    A frame that cannot be read or tracked raises FrameError, holding the boxes so far.
     """
     if init_box is None:
         if seq.gt is None or len(seq.gt) == 0:
             raise ValueError(f"sequence {seq.name}: no init box and no ground truth")
         init_box = seq.gt[0]
-    boxes = np.zeros((len(seq.frames), 4))
-    times = np.zeros(len(seq.frames))
+    n = len(seq.frames)
+    boxes = np.zeros((n, 4))
+    times = np.zeros(n)
     for i, frame in enumerate(seq.frames):
-        image = data.read_image(frame)
-        t0 = time.perf_counter()
-        if i == 0:
-            tracker.initialize(image, init_box)
-            box = tracker.state
-        else:
-            box, _ = tracker.track(image)
+        try:
+            image = data.read_image(frame)
+            t0 = time.perf_counter()
+            if i == 0:
+                tracker.initialize(image, init_box)
+                box = tracker.state
+            else:
+                box, _ = tracker.track(image)
+        except ValueError as err:  # the message of data.read_image names the file
+            raise FrameError(f"sequence {seq.name}, frame {i + 1} of {n}: {err}",
+                             i + 1, boxes[:i].copy(), times[:i].copy()) from err
         times[i] = time.perf_counter() - t0
         boxes[i] = box
     return boxes, times
@@ -548,14 +565,27 @@ EXAMPLES = """examples:
 
 
 def parse_box(text: str):
-    """'x,y,w,h' -> 4 floats (argparse type)."""
+    """'x,y,w,h' -> 4 floats (argparse type): finite, width and height > 0."""
     try:
         box = tuple(float(v) for v in text.replace(" ", "").split(","))
     except ValueError:
         box = ()
     if len(box) != 4:
         raise argparse.ArgumentTypeError(f"expected x,y,w,h, got {text!r}")
+    if not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
+        raise argparse.ArgumentTypeError(f"expected finite x,y,w,h with w, h > 0, got {text!r}")
     return box
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --threads."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -575,13 +605,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="result folders to score; each after the first is also compared with "
                         "the first, paired per sequence (difference, standard error, wins)")
     p.add_argument("--json", help="write the summary (percent) to this file")
-    p.add_argument("--plots", default=".", help="folder for the plot PNGs (default: .)")
+    p.add_argument("--plots", help="write the success / precision plot PNGs into this folder "
+                                   "(default: no plots)")
     p.add_argument("--uav", action="store_true",
                    help="pytracking's UAV123 rule: invalid frames count as precision hits")
     p.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
     p.add_argument("--mode", default="fused", choices=hit.MODES,
                    help="inference mode (hit.prepare; speeds in bench.py; default: fused)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     return p
 
 
@@ -635,7 +666,17 @@ def result_path(folder, seq_name: str, dataset: str) -> Path:
 
 
 def _device(name):
-    return torch.device(name) if name else fast.default_device()
+    """--device -> torch.device; a misspelt or absent device is bad input (ValueError)."""
+    if not name:
+        return fast.default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r}: {err}") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device.type in available and not available[device.type]():
+        raise ValueError(f"--device {name!r}: no {device.type} device on this machine")
+    return device
 
 
 def _make_tracker(args) -> Tracker:
@@ -662,8 +703,15 @@ def cmd_sequence(args) -> None:
     if args.init is None and (seq.gt is None or len(seq.gt) == 0):
         raise SystemExit(f"error: no --init given and no {folder / 'groundtruth.txt'}")
     tracker = _make_tracker(args)
-    boxes, times = run_sequence(tracker, seq, args.init)
     out = Path(args.out) if args.out else Path.cwd() / f"{folder.resolve().name}.txt"
+    try:
+        boxes, times = run_sequence(tracker, seq, args.init)
+    except FrameError as err:  # keep what was computed, then stop with one line
+        if len(err.boxes) == 0:
+            raise SystemExit(f"error: {err}") from None
+        write_atomic(out, format_boxes(err.boxes))
+        raise SystemExit(f"error: {err} (the {len(err.boxes)} boxes before it are written "
+                         f"to {out})") from None
     write_atomic(out, format_boxes(boxes))
     print(f"{seq.name}: {len(boxes)} frames, {_fps(times):.1f} fps on {tracker.device}"
           f" ({tracker.mode}); boxes written to {out}")
@@ -677,20 +725,31 @@ def cmd_dataset(args) -> None:
 
     sequences = data.read_dataset(args.dataset, args.root, args.split)
     tracker = _make_tracker(args)
-    out, done = Path(args.out), 0
+    out, done, failed = Path(args.out), 0, {}
     bar = tqdm(sequences, unit="seq", desc=f"{args.dataset} {args.split}")
     for seq in bar:
         target = result_path(out, seq.name, args.dataset)
         if target.exists():  # resumable: finished sequences are skipped
             done += 1
             continue
-        boxes, times = run_sequence(tracker, seq)
+        try:
+            boxes, times = run_sequence(tracker, seq)
+        except ValueError as err:  # a broken frame or ground truth: report, go on
+            failed[seq.name] = str(err)
+            bar.write(f"error: {err}; sequence skipped")
+            continue  # no result file, so that a rerun retries it
         if args.dataset == "got10k":  # time file first: the box file marks completion
             write_atomic(target.with_name(f"{seq.name}_time.txt"),
                          "".join("%.8f\n" % t for t in times))
         write_atomic(target, format_boxes(boxes))
         bar.set_postfix(fps=f"{_fps(times):.1f}")
-    print(f"{len(sequences) - done} sequences tracked, {done} already done; results in {out}")
+    tracked = len(sequences) - done - len(failed)
+    print(f"{tracked} sequences tracked, {done} already done, {len(failed)} failed; "
+          f"results in {out}")
+    if failed:
+        lines = "".join(f"\n  {name}: {why}" for name, why in failed.items())
+        raise SystemExit(f"error: {len(failed)} sequence(s) failed and have no result file "
+                         f"(a rerun retries them):{lines}")
 
 
 def _image_wh(frame):
@@ -708,11 +767,25 @@ def _collect(folder, sequences, dataset: str) -> list:
             raise SystemExit(f"error: sequence {seq.name} has no full ground truth to score "
                              "against (a test split with first-frame boxes only?)")
         pred = load_boxes(path)
+        _check_result(pred, seq.gt, dataset, path)
         if dataset == "got10k":
             results.append((pred, seq.gt, seq.visible, _image_wh(seq.frames[0])))
         else:  # pytracking uses visibility flags for LaSOT only
             results.append((pred, seq.gt, seq.visible if dataset == "lasot" else None))
     return results
+
+
+def _check_result(pred, gt, dataset: str, path) -> None:
+    """Fail on a result file the scoring would refuse, naming the file (the scoring
+    itself only sees arrays)."""
+    try:
+        if dataset == "got10k":
+            if pred.shape != gt.shape:
+                raise ValueError(f"{len(pred)} predicted boxes for {len(gt)} ground-truth frames")
+        else:
+            _prepare_pred(pred.copy(), gt)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def _names(folders) -> list:
@@ -769,12 +842,13 @@ def cmd_analyze(args) -> None:
         print(f"{n} vs {names[0]}, paired per sequence: {keys[0]} {p['mean_diff']:+.2f} "
               f"(standard error {p['se']:.2f}), ahead on {p['better']} and behind on "
               f"{p['worse']} of {p['sequences']} sequences")
-    plots = Path(args.plots)
-    plots.mkdir(parents=True, exist_ok=True)
-    kinds = ("success",) if args.dataset == "got10k" else ("success", "precision", "norm_precision")
-    for kind in kinds:
-        plot_curves(summaries, plots / f"{kind}_plot.png", kind)
-    print(f"plots written to {plots}")
+    if args.plots:  # only when asked: never PNGs dropped into the working directory
+        plots = Path(args.plots)
+        plots.mkdir(parents=True, exist_ok=True)
+        kinds = ["success"] if args.dataset == "got10k" else list(PLOT_KINDS)  # GOT-10k: AO only
+        for kind in kinds:
+            plot_curves(summaries, plots / f"{kind}_plot.png", kind)
+        print(f"plots written to {plots}")
     if args.json:
         table = {n: {k: s[k] for k in keys + ("sequences",)} for n, s in summaries.items()}
         report = {"dataset": args.dataset, "split": args.split, "results": table,
@@ -786,12 +860,15 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    if args.analyze:
-        cmd_analyze(args)
-    elif args.sequence:
-        cmd_sequence(args)
-    else:
-        cmd_dataset(args)
+    command = cmd_analyze if args.analyze else cmd_sequence if args.sequence else cmd_dataset
+    try:
+        command(args)
+    except (ValueError, OSError) as err:
+        # Bad input: data.py, hit.py and this file raise ValueError naming the file, line
+        # or value (a missing folder, a malformed ground-truth line, a corrupt checkpoint),
+        # and OSError names the path it could not write; one line says it, a traceback
+        # would bury it.
+        raise SystemExit(f"error: {err}") from None
     return 0
 
 

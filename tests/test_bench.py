@@ -274,8 +274,28 @@ def test_table_flags_an_exact_mode_that_deviates():
     assert "reduced" in bench.format_table([dict(rec, mode="int8", exact=False, exact_ok=None)])
 
 
+# ----------------------------------------------------------------------------- training step
+def test_step_fn_fails_loudly_without_train_step(tiny, monkeypatch):
+    """No silent stand-in: when train.train_step cannot be imported, step_fn raises and
+    names the import error instead of timing some other loss."""
+    model = copy.deepcopy(tiny[0]).train()
+    optimizer = torch.optim.AdamW(model.parameters())
+    batch = bench.random_batch(model.cfg, 1, torch.device("cpu"))
+    monkeypatch.setitem(sys.modules, "train", None)  # makes `import train` raise ImportError
+    with pytest.raises(RuntimeError, match=r"not importable \(ModuleNotFoundError: import of train"):
+        bench.step_fn(model, optimizer, batch, torch.device("cpu"))
+    monkeypatch.setitem(sys.modules, "train", types.ModuleType("train"))  # no train_step
+    with pytest.raises(RuntimeError, match="AttributeError"):
+        bench.step_fn(model, optimizer, batch, torch.device("cpu"))
+    monkeypatch.delitem(sys.modules, "train")  # the real train.py: its step is what is timed
+    assert bench.step_fn(model, optimizer, batch, torch.device("cpu"))[1] == \
+        "train.train_step (Eq. 4 loss)"
+
+
 # ----------------------------------------------------------------------------- machine
-def test_jetson_board_absent_and_parsed(tmp_path):
+def test_jetson_board_string_parsed_from_release_files(tmp_path):
+    """Only the board name: jetson_board() reads the L4T release and device-tree model
+    files (None where they are absent). Nothing is timed on a Jetson here."""
     assert bench.jetson_board(tmp_path / "nv_tegra_release") is None
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R32 (release), REVISION: 7.1, GCID: 27863751, BOARD: t186ref, "

@@ -55,12 +55,18 @@ def make_frames(n=5, size=(120, 96), box=(40, 30, 24, 18), step=(3, 2), seed=0):
     return frames, np.array(gt, float)
 
 
-def write_sequence(folder, frames, gt=None):
+def write_sequence(folder, frames, gt=None, ext="png"):
     folder.mkdir(parents=True)
     for i, img in enumerate(frames):
-        Image.fromarray(img).save(folder / f"{i + 1:08d}.png")
+        Image.fromarray(img).save(folder / f"{i + 1:08d}.{ext}")
     if gt is not None:
         (folder / "groundtruth.txt").write_text("".join("%g,%g,%g,%g\n" % tuple(b) for b in gt))
+
+
+def truncate(path, keep=0.5):
+    """Cut a file to `keep` of its bytes, as an interrupted copy or download leaves it."""
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * keep)])
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +215,20 @@ def test_run_sequence(tmp_path):
     assert np.allclose(boxes[0], gt[0])
 
 
+def test_run_sequence_broken_frame_keeps_boxes(tmp_path):
+    """A truncated JPEG raises FrameError naming the frame and file, holding the boxes and
+    times of the frames before it."""
+    data = pytest.importorskip("data")
+    frames, gt = make_frames(6)
+    write_sequence(tmp_path / "seq", frames, gt, ext="jpg")
+    truncate(tmp_path / "seq" / "00000004.jpg")
+    seq = data.read_folder(tmp_path / "seq")[0]
+    with pytest.raises(track.FrameError, match=r"frame 4 of 6: .*00000004\.jpg") as exc:
+        track.run_sequence(track.Tracker(FakeHiT()), seq)
+    assert exc.value.frame == 4 and exc.value.boxes.shape == (3, 4)
+    assert np.allclose(exc.value.boxes[0], gt[0]) and (exc.value.times > 0).all()
+
+
 # ---- drawing -----------------------------------------------------------------------------------
 
 
@@ -263,7 +283,10 @@ def test_cli_released_checkpoint(tmp_path, fixtures_dir, monkeypatch):
 
 def test_cli_argument_errors():
     for argv in ([], ["--sequence", "x"], ["--dataset", "lasot"], ["--analyze", "--root", "r"],
-                 ["--init", "1,2,3", "--sequence", "x", "--checkpoint", "c"]):
+                 ["--init", "1,2,3", "--sequence", "x", "--checkpoint", "c"],
+                 ["--init", "1,2,0,4", "--sequence", "x", "--checkpoint", "c"],
+                 ["--init", "nan,2,3,4", "--sequence", "x", "--checkpoint", "c"],
+                 ["--threads", "0", "--sequence", "x", "--checkpoint", "c"]):
         with pytest.raises(SystemExit) as exc:
             track.main(argv)
         assert exc.value.code == 2
@@ -343,6 +366,102 @@ def test_cli_dataset_resume_and_analyze(tmp_path, tiny_checkpoint, capsys):
     (out / "seq1.txt").unlink()
     with pytest.raises(SystemExit, match="seq1"):
         track.main(["--analyze", "--dataset", "folder", "--root", str(root), "--results", str(out)])
+
+
+def test_cli_sequence_truncated_jpeg_keeps_boxes(tmp_path, tiny_checkpoint):
+    """Frame 4 of 6 is truncated: the 3 boxes before it are written, then one line naming
+    the frame and the file, exit status 1, no traceback (run as a script, as a user does)."""
+    frames, gt = make_frames(6)
+    write_sequence(tmp_path / "walk", frames, gt, ext="jpg")
+    truncate(tmp_path / "walk" / "00000004.jpg")
+    out = tmp_path / "walk.txt"
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "track.py")
+    done = subprocess.run([sys.executable, script, "--checkpoint", str(tiny_checkpoint),
+                           "--sequence", str(tmp_path / "walk"), "--out", str(out),
+                           "--device", "cpu", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "frame 4 of 6" in done.stderr and "00000004.jpg" in done.stderr
+    boxes = track.load_boxes(out)
+    assert boxes.shape == (3, 4) and np.allclose(boxes[0], gt[0])
+
+
+def test_cli_dataset_skips_broken_sequence_and_retries_it(tmp_path, tiny_checkpoint, capsys):
+    root, out = tmp_path / "seqs", tmp_path / "res"
+    for i in range(3):
+        frames, gt = make_frames(3, seed=i)
+        write_sequence(root / f"seq{i}", frames, gt, ext="jpg")
+    good = (root / "seq1" / "00000002.jpg").read_bytes()
+    truncate(root / "seq1" / "00000002.jpg")
+    argv = ["--checkpoint", str(tiny_checkpoint), "--dataset", "folder", "--root", str(root),
+            "--out", str(out), "--device", "cpu"]
+    with pytest.raises(SystemExit, match=r"seq1: sequence seq1, frame 2 of 3: .*00000002\.jpg"):
+        track.main(argv)
+    assert sorted(p.name for p in out.iterdir()) == ["seq0.txt", "seq2.txt"]  # seq1 not finished
+    printed = capsys.readouterr().out
+    assert "2 sequences tracked, 0 already done, 1 failed" in printed
+    assert "frame 2 of 3" in printed  # reported when it happened, not only at the end
+    (root / "seq1" / "00000002.jpg").write_bytes(good)  # repaired: a rerun retries seq1 only
+    track.main(argv)
+    assert "1 sequences tracked, 2 already done, 0 failed" in capsys.readouterr().out
+    assert track.load_boxes(out / "seq1.txt").shape == (3, 4)
+
+
+def test_analyze_writes_plots_only_when_asked(tmp_path, monkeypatch, capsys):
+    root, res = tmp_path / "seqs", tmp_path / "res"
+    res.mkdir()
+    for i in range(2):
+        frames, gt = make_frames(3, seed=i)
+        write_sequence(root / f"seq{i}", frames, gt)
+        track.write_atomic(res / f"seq{i}.txt", track.format_boxes(gt + i))
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    argv = ["--analyze", "--dataset", "folder", "--root", str(root), "--results", str(res)]
+    track.main(argv + ["--json", str(tmp_path / "s.json")])
+    assert list(work.iterdir()) == [] and not list(tmp_path.glob("*.png"))
+    assert "plots written" not in capsys.readouterr().out
+    track.main(argv + ["--plots", "figs"])
+    assert sorted(p.name for p in (work / "figs").iterdir()) == [
+        "norm_precision_plot.png", "precision_plot.png", "success_plot.png"]
+
+
+def test_cli_bad_input_is_one_line_naming_file_line_or_value(tmp_path, tiny_checkpoint,
+                                                             monkeypatch):
+    """Bad input ends in SystemExit with one line naming what is wrong, not a traceback."""
+    monkeypatch.chdir(tmp_path)  # where --sequence writes <folder name>.txt by default
+    frames, gt = make_frames(3)
+    write_sequence(tmp_path / "ok", frames, gt)
+    write_sequence(tmp_path / "badgt", frames)
+    (tmp_path / "badgt" / "groundtruth.txt").write_text("40,30,24,18\n43,32,x,18\n")
+    results = tmp_path / "res"
+    results.mkdir()
+    (results / "ok.txt").write_text("40,30,24,18\n")  # 1 box for 3 frames
+    ckpt = str(tiny_checkpoint)
+    cases = [
+        (["--checkpoint", ckpt, "--sequence", str(tmp_path / "missing")], "missing does not exist"),
+        (["--checkpoint", ckpt, "--sequence", str(tmp_path / "badgt")],
+         r"badgt.groundtruth\.txt, line 2"),
+        (["--checkpoint", ckpt, "--sequence", str(tmp_path / "ok"), "--init", "500,10,20,20",
+          "--device", "cpu"], r"frame 1 of 3: box \(500\.0, 10\.0, 20\.0, 20\.0\) lies fully outside"),
+        (["--checkpoint", str(tmp_path / "none.pth"), "--sequence", str(tmp_path / "ok"),
+          "--device", "cpu"], "none.pth"),
+        (["--checkpoint", ckpt, "--sequence", str(tmp_path / "ok"), "--device", "gpu0"],
+         "--device 'gpu0'"),
+        (["--checkpoint", ckpt, "--dataset", "folder", "--root", str(tmp_path / "missing"),
+          "--out", str(tmp_path / "o")], "missing does not exist"),
+        (["--analyze", "--dataset", "folder", "--root", str(tmp_path / "ok"),
+          "--results", str(results)], r"res.ok\.txt: 1 predicted boxes for 3 ground-truth"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--checkpoint", ckpt, "--sequence", str(tmp_path / "ok"),
+                       "--device", "cuda"], "no cuda device"))
+    for argv, message in cases:
+        with pytest.raises(SystemExit, match=message) as exc:
+            track.main(argv)
+        assert str(exc.value.code).startswith("error: ") and "\n" not in str(exc.value.code)
+    assert not (tmp_path / "ok.txt").exists()  # frame 1 failed: no empty result file
 
 
 def test_paired_comparison_by_hand():
