@@ -322,8 +322,8 @@ def synth(out, sequences: int = 300, frames: int = 100, seed: int = 0, size=(320
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Write the procedural GOT-10k-layout data set (no real "
-                                "tracking data set can be downloaded here).")
+    p = argparse.ArgumentParser(description="Write the procedural GOT-10k-layout data set, the "
+                                "stand-in for real tracking data sets (train.py's default).")
     p.add_argument("--out", required=True, help="output folder (gets train/ and val/)")
     p.add_argument("--sequences", type=int, default=300, help="number of sequences (train + val)")
     p.add_argument("--frames", type=int, default=100, help="frames per sequence")

@@ -3,18 +3,21 @@
 Paper Sec. 3.4 (Eq. 4): the corner head's box is trained with
     L = lambda_giou * L_giou(b, b*) + lambda_L1 * L_1(b, b*),  lambda_giou = 2, lambda_L1 = 5,
 on (x1, y1, x2, y2) normalised to the search crop (the target box clamped to [0, 1]).
-Sec. 4.1 and the released configs (../shared/HIT_NOTES.md, "Training"): AdamW, lr 5e-4 and
-weight decay 1e-4 on every parameter, gradient-norm clip 0.1, 1500 epochs of 60,000 pairs,
-lr x0.1 at 80 % of training (epoch 1200), 32 pairs per device; LaSOT, GOT-10k, COCO and
-TrackingNet mixed 1:1:1:1; the backbone starts from LeViT ImageNet weights.
+Sec. 4.1, with the released configs filling in what the paper leaves out: AdamW, lr 5e-4
+and weight decay 1e-4 on every parameter, gradient-norm clip 0.1, 1500 epochs of 60,000
+pairs (90M pairs: GPU-days), lr x0.1 at 80 % of training (epoch 1200), 32 pairs per
+device on 4 GPUs; LaSOT, GOT-10k, COCO and TrackingNet mixed 1:1:1:1; the backbone starts
+from LeViT ImageNet weights, everything else from random.
 
-    python train.py --variant tiny                           # procedural set, made once
+    python train.py --variant tiny                           # procedural set (synth.py), made once
     python train.py --variant base --data got10k:/d/got10k,lasot:/d/lasot,coco:/d/coco \
         --levit-weights LeViT-384.pth
     torchrun --nproc_per_node 4 train.py --variant base ...  # DDP, 32 pairs per GPU
 
-DIR/last.pth (every epoch, written atomically) holds everything `--resume` needs to
-continue exactly; `hit.load_checkpoint(DIR/last.pth)` gives the tracker network.
+`main` runs the steps in order: arguments, devices, data, model, resume, then the epochs,
+each ending in a checkpoint. DIR/last.pth (every epoch, written atomically) holds
+everything `--resume` needs to continue exactly; `hit.load_checkpoint(DIR/last.pth)`
+gives the tracker network.
 """
 import argparse
 import copy
@@ -39,11 +42,13 @@ import data
 import fast
 import hit
 import levit
+import synth
 
 LOSS_WEIGHTS = {"giou": 2.0, "l1": 5.0}  # Eq. 4
-RUN_ONLY_ARGS = {"resume", "out", "device", "workers", "val_every", "val_sequences", "save_every",
-                 "stop_after", "synth_dir"}  # may change on --resume without changing the result
+RUN_ONLY_ARGS = {"resume", "out", "device", "workers", "val_every", "val_sequences", "stop_after",
+                 "synth_dir"}  # may change on --resume without changing the result
 SYNTH_MARKER = "COMPLETE.json"  # written last: a folder without it is redone, not trusted
+DAY_S = 86400  # a run projected longer than this says so once (Pace)
 
 
 # ----------------------------------------------------------------------------- boxes and loss
@@ -122,33 +127,26 @@ def build_parser():
     p.add_argument("--out", default="runs/hit", help="folder for last.pth and log.jsonl")
     p.add_argument("--resume", nargs="?", const="last", default=None,
                    help="continue from OUT/last.pth, or from the checkpoint path given")
-    p.add_argument("--save-every", type=int, default=0, help="also keep OUT/epoch_XXXX.pth every K epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers (default: all cores but 2 per process on CUDA; on a "
                    "CPU 0 with <= 2 cores per process, else up to 4)")
     p.add_argument("--compile", action="store_true",
-                   help="train through torch.compile (Inductor); the first step compiles (seconds to "
-                        "minutes); measured on a 2-core AMX CPU: 1.22x the bf16 HiT-Tiny step, 1.1x with "
-                        "data loading")
+                   help="train through torch.compile (Inductor): faster steps once the first step "
+                        "has compiled (seconds to minutes); TRAINING.md has the measurements")
     p.add_argument("--amp", action="store_true",
                    help="mixed precision: bf16 (fp16 + loss scaling where bf16 is missing) on CUDA; "
-                        "bf16 on CPUs with native bfloat16 (measured 1.8x the fp32 step with AVX512-BF16, 2.5x with AMX; "
-                        "0.84x on an H100 at batch 32, where the step is bound by kernel launches)")
+                        "bf16 on CPUs with native bfloat16, where it pays (elsewhere a warning and "
+                        "float32); TRAINING.md has the measurements")
     p.add_argument("--levit-weights", default=None, help="LeViT ImageNet weights for the backbone")
     p.add_argument("--data", default=None,
-                   help="comma list of name:path, name in got10k, lasot, trackingnet, coco "
-                        "(default: the procedural set, generated once into --synth-dir)")
-    p.add_argument("--data-weights", default=None, help="sampling weights, comma list (default 1 each)")
+                   help="comma list of name:path, name in got10k, lasot, trackingnet, coco, mixed "
+                        "1:1:1:1 (default: the procedural set, generated once into --synth-dir)")
     p.add_argument("--center-jitter", type=float, default=3.5,
                    help="search-crop centre jitter, in units of the jittered box's sqrt(area) (released: 3.5; "
-                        "for hour-long runs 1.0 with --scale-jitter 0.25 gave +23 AUC, see the README)")
+                        "short runs learn faster with 1.0 and --scale-jitter 0.25, see TRAINING.md)")
     p.add_argument("--scale-jitter", type=float, default=0.5,
                    help="search-crop scale jitter, std of the log size per axis (released: 0.5)")
-    p.add_argument("--wide-fraction", type=float, default=0.0,
-                   help="share of search crops jittered as released (3.5 / 0.5) instead of the two flags above; "
-                        "mixes in pairs with the target far from the crop centre (not in the release; 0.25 cost "
-                        "4.9 AUC in an hour-long run, see the README)")
     p.add_argument("--synth-dir", default="data_cache/synth_v1")
     p.add_argument("--synth-sequences", type=int, default=300)
     p.add_argument("--synth-frames", type=int, default=100)
@@ -162,7 +160,6 @@ def build_parser():
     p.add_argument("--bridge-stages", default="max,mid,min", help="Bridge Module stages (Table 5 ablation)")
     p.add_argument("--stop-after", type=int, default=0,
                    help="stop after this many epochs in this invocation (schedule still spans --epochs)")
-    p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after this many steps (debug)")
     p.add_argument("--time-budget", type=float, default=0.0, metavar="MIN",
                    help="fit the run into MIN minutes of wall time from the start of train.py (data "
                         "generation included): after the first epoch, --epochs is lowered (never raised) "
@@ -171,6 +168,53 @@ def build_parser():
     return p
 
 
+def parse_args(argv):
+    args = build_parser().parse_args(argv)
+    if args.time_budget < 0:
+        raise ValueError(f"--time-budget must be >= 0 minutes, got {args.time_budget}")
+    return args
+
+
+# ----------------------------------------------------------------------------- devices and DDP
+def setup_distributed(device_arg):
+    """(rank, world, device); under torchrun joins the process group (nccl/gloo)."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = fast.default_device() if device_arg == "auto" else torch.device(device_arg)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def default_workers(device_type, cores, world=1):
+    """Loader processes per training process. On CUDA the GPU waits on the loader, so all
+    cores but two (the training process and its pin-memory thread). On a CPU the loader
+    takes cores from the network, so none on small machines (TRAINING.md: on 2 cores one
+    worker made the step slower)."""
+    cores = max(1, cores // world)
+    if device_type == "cuda":
+        return max(1, cores - 2)
+    return 0 if cores <= 2 else min(4, cores)
+
+
+def resolve_workers(workers, device, world):
+    if workers is None:
+        workers = default_workers(device.type, fast.usable_cores(), world)
+    if workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
+    return workers
+
+
+def barrier(world):
+    if world > 1:
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- data
 DATA_READERS = ("got10k", "lasot", "trackingnet", "coco")
 
 
@@ -200,11 +244,11 @@ def read_sources(items):
     return sources
 
 
-# ----------------------------------------------------------------------------- procedural data
 def ensure_synth(folder, sequences, frames, seed, log=print):
-    """Generate the procedural set once into `folder`. It is written to folder.partial and
-    renamed when complete, with SYNTH_MARKER (its parameters) written last: an interrupted
-    generation is redone, a folder without the marker is not ours and is never deleted."""
+    """Generate the procedural set (synth.py) once into `folder`. It is written to
+    folder.partial and renamed when complete, with SYNTH_MARKER (its parameters) written
+    last: an interrupted generation is redone, a folder without the marker is not ours
+    and is never deleted."""
     folder, want = Path(folder), {"sequences": sequences, "frames": frames, "seed": seed}
     marker = folder / SYNTH_MARKER
     if marker.is_file() and json.loads(marker.read_text()) == want:
@@ -218,41 +262,106 @@ def ensure_synth(folder, sequences, frames, seed, log=print):
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     log(f"generating the procedural set ({sequences} sequences x {frames} frames) in {folder}")
-    data.synth(tmp, sequences, frames, seed, workers=os.cpu_count() or 1)  # same bytes for any count
+    synth.synth(tmp, sequences, frames, seed, workers=os.cpu_count() or 1)  # same bytes for any count
     (tmp / SYNTH_MARKER).write_text(json.dumps(want))
     os.replace(tmp, folder)
     return folder
 
 
-# ----------------------------------------------------------------------------- devices and DDP
-def setup_distributed(device_arg):
-    """(rank, world, device); under torchrun joins the process group (nccl/gloo)."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    device = fast.default_device() if device_arg == "auto" else torch.device(device_arg)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+def rank_indices(samples_per_epoch, rank, world):
+    """This rank's pair indices of every epoch: r, r + world, r + 2 world, ... Every rank
+    samples with the same seed and a pair depends only on (seed, epoch, index), so the
+    ranks draw different pairs and the data is the same however the run is split or
+    interrupted (a remainder of samples_per_epoch % world pairs is left out)."""
+    per_rank = samples_per_epoch // world
+    if per_rank < 1:
+        raise ValueError(f"--samples-per-epoch {samples_per_epoch} is smaller than the {world} processes")
+    return list(range(rank, per_rank * world, world))
 
 
-def default_workers(device_type, cores, world=1):
-    """Loader processes per training process. On CUDA the GPU waits on the loader (an H200
-    host: 14 workers fed batch 128 at 1,450 pairs/s, half of what the step allows), so
-    all cores but two (the training process and its pin-memory thread). On a CPU the
-    loader takes cores from the network: with 2 cores, 1 worker ran slower than 0."""
-    cores = max(1, cores // world)
-    if device_type == "cuda":
-        return max(1, cores - 2)
-    return 0 if cores <= 2 else min(4, cores)
+def procedural_set(args, rank, world, log):
+    """Rank 0 makes the procedural set (once, see ensure_synth) while the others wait."""
+    if rank == 0:
+        ensure_synth(args.synth_dir, args.synth_sequences, args.synth_frames, args.synth_seed, log)
+    barrier(world)
 
 
-def barrier(world):
+def make_data(args, items, rank, world):
+    """(pair sampler, this rank's indices) over the --data items, or the procedural set."""
+    sources = read_sources(items) if items else [("synth", data.read_got10k(args.synth_dir, "train"))]
+    dataset = data.PairDataset(sources, None, args.samples_per_epoch, args.seed,
+                               center_jitter=args.center_jitter, scale_jitter=args.scale_jitter)
+    return dataset, rank_indices(args.samples_per_epoch, rank, world)
+
+
+# ----------------------------------------------------------------------------- model and optimizer
+@dataclasses.dataclass
+class Training:
+    """Everything an optimizer step changes, so everything a checkpoint holds."""
+    model: torch.nn.Module  # the plain network; checkpoints hold its parameter names
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    amp_dtype: torch.dtype | None  # autocast dtype of --amp, None for float32
+    scaler: torch.amp.GradScaler | None  # loss scaling for float16 autocast only
+    net: torch.nn.Module | None = None  # what the step calls: model, or its DDP / compiled wrapper
+
+
+def make_training(args, device, steps):
+    """HiT (LeViT ImageNet weights in the backbone if given), AdamW on every parameter
+    alike, and the lr schedule stepped once per optimizer step."""
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    model = hit.build_hit(args.variant, args.pos_layout, tuple(args.bridge_stages.split(",")))
+    if args.levit_weights:
+        levit.load_imagenet_weights(model.backbone.body, args.levit_weights)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # A closure, so its state_dict is just the step count; it reads args.epochs each step,
+    # which --time-budget may lower.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, steps, args))
+    return Training(model, optimizer, scheduler, *amp_settings(args.amp, device))
+
+
+def wrap(model, world, device, compile_):
+    """The module the steps call: DDP across processes, then torch.compile if asked."""
+    net = model
     if world > 1:
-        dist.barrier()
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile_:
+        # One static graph per batch size (a ragged last batch adds a second, not a dynamic one).
+        net = torch.compile(net, dynamic=False)
+    return net
+
+
+def amp_settings(amp, device):
+    """(autocast dtype or None, GradScaler or None) for --amp on `device`. On the CPU only
+    native bfloat16 pays: emulated bf16 is slower than fp32, so there it warns and trains
+    in fp32. Weights, optimizer state and the loss stay float32 either way."""
+    if not amp:
+        return None, None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, None
+        return torch.float16, torch.amp.GradScaler("cuda")
+    if device.type == "cpu" and fast.cpu_has_bf16():
+        return torch.bfloat16, None
+    warnings.warn(f"--amp: no native bfloat16 on {device.type} here; training in float32")
+    return None, None
+
+
+def lr_factor(step, steps_per_epoch, args):
+    """lr / --lr after `step` optimizer steps: --warmup epochs of linear ramp, then the
+    paper's x0.1 at --lr-drop of the epochs (Sec. 4.1), or a half cosine down to 0."""
+    total = max(1, args.epochs * steps_per_epoch)
+    warm = args.warmup * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    if args.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
+    drop_epoch = max(1, round(args.lr_drop * args.epochs))
+    return 0.1 if step >= drop_epoch * steps_per_epoch else 1.0
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -284,27 +393,6 @@ def plain(x):
     return x if x is None or isinstance(x, (bool, int, float, str)) else str(x)
 
 
-def lr_factor(step, steps_per_epoch, args):
-    """lr / --lr after `step` optimizer steps: --warmup epochs of linear ramp, then the
-    paper's x0.1 at --lr-drop of the epochs (Sec. 4.1), or a half cosine down to 0."""
-    total = max(1, args.epochs * steps_per_epoch)
-    warm = args.warmup * steps_per_epoch
-    if step < warm:
-        return (step + 1) / warm
-    if args.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
-    drop_epoch = max(1, round(args.lr_drop * args.epochs))
-    return 0.1 if step >= drop_epoch * steps_per_epoch else 1.0
-
-
-def epochs_within(budget_s, elapsed_s, epoch_s, done, max_epochs):
-    """--time-budget: how many epochs the run gets. `done` epochs have run in `elapsed_s`
-    seconds since launch; each further one is expected to take `epoch_s`. Never more than
-    max_epochs, never fewer than `done`."""
-    more = math.floor((budget_s - elapsed_s) / epoch_s) if epoch_s > 0 else max_epochs
-    return max(done, min(max_epochs, done + more))
-
-
 def save_atomic(obj, path):
     """torch.save to path.tmp, fsync, rename: a crash mid-write leaves the old file."""
     path = Path(path)
@@ -314,6 +402,14 @@ def save_atomic(obj, path):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_checkpoint(run, args, epoch, out):
+    save_atomic({"model": run.model.state_dict(), "config": plain(dataclasses.asdict(run.model.cfg)),
+                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "epoch": epoch, "rng": rng_state(), "args": plain(vars(args)),
+                 "scaler": run.scaler.state_dict() if run.scaler is not None else None},
+                out / "last.pth")
 
 
 def trim_log(path, last_epoch):
@@ -330,7 +426,122 @@ def trim_log(path, last_epoch):
     path.write_text("".join(keep))
 
 
-# ----------------------------------------------------------------------------- one step
+def resume(run, args, pace, out, rank, log):
+    """0 for a new run in OUT (never over an existing one); with --resume, load the
+    checkpoint into `run` and return the epochs it holds."""
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        if (out / "last.pth").exists():
+            raise ValueError(f"{out / 'last.pth'} exists: pass --resume to continue it, or another --out")
+        return 0
+    path = out / "last.pth" if args.resume == "last" else Path(args.resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint {path} does not exist")
+    ckpt = hit.safe_load(path)
+    if hit.config_from_dict(ckpt["config"]) != run.model.cfg:
+        raise ValueError(f"--resume: {path} holds {ckpt['config']}, this run builds {run.model.cfg}")
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    if "milestones" in ckpt["scheduler"]:
+        raise ValueError(f"--resume: {path} was written by an older train.py (per-epoch MultiStepLR)")
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    if run.scaler is not None and ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    pace.resumed(args, ckpt["args"])
+    changed = {k: (v, getattr(args, k, None)) for k, v in ckpt["args"].items()
+               if k not in RUN_ONLY_ARGS and plain(getattr(args, k, None)) != v}
+    if changed:
+        warnings.warn(f"--resume: settings differ from the checkpoint's (was, now): {changed}")
+    if rank == 0:
+        trim_log(out / "log.jsonl", ckpt["epoch"])
+    log(f"resumed from {path} after epoch {ckpt['epoch']}")
+    return ckpt["epoch"]
+
+
+# ----------------------------------------------------------------------------- wall-clock time
+def epochs_within(budget_s, elapsed_s, epoch_s, done, max_epochs):
+    """--time-budget: how many epochs the run gets. `done` epochs have run in `elapsed_s`
+    seconds since launch; each further one is expected to take `epoch_s`. Never more than
+    max_epochs, never fewer than `done`."""
+    more = math.floor((budget_s - elapsed_s) / epoch_s) if epoch_s > 0 else max_epochs
+    return max(done, min(max_epochs, done + more))
+
+
+class Pace:
+    """The run's wall-clock pace and the two things train.py does with it (not in the paper):
+
+    - --time-budget MIN: after the first epoch, --epochs is lowered (never raised) to what
+      fits in MIN minutes from launch at that epoch's pace; a resumed run keeps the count.
+    - a run that projects more than DAY_S says so in one line, a few steps in.
+
+    A pace leaves out an epoch's first WARMUP steps (compilation, allocator warm-up) once
+    at least as many steady steps follow; `clock` is replaceable for tests."""
+    WARMUP = 3
+    CHECK_AT = 10  # steps into the first epoch at which the projection is printed
+
+    def __init__(self, budget_min=0.0, t_launch=None, clock=time.time):
+        self.clock, self.budget_s = clock, 60.0 * budget_min
+        self.t_launch = clock() if t_launch is None else t_launch
+        self.checked = False
+
+    def start_epoch(self):
+        self.t0 = self.clock()
+        self.t_steady = None
+
+    def per_step(self, done, now):
+        """Seconds per step over the `done` steps of this epoch so far."""
+        if self.t_steady is not None and done > 2 * self.WARMUP:
+            return (now - self.t_steady) / (done - self.WARMUP)
+        return (now - self.t0) / done
+
+    def step_done(self, step, steps, steps_left, log):
+        """After step `step` (from 0) of an epoch of `steps`, with `steps_left` to go in the run."""
+        now = self.clock()
+        if step == self.WARMUP - 1:
+            self.t_steady = now
+        if not self.checked and step + 1 == min(steps, self.CHECK_AT):
+            self.checked = True
+            left = steps_left * self.per_step(step + 1, now)
+            if self.budget_s:
+                left = min(left, self.budget_s - (now - self.t_launch))
+            if left > DAY_S:
+                log(f"this run projects {left / 86400:.1f} more days: the paper's recipe is 90M pairs "
+                    f"(GPU-days); see README 'Training' for the one-hour recipe")
+
+    def end_epoch(self):
+        """Seconds the epoch took."""
+        self.t_end = self.clock()
+        return self.t_end - self.t0
+
+    def fit_budget(self, args, run, steps, world, device, log):
+        """After the first epoch: lower args.epochs to what fits, and set the next step's lr
+        on the new span."""
+        if not self.budget_s:
+            return
+        per_step = self.per_step(steps, self.t_end)
+        # + 3 % for checkpoints and drift
+        fit = epochs_within(self.budget_s, self.t_end - self.t_launch, 1.03 * per_step * steps, 1, args.epochs)
+        if world > 1:  # every rank must stop at the same epoch: rank 0 decides
+            fit_t = torch.tensor([fit], device=device)
+            dist.broadcast(fit_t, 0)
+            fit = int(fit_t.item())
+        if fit < args.epochs:
+            log(f"--time-budget {args.time_budget:g} min: {fit} of {args.epochs} epochs fit "
+                f"({per_step * steps:.0f} s per epoch); the schedule now spans {fit}")
+            args.epochs = fit
+            for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
+                group["lr"] = base * lr_factor(run.scheduler.last_epoch, steps, args)
+
+    @staticmethod
+    def resumed(args, saved):
+        """A resumed run with the same budget keeps the epoch count the budget set."""
+        if args.time_budget and saved.get("time_budget") == args.time_budget:
+            args.epochs = min(args.epochs, saved["epochs"])
+
+
+# ----------------------------------------------------------------------------- one step and one epoch
 def train_step(model, batch, optimizer, device, grad_clip=0.1, scaler=None, amp_dtype=None,
                corner_weight=0.0):
     """Forward, Eq. 4 (+ corner_weight * corner_loss), backward, clip, AdamW step.
@@ -360,20 +571,50 @@ def train_step(model, batch, optimizer, device, grad_clip=0.1, scaler=None, amp_
     return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
 
-def amp_settings(amp, device):
-    """(autocast dtype or None, GradScaler or None) for --amp on `device`. On the CPU only
-    native bfloat16 pays: emulated bf16 is slower than fp32, so there it warns and trains
-    in fp32. Weights, optimizer state and the loss stay float32 either way."""
-    if not amp:
-        return None, None
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, None
-        return torch.float16, torch.amp.GradScaler("cuda")
-    if device.type == "cpu" and fast.cpu_has_bf16():
-        return torch.bfloat16, None
-    warnings.warn(f"--amp: no native bfloat16 on {device.type} here; training in float32")
-    return None, None
+def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, device, log):
+    """One epoch of steps; returns its log record (losses averaged over every rank's pairs)."""
+    dataset.set_epoch(epoch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=indices,
+                                         num_workers=args.workers, pin_memory=device.type == "cuda")
+    run.net.train()
+    sums, n_seen = torch.zeros(4, dtype=torch.float64), 0  # loss, giou, l1 (pair-weighted), pairs
+    pace.start_epoch()
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0,
+               dynamic_ncols=True, leave=False)
+    for step, batch in enumerate(loader):
+        lr = run.optimizer.param_groups[0]["lr"]
+        m = train_step(run.net, batch, run.optimizer, device, args.grad_clip, run.scaler, run.amp_dtype,
+                       args.corner_loss)
+        run.scheduler.step()
+        b = len(batch["search_box"])
+        sums += torch.tensor([m["loss"] * b, m["giou"] * b, m["l1"] * b, b], dtype=torch.float64)
+        n_seen += b
+        steps_left = (args.epochs - epoch) * steps - step - 1
+        pace.step_done(step, steps, steps_left, log)
+        eta = steps_left * args.batch_size * (time.time() - pace.t0) / n_seen
+        bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{lr:.2e}",
+                        sps=f"{n_seen * world / max(time.time() - pace.t0, 1e-9):.1f}",
+                        eta=time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 86400:.1f}d")
+        bar.update(1)
+    bar.close()
+    if world > 1:
+        sums = sums.to(device)
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+    seconds = pace.end_epoch()
+    return {"epoch": epoch + 1, "loss": (sums[0] / sums[3]).item(), "giou": (sums[1] / sums[3]).item(),
+            "l1": (sums[2] / sums[3]).item(), "lr": lr,  # lr of the epoch's last step
+            "samples_per_s": sums[3].item() / seconds, "seconds": seconds}
+
+
+def finish_epoch(run, record, args, out, device, log):
+    """Rank 0, after each epoch: validation if due, the checkpoint, the log line."""
+    if args.val_every and record["epoch"] % args.val_every == 0:
+        record["val_auc"] = validate(run.model, args.synth_dir, args.val_sequences, device)
+    save_checkpoint(run, args, record["epoch"], out)
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -402,182 +643,54 @@ def static_box_auc(val_root, max_sequences):
     return track.ope_summary([(np.repeat(s.gt[:1], len(s.frames), axis=0), s.gt, s.visible) for s in seqs])["auc"]
 
 
-# ----------------------------------------------------------------------------- main loop
+def baseline(args, rank, log):
+    """--baseline-only: rank 0 scores and prints the static box; other ranks return None."""
+    if rank != 0:
+        return None
+    auc = static_box_auc(args.synth_dir, args.val_sequences)
+    log(f"static-box baseline: AUC {auc:.2f} on {args.synth_dir}/val (first {args.val_sequences} sequences)")
+    return auc
+
+
+# ----------------------------------------------------------------------------- main
 def main(argv=None):
     t_launch = time.time()  # --time-budget counts from here, data generation included
-    args = build_parser().parse_args(argv)
-    if args.time_budget < 0:
-        raise ValueError(f"--time-budget must be >= 0 minutes, got {args.time_budget}")
+    args = parse_args(argv)
+    pace = Pace(args.time_budget, t_launch)
     rank, world, device = setup_distributed(args.device)
-    if args.workers is None:
-        args.workers = default_workers(device.type, fast.usable_cores(), world)
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    log = print if rank == 0 else (lambda *a, **k: None)
+    args.workers = resolve_workers(args.workers, device, world)
+    log = tqdm.write if rank == 0 else (lambda *a, **k: None)
     out = Path(args.out)
 
-    # Data: the given datasets, or the procedural set (rank 0 generates it, the rest wait);
-    # validation always tracks the procedural val split.
-    items = parse_data_spec(args.data) if args.data else []
-    if not items or args.val_every or args.baseline_only:
-        if rank == 0:
-            ensure_synth(args.synth_dir, args.synth_sequences, args.synth_frames, args.synth_seed, log)
-        barrier(world)
+    items = parse_data_spec(args.data) if args.data else []  # bad --data fails before generation
+    if not items or args.val_every or args.baseline_only:  # validation tracks its val split
+        procedural_set(args, rank, world, log)
     if args.baseline_only:
-        auc = static_box_auc(args.synth_dir, args.val_sequences) if rank == 0 else None
-        log(f"static-box baseline: AUC {auc:.2f} on {args.synth_dir}/val (first {args.val_sequences} sequences)")
-        return auc
-    sources = read_sources(items) if items else [("synth", data.read_got10k(args.synth_dir, "train"))]
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-    try:
-        weights = [float(w) for w in args.data_weights.split(",")] if args.data_weights else [1.0] * len(sources)
-    except ValueError:
-        raise ValueError(f"--data-weights {args.data_weights!r}: expected numbers separated by commas") from None
-    if len(weights) != len(sources):
-        raise ValueError(f"--data-weights has {len(weights)} values for {len(sources)} datasets")
-    dataset = data.PairDataset(sources, weights, args.samples_per_epoch, args.seed,
-                               center_jitter=args.center_jitter, scale_jitter=args.scale_jitter,
-                               wide_fraction=args.wide_fraction)
-    # Every pair depends only on (seed, epoch, index): each rank takes every world-th index,
-    # in order, so the data is the same however the run is split or interrupted.
-    per_rank = args.samples_per_epoch // world
-    if per_rank < 1:
-        raise ValueError(f"--samples-per-epoch {args.samples_per_epoch} is smaller than the {world} processes")
-    indices = list(range(rank, per_rank * world, world))
-    loader_kw = dict(batch_size=args.batch_size, sampler=indices, num_workers=args.workers,
-                     pin_memory=device.type == "cuda", drop_last=False)
-    steps = math.ceil(per_rank / args.batch_size)
-    if args.max_steps:
-        steps = min(steps, args.max_steps)
-
-    # Model, optimizer (AdamW, every parameter alike), step schedule (x0.1 at 80 %).
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    model = hit.build_hit(args.variant, args.pos_layout, tuple(args.bridge_stages.split(",")))
-    if args.levit_weights:
-        levit.load_imagenet_weights(model.backbone.body, args.levit_weights)
-    model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    # Stepped once per optimizer step; a closure, so its state_dict is just the step count.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, steps, args))
-    amp_dtype, scaler = amp_settings(args.amp, device)
-
-    start_epoch = 0
-    if not args.resume and (out / "last.pth").exists():
-        raise ValueError(f"{out / 'last.pth'} exists: pass --resume to continue it, or another --out")
-    if args.resume:
-        path = out / "last.pth" if args.resume == "last" else Path(args.resume)
-        if not path.is_file():
-            raise FileNotFoundError(f"--resume: checkpoint {path} does not exist")
-        ckpt = hit.safe_load(path)
-        if hit.config_from_dict(ckpt["config"]) != model.cfg:
-            raise ValueError(f"--resume: {path} holds {ckpt['config']}, this run builds {model.cfg}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if "milestones" in ckpt["scheduler"]:
-            raise ValueError(f"--resume: {path} was written by an older train.py (per-epoch MultiStepLR)")
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        if args.time_budget and ckpt["args"].get("time_budget") == args.time_budget:
-            args.epochs = min(args.epochs, ckpt["args"]["epochs"])  # as the budget set it after epoch 1
-        changed = {k: (v, getattr(args, k, None)) for k, v in ckpt["args"].items()
-                   if k not in RUN_ONLY_ARGS and plain(getattr(args, k, None)) != v}
-        if changed:
-            warnings.warn(f"--resume: settings differ from the checkpoint's (was, now): {changed}")
-        start_epoch = ckpt["epoch"]
-        if rank == 0:
-            trim_log(out / "log.jsonl", start_epoch)
-        log(f"resumed from {path} after epoch {start_epoch}")
-    raw_model = model
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    if args.compile:
-        # One static graph per batch size (a ragged last batch adds a second, not a dynamic one).
-        model = torch.compile(model, dynamic=False)
-    log(f"HiT-{args.variant}: {hit.count_params(raw_model):,} params on {device} x{world}; "
-        f"{len(sources)} source(s); {steps} steps/epoch of {args.batch_size}x{world} pairs; "
+        return baseline(args, rank, log)
+    dataset, indices = make_data(args, items, rank, world)
+    steps = math.ceil(len(indices) / args.batch_size)
+    run = make_training(args, device, steps)
+    first = resume(run, args, pace, out, rank, log)
+    run.net = wrap(run.model, world, device, args.compile)
+    log(f"HiT-{args.variant}: {hit.count_params(run.model):,} params on {device} x{world}; "
+        f"{len(dataset.sources)} source(s); {steps} steps/epoch of {args.batch_size}x{world} pairs; "
         f"{args.workers} loader worker(s)")
-    t_start, done_epochs = time.time(), 0
-    for epoch in range(start_epoch, args.epochs):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(dataset, **loader_kw)
-        model.train()
-        sums, n_seen, t0 = torch.zeros(3, dtype=torch.float64), 0, time.time()
-        t_steady = None  # end of step 3: the pace for --time-budget leaves out compilation
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0,
-                   dynamic_ncols=True, leave=False)
-        for step, batch in enumerate(loader):
-            if step >= steps:
-                break
-            lr = optimizer.param_groups[0]["lr"]
-            m = train_step(model, batch, optimizer, device, args.grad_clip, scaler, amp_dtype,
-                           args.corner_loss)
-            scheduler.step()
-            b = len(batch["search_box"])
-            sums += torch.tensor([m["loss"], m["giou"], m["l1"]], dtype=torch.float64) * b
-            n_seen += b
-            rate = n_seen * world / max(time.time() - t0, 1e-9)
-            left = ((args.epochs - epoch) * steps - step - 1) * args.batch_size * world / rate
-            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{lr:.2e}",
-                            sps=f"{rate:.1f}", eta=time.strftime("%H:%M:%S", time.gmtime(left))
-                            if left < 86400 else f"{left / 86400:.1f}d")
-            bar.update(1)
-            if step == 2:
-                t_steady = time.time()
-        bar.close()
-        stats = torch.cat([sums, torch.tensor([n_seen], dtype=torch.float64)])
-        if world > 1:
-            stats = stats.to(device)
-            dist.all_reduce(stats)
-            stats = stats.cpu()
-        now = time.time()
-        seconds = now - t0
-        if args.time_budget and epoch == 0:
-            # steady pace of the steps after the third, plus 3 % for checkpoints and drift
-            per_step = (now - t_steady) / (steps - 3) if t_steady and steps > 6 else seconds / steps
-            fit = epochs_within(60 * args.time_budget, now - t_launch, 1.03 * per_step * steps,
-                                1, args.epochs)
-            if world > 1:  # every rank must stop at the same epoch: rank 0 decides
-                fit_t = torch.tensor([fit], device=device)
-                dist.broadcast(fit_t, 0)
-                fit = int(fit_t.item())
-            if fit < args.epochs:
-                log(f"--time-budget {args.time_budget:g} min: {fit} of {args.epochs} epochs fit "
-                    f"({per_step * steps:.0f} s per epoch); the schedule now spans {fit}")
-                args.epochs = fit
-                for group, base in zip(optimizer.param_groups, scheduler.base_lrs):  # next step's lr,
-                    group["lr"] = base * lr_factor(scheduler.last_epoch, steps, args)  # on the new span
-        record = {"epoch": epoch + 1, "loss": (stats[0] / stats[3]).item(), "giou": (stats[1] / stats[3]).item(),
-                  "l1": (stats[2] / stats[3]).item(), "lr": lr,  # lr of the epoch's last step
-                  "samples_per_s": stats[3].item() / seconds, "seconds": seconds}
-        if rank == 0 and args.val_every and (epoch + 1) % args.val_every == 0:
-            record["val_auc"] = validate(raw_model, args.synth_dir, args.val_sequences, device)
+
+    t_start, done = time.time(), 0
+    for epoch in range(first, args.epochs):
+        record = train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, device, log)
+        if epoch == 0:
+            pace.fit_budget(args, run, steps, world, device, log)
         if rank == 0:
-            ckpt = {"model": raw_model.state_dict(), "config": plain(dataclasses.asdict(raw_model.cfg)),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "epoch": epoch + 1, "rng": rng_state(), "args": plain(vars(args)),
-                    "scaler": scaler.state_dict() if scaler is not None else None}
-            save_atomic(ckpt, out / "last.pth")
-            if args.save_every and (epoch + 1) % args.save_every == 0:
-                save_atomic(ckpt, out / f"epoch_{epoch + 1:04d}.pth")
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+            finish_epoch(run, record, args, out, device, log)
         barrier(world)
-        done_epochs += 1
-        if args.stop_after and done_epochs >= args.stop_after or epoch + 1 >= args.epochs:
+        done += 1
+        if args.stop_after and done >= args.stop_after or epoch + 1 >= args.epochs:
             break  # (--time-budget may have lowered args.epochs after the range was made)
     if world > 1:
         dist.destroy_process_group()
-    log(f"done: {done_epochs} epoch(s) in {time.time() - t_start:.0f} s; checkpoint {out / 'last.pth'}")
-    return raw_model
+    log(f"done: {done} epoch(s) in {time.time() - t_start:.0f} s; checkpoint {out / 'last.pth'}")
+    return run.model
 
 
 if __name__ == "__main__":

@@ -374,6 +374,30 @@ def test_time_budget_lowers_epochs_and_resumes_exactly(synth_dir, tmp_path, monk
         train.main(tiny_args(synth_dir, tmp_path / "neg", "--time-budget", "-1"))
 
 
+def test_pace_says_once_when_a_run_projects_more_than_a_day():
+    now = [0.0]
+
+    def first_epoch(pace, steps_left):
+        lines = []
+        pace.start_epoch()
+        for step in range(12):
+            now[0] += 10.0  # 10 s per step
+            pace.step_done(step, 1875, steps_left - step - 1, lines.append)
+        return lines
+
+    lines = first_epoch(train.Pace(clock=lambda: now[0]), 1_000_000)
+    # at step 10: 10 s per step (steps 4-10) x 999,990 steps left = 115.7 days
+    assert len(lines) == 1 and "this run projects 115.7 more days" in lines[0] and "one-hour" in lines[0]
+    assert not first_epoch(train.Pace(clock=lambda: now[0]), 8000)  # 0.9 days: no line
+    assert not first_epoch(train.Pace(60, clock=lambda: now[0]), 1_000_000)  # --time-budget 60 caps it
+
+
+def test_long_run_line_is_printed_once_per_run(synth_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train, "DAY_S", 0.0)  # every run is "long"
+    train.main(tiny_args(synth_dir, tmp_path, "--epochs", "2"))
+    assert capsys.readouterr().out.count("this run projects") == 1
+
+
 def test_resume_without_checkpoint_names_it(synth_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="last.pth"):
         train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--resume"))
@@ -390,6 +414,13 @@ def test_static_box_baseline(synth_dir):
     auc = train.main(tiny_args(synth_dir, synth_dir / "unused", "--baseline-only"))
     assert 0.0 < auc <= 100.0
     assert not (synth_dir / "unused").exists()
+
+
+def test_static_box_baseline_on_other_ranks(synth_dir, monkeypatch):
+    # torchrun ... --baseline-only: only rank 0 scores; the others once formatted None with :.2f
+    monkeypatch.setattr(train, "setup_distributed", lambda device: (1, 2, torch.device("cpu")))
+    monkeypatch.setattr(train, "barrier", lambda world: None)
+    assert train.main(tiny_args(synth_dir, synth_dir / "unused", "--baseline-only")) is None
 
 
 def test_save_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
@@ -435,13 +466,13 @@ def test_jitter_flags_reach_the_pair_sampler(synth_dir, tmp_path, monkeypatch):
 
     def spy(*args, **kwargs):
         ds = real(*args, **kwargs)
-        seen.append((*ds.jitter, ds.wide_fraction))
+        seen.append(ds.jitter)
         return ds
     monkeypatch.setattr(data, "PairDataset", spy)
     train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "2"))
     train.main(tiny_args(synth_dir, tmp_path / "j", "--epochs", "1", "--samples-per-epoch", "2",
-                         "--center-jitter", "1", "--scale-jitter", "0.25", "--wide-fraction", "0.25"))
-    assert seen == [(3.5, 0.5, 0.0), (1.0, 0.25, 0.25)]  # released defaults, then the flags
+                         "--center-jitter", "1", "--scale-jitter", "0.25"))
+    assert seen == [(3.5, 0.5), (1.0, 0.25)]  # released defaults, then the flags
 
 
 def test_synth_cache_is_redone_when_incomplete(tmp_path):
@@ -470,6 +501,8 @@ def test_synth_dir_not_made_by_train_is_never_deleted(tmp_path):
 def test_help_works():
     r = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--resume" in r.stdout and "--levit-weights" in r.stdout
+    for gone in ("--wide-fraction", "--max-steps", "--save-every", "--data-weights"):  # lost their use
+        assert gone not in r.stdout, gone
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -485,6 +518,21 @@ def test_two_process_gloo_run(synth_dir, tmp_path):
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1  # rank 0 only
     assert (r.stdout + r.stderr).count("x2;") == 1  # the banner, printed by rank 0 alone
     assert hit.load_checkpoint(out / "last.pth").cfg.variant == "tiny"
+
+
+def test_ranks_draw_different_pairs_that_make_up_the_epoch(synth_dir):
+    """Every rank samples with the same seed and reads every world-th index (as the
+    PairDataset docstring says): two ranks draw different pairs, which together are the
+    pairs one process draws (a remainder that does not split evenly is left out)."""
+    r0, r1 = train.rank_indices(5, 0, 2), train.rank_indices(5, 1, 2)
+    assert (r0, r1) == ([0, 2], [1, 3]) and sorted(r0 + r1) == train.rank_indices(4, 0, 1)
+    ds = data.PairDataset([("synth", data.read_got10k(synth_dir, "train"))], None, 5, 0)
+    pairs = {i: ds[i] for i in range(4)}
+    for i in r0:
+        for j in r1:
+            assert not torch.equal(pairs[i]["search"], pairs[j]["search"]), (i, j)
+    with pytest.raises(ValueError, match="smaller than the 3 processes"):
+        train.rank_indices(2, 0, 3)
 
 
 def test_default_workers_follow_device_and_cores(synth_dir, tmp_path):
