@@ -10,7 +10,7 @@ runs, then timed runs each bracketed by `torch.cuda.synchronize()` on CUDA (the 
 script does not synchronise, which flatters GPU numbers). Modes are timed interleaved,
 round-robin, so machine noise hits them alike; we report median and p90.
 
-Modes (see hit.prepare): `released` re-runs the released implementation's op sequence on
+Modes (see fast.prepare): `released` re-runs the released implementation's op sequence on
 the same weights (the baseline for every speed-up claim), `eager` (unfused), `fused`
 (the default), `compile` (Inductor with frozen weights), `cuda_graph`; reduced precision
 `fp16` (GPU), `bf16` (GPU, and CPUs with native bfloat16), `int8` and `fast` (CPU: bf16
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 import fast
 import hit
+import levit
 
 EXACT_TOL = 1e-4  # max |pred_boxes - eager| for a mode to count as exact
 
@@ -63,10 +64,9 @@ class Released(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.m = model.fuse(head=False)
-        for lin in self.m.modules():  # the released fuse leaves weights row-major (out, in)
-            if isinstance(lin, torch.nn.Linear):
-                lin.weight = torch.nn.Parameter(lin.weight.detach().contiguous())
+        self.m = model.fuse()  # backbone BNs; Linear weights row-major (out, in), as released
+        with torch.no_grad():  # released LeViT caches each gathered bias in eval mode
+            self.biases = {blk: blk.bias() for blk in self.m.modules() if isinstance(blk, levit.BiasTable)}
 
     def attention(self, blk, x):
         B, N, _ = x.shape
@@ -78,7 +78,7 @@ class Released(torch.nn.Module):
             q = blk.q(x)
             q = q.view(B, q.shape[1], blk.heads, blk.key_dim).permute(0, 2, 1, 3)
         k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
-        attn = (q @ k.transpose(-2, -1)) * blk.scale + blk.bias()
+        attn = (q @ k.transpose(-2, -1)) * blk.scale + self.biases[blk]
         x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, q.shape[2], -1)
         return blk.proj(x)
 
@@ -267,8 +267,8 @@ def model_stats(model):
             with torch.device(device):  # inputs and the fused layers made there too
                 macs = hit.count_macs(m, batch=1)
                 unfused = hit.count_params(m)
-                released = hit.count_params(m.fuse(head=False))  # Table 1's "BN fused"
-                fused = hit.count_params(m.fuse(head=True))
+                released = hit.count_params(m.fuse())  # Table 1's "BN fused"
+                fused = hit.count_params(fast.FastHiT(m))
             return {"params_unfused": unfused, "params_bn_fused": released,
                     "params_fused": fused, "gmacs": macs / 1e9}
         except (NotImplementedError, RuntimeError):
@@ -293,7 +293,7 @@ def attempt(fn):
         return failure(e)
 
 
-ALL_MODES = ("released",) + hit.MODES
+ALL_MODES = ("released",) + fast.MODES
 
 
 def default_modes(device):
@@ -306,12 +306,12 @@ def default_modes(device):
 
 
 def is_exact(mode):
-    return mode == "released" or mode in hit.EXACT_MODES
+    return mode == "released" or mode in fast.EXACT_MODES
 
 
 def skip_reason(mode, device):
     """Why `mode` cannot run on `device` (a sentence), or None when it can."""
-    return None if mode == "released" else hit.unavailable(mode, device)
+    return None if mode == "released" else fast.unavailable(mode, device)
 
 
 def build_mode(model, mode, device, batch=1):
@@ -319,7 +319,7 @@ def build_mode(model, mode, device, batch=1):
     m = copy.deepcopy(model)
     if mode == "released":
         return Released(m.to(device).eval()).eval()
-    return hit.prepare(m, mode, device, batch)
+    return fast.prepare(m, mode, device, batch)
 
 
 def outputs(fn, z, x):
@@ -515,7 +515,7 @@ def bench_tracking(model, mode, device, seq, model_ms=None, warmup_frames=10):
     (track.run_sequence's per-frame times, which exclude JPEG decoding); the first frame
     (initialisation) is left out. Returns one record."""
     import track
-    tracker = track.Tracker(copy.deepcopy(model), device, mode)  # it runs hit.prepare
+    tracker = track.Tracker(copy.deepcopy(model), device, mode)  # it runs fast.prepare
     splits = []
     inner = tracker.track
 
@@ -697,7 +697,7 @@ def parse_args(argv=None):
     if unknown:
         p.error(f"unknown modes {unknown}; expected from {list(ALL_MODES)}")
     if "released" in args.track_modes:
-        p.error("--track-modes: the tracker runs hit.prepare modes, not the released baseline")
+        p.error("--track-modes: the tracker runs fast.prepare modes, not the released baseline")
     if min(args.batch, args.iters, args.track_frames) < 1 or args.warmup < 0:
         p.error("--batch, --iters and --track-frames must be >= 1, --warmup >= 0")
     if args.track_frames < 2 and not args.no_track:
@@ -733,7 +733,7 @@ def main(argv=None):
         for variant in variants_of(args):
             print(f"[{variant}] preparing and timing {len(args.modes)} modes ...", flush=True)
             model = make_model(variant, args.checkpoint, args.seed)
-            with hit.no_tf32():  # every mode in true float32 (PyTorch's TF32 convs: ~1e-3)
+            with fast.no_tf32():  # every mode in true float32 (PyTorch's TF32 convs: ~1e-3)
                 recs, skip = bench_variant(model, args, device)
             records += recs
             skipped += skip

@@ -2,9 +2,9 @@
 
 Paper Sec. 3.3, Eq. 3, Fig. 2 (red box) and Table 5 (which stages to fuse).
 
-Eq. 3 reads O = S_max + Up(S_mid + Up(S_min)). The released weights need two details the
-equation omits (HIT_NOTES "Bridge Module"): every upsampling is a ConvTranspose2d(k=2,
-s=2, with bias) followed by BatchNorm2d, and a ReLU follows the first addition:
+Eq. 3 reads O = S_max + Up(S_mid + Up(S_min)). The released code and weights add two
+details the equation omits: every upsampling is a ConvTranspose2d(k=2, s=2, with bias)
+followed by BatchNorm2d, and a ReLU follows the first addition:
 
     x = ReLU(up1(S_min) + S_mid)        # 4x4xC3 -> 8x8xC2
     O = up2(x) + S_max                  # 8x8xC2 -> 16x16xC1, no ReLU
@@ -27,31 +27,6 @@ def upsample(c_in, c_out):
     return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 2, 2), nn.BatchNorm2d(c_out))
 
 
-class FusedUpsample(nn.Module):
-    """ConvTranspose2d(k=2, s=2) with the BN folded in, run as one matmul on tokens.
-
-    A stride-2, kernel-2 transposed conv has no overlap: each input pixel writes its own
-    2x2 output patch, out[2i+di, 2j+dj] = x[i, j] @ W[:, :, di, dj] + b. On tokens this
-    is one (N, C_in) x (C_in, 4 C_out) matmul and one interleaving copy, much faster on
-    CPU than the generic transposed-conv kernel.
-    """
-
-    def __init__(self, seq):
-        super().__init__()
-        conv, bn = seq[0], seq[1]
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
-        w = conv.weight * scale[None, :, None, None]  # (C_in, C_out, 2, 2)
-        self.c_out = w.shape[1]
-        self.weight = nn.Parameter(w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).detach())  # (C_in, 4*C_out): (di, dj, o)
-        self.bias = nn.Parameter((bn.bias + (conv.bias - bn.running_mean) * scale).repeat(4).detach())  # (4*C_out,)
-
-    def forward(self, x, side):
-        B = x.shape[0]
-        y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)  # (B*h*w, 4*C_out)
-        y = y.view(B, side, side, 2, 2, self.c_out).transpose(2, 3)  # (B, h, 2, w, 2, C_out)
-        return y.reshape(B, 4 * side * side, self.c_out)  # (B, 2h*2w, C_out) row-major
-
-
 class Bridge(nn.Module):
     """Bridge Module on token tensors: inputs are the search tokens of each stage
     (B, h*w, C) row-major, output O (B, 256, C_max). `proj1` (tokens of O) and `proj2`
@@ -72,32 +47,22 @@ class Bridge(nn.Module):
         self.proj1 = nn.Linear(c_max, out_dim)  # every token of O
         self.proj2 = nn.Linear(c_min, out_dim)  # the global vector G
 
-    def fuse(self):
-        """Fold the BNs of the upsampling layers (inference only); returns self."""
-        for i, layer in enumerate(self.layers):
-            if isinstance(layer, nn.Sequential):
-                self.layers[i] = FusedUpsample(layer).to(layer[0].weight)
-        return self
-
-    def _up(self, i, x, side):
-        """Upsample tokens (B, side*side, C) to (B, 4*side*side, C')."""
-        layer = self.layers[i]
-        if isinstance(layer, FusedUpsample):
-            return layer(x, side)
+    def up(self, i, x, side):
+        """Upsampling layer i on tokens: (B, side*side, C) -> (B, 4*side*side, C')."""
         B, _, C = x.shape
         m = x.transpose(1, 2).reshape(B, C, side, side)  # (B, C, h, w)
-        return layer(m).flatten(2).transpose(1, 2)  # (B, 4hw, C')
+        return self.layers[i](m).flatten(2).transpose(1, 2)  # (B, 4hw, C') row-major
 
     def forward(self, s_max, s_mid, s_min):
         side = int(round(s_min.shape[1] ** 0.5))  # 4 for a 256 search crop
         x = None
         if "min" in self.stages:
-            x = self._up(0, s_min, side)  # (B, 4*side^2, C_mid)
+            x = self.up(0, s_min, side)  # (B, 4*side^2, C_mid)
             x = F.relu(x + s_mid if "mid" in self.stages else x)  # released ReLU after first add
         elif "mid" in self.stages:
             x = s_mid
         if x is not None:
-            x = self._up(1, x, 2 * side)  # (B, 16*side^2, C_max)
+            x = self.up(1, x, 2 * side)  # (B, 16*side^2, C_max)
             x = x + s_max if "max" in self.stages else x
         else:
             x = s_max

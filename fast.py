@@ -9,9 +9,22 @@ callable. It works from outside: it replaces whole submodules or wraps the model
 paper classes carry no branches for it. track.py and bench.py import it; the network
 files never do.
 """
+import contextlib
+import copy
+import functools
+import io
 import os
+import statistics
+import time
+import warnings
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+
+import bridge
+import hit
+import levit
 
 
 # ----------------------------------------------------------------------------- the machine
@@ -47,3 +60,599 @@ def default_device():
     return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
 
 
+
+
+# ----------------------------------------------------------------------------- exact rewrites
+# The `fused` mode: the same function as hit.HiT, computed with fewer and larger
+# operations. Outputs agree with the paper model within float32 rounding (tests: 1e-4).
+def gemm_layout(w):
+    """The same (out, in) weight stored column-major (W^T contiguous). F.linear multiplies
+    by W^T; a contiguous W^T suits BLAS better for the few-token GEMMs of stages 2 and 3
+    (20-80 rows; SPEED.md), and costs nothing else."""
+    return w.detach().t().contiguous().t()
+
+
+class FrozenBias:
+    """Mixin for levit's attentions: the (heads, Nq, Nk) bias gathered from its table once,
+    as the released LeViT caches it in eval mode, instead of indexing on every call. A
+    buffer, so torch.compile sees a constant and CUDA graphs a fixed address. The table
+    must not change afterwards (inference only)."""
+
+    def __init__(self, attn):
+        nn.Module.__init__(self)
+        for name, value in vars(attn).items():  # heads, key_dim, v_dim, scale
+            if not name.startswith("_") and name != "training":
+                setattr(self, name, value)
+        for name, child in attn.named_children():  # qkv / kv, q, proj: shared, unchanged
+            setattr(self, name, child)
+        with torch.no_grad():
+            bias = attn.bias()
+        self.register_buffer("frozen_bias", None if bias is None else bias.detach().contiguous())
+        self.train(attn.training)
+
+    def bias(self):
+        return self.frozen_bias
+
+
+class FrozenAttention(FrozenBias, levit.Attention):
+    pass
+
+
+class FrozenShrinkAttention(FrozenBias, levit.ShrinkAttention):
+    pass
+
+
+def freeze_biases(module):
+    """Replace every attention in `module` (in place) by its FrozenBias twin."""
+    for name, child in module.named_children():
+        if isinstance(child, FrozenBias):
+            continue
+        if isinstance(child, levit.Attention):
+            setattr(module, name, FrozenAttention(child))
+        elif isinstance(child, levit.ShrinkAttention):
+            setattr(module, name, FrozenShrinkAttention(child))
+        else:
+            freeze_biases(child)
+    return module
+
+
+class FusedUpsample(nn.Module):
+    """ConvTranspose2d(k=2, s=2) + BatchNorm2d, the BN folded in, as one matmul on tokens.
+
+    A stride-2, kernel-2 transposed conv has no overlap: each input pixel writes its own
+    2x2 output patch, out[2i+di, 2j+dj] = x[i, j] @ W[:, :, di, dj] + b. On tokens this
+    is one (N, C_in) x (C_in, 4 C_out) matmul and one interleaving copy, much faster on
+    CPU than the generic transposed-conv kernel.
+    """
+
+    def __init__(self, seq):
+        super().__init__()
+        conv, bn = seq[0], seq[1]
+        with torch.no_grad():
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+            w = conv.weight * scale[None, :, None, None]  # (C_in, C_out, 2, 2)
+            b = bn.bias + (conv.bias - bn.running_mean) * scale  # (C_out,)
+        self.c_out = w.shape[1]
+        self.weight = nn.Parameter(w.permute(0, 2, 3, 1).reshape(w.shape[0], -1))  # (C_in, 4*C_out): (di, dj, o)
+        self.bias = nn.Parameter(b.repeat(4))  # (4*C_out,)
+
+    def forward(self, x, side):
+        B = x.shape[0]
+        y = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)  # (B*h*w, 4*C_out)
+        y = y.view(B, side, side, 2, 2, self.c_out).transpose(2, 3)  # (B, h, 2, w, 2, C_out)
+        return y.reshape(B, 4 * side * side, self.c_out)  # (B, 2h*2w, C_out) row-major
+
+
+class FastBridge(bridge.Bridge):
+    """bridge.Bridge with each upsampling a FusedUpsample; the same forward."""
+
+    def __init__(self, br):
+        nn.Module.__init__(self)
+        self.stages = br.stages
+        self.layers = nn.ModuleList([FusedUpsample(m) if isinstance(m, nn.Sequential) else m
+                                     for m in br.layers])
+
+    def up(self, i, x, side):
+        return self.layers[i](x, side)
+
+
+class MergedCornerHead(hit.CornerHead):
+    """hit.CornerHead with every BN folded and the two towers merged into one network:
+    both first convs read the same input, so they become one conv with twice the
+    outputs; the later layers become groups=2 convs (each group one corner). Same
+    arithmetic per output, half the kernel launches, larger GEMMs."""
+
+    def __init__(self, head):
+        nn.Module.__init__(self)
+        self.feat_size, self.img_size = head.feat_size, head.img_size
+        self.register_buffer("coord_x", head.coord_x, persistent=False)
+        self.register_buffer("coord_y", head.coord_y, persistent=False)
+        layers = []
+        for i in range(1, 6):
+            merged = self.merge(getattr(head, f"conv{i}_tl"), getattr(head, f"conv{i}_br"), i > 1)
+            layers += [merged, nn.ReLU(inplace=True)] if i < 5 else [merged]
+        self.towers = nn.Sequential(*layers)
+
+    @staticmethod
+    @torch.no_grad()
+    def merge(tl, br, grouped):
+        parts = [levit.fold_bn(m[0].weight, m[0].bias, m[1]) if isinstance(m, nn.Sequential)
+                 else (m.weight, m.bias) for m in (tl, br)]
+        w = torch.cat([p[0] for p in parts])  # (2*C_out, C_in/groups, k, k)
+        groups = 2 if grouped else 1
+        conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], w.shape[2], 1, w.shape[2] // 2,
+                         groups=groups).to(w)
+        conv.weight.copy_(w)
+        conv.bias.copy_(torch.cat([p[1] for p in parts]))
+        return conv
+
+    def score_maps(self, x):
+        return self.towers(x)
+
+
+class Gate(nn.Module):
+    """The head's input from O and G: hit.reweight(proj1(O), proj2(G))."""
+
+    def __init__(self, proj1, proj2):
+        super().__init__()
+        self.proj1, self.proj2 = proj1, proj2
+
+    def forward(self, o, g):
+        return hit.reweight(self.proj1(o), self.proj2(g))  # (B, 256, D)
+
+
+class FoldedGate(Gate):
+    """The head's input without forming e = proj1(O) (see fold_proj1): per token
+    a = e . g = O (W1^T g) + b1 . g, then [a * O, a]: C1 + 1 channels instead of D."""
+
+    def forward(self, o, g):
+        g_p = self.proj2(g)  # (B, D)
+        u = g_p @ self.proj1.weight  # (B, C1)
+        a = torch.baddbmm((g_p @ self.proj1.bias)[:, None, None], o, u.unsqueeze(2))  # (B, 256, 1)
+        return torch.cat([o * a, a], dim=2)  # (B, 256, C1 + 1)
+
+
+@torch.no_grad()
+def fold_proj1(first, proj):
+    """The head's first conv with proj1 (Linear C1 -> D) folded in, exact in real arithmetic.
+
+    The head computes conv1(a * (O W1^T + b1)) with a per-token scalar a. A conv is linear
+    in its input, so this equals conv1'([a * O, a]) with conv1' = conv1 . W1 on the first
+    C1 input channels and conv1 . b1 on one extra channel: for Small and Tiny (C1 = 128 <
+    D = 256) half the input channels of the head's largest convolution."""
+    w = first.weight  # (O, D, 3, 3)
+    w_o = torch.einsum("odhw,dc->ochw", w, proj.weight)  # (O, C1, 3, 3)
+    w_a = torch.einsum("odhw,d->ohw", w, proj.bias).unsqueeze(1)  # (O, 1, 3, 3)
+    conv = nn.Conv2d(proj.in_features + 1, w.shape[0], 3, 1, 1).to(w)
+    conv.weight.copy_(torch.cat([w_o, w_a], dim=1))
+    conv.bias.copy_(first.bias)
+    return conv
+
+
+class FastHiT(nn.Module):
+    """hit.HiT rewritten for inference (mode `fused`), built in place from a HiT, whose
+    modules it shares: backbone BNs folded (HiT.fuse), attention biases gathered once,
+    backbone Linear weights column-major, the patch embedding channels-last (its convs
+    then run NHWC, faster for few channels and already token-major), the Bridge's
+    upsamplings as matmuls on tokens, the corner towers merged with their BNs folded,
+    and, where it saves work (C1 + 1 < D: Small, Tiny), proj1 folded into the head."""
+
+    def __init__(self, model):
+        super().__init__()
+        model.fuse()
+        self.cfg = model.cfg
+        self.backbone = freeze_biases(model.backbone)
+        for m in self.backbone.modules():
+            if type(m) is nn.Linear:
+                m.weight = nn.Parameter(gemm_layout(m.weight))
+        self.backbone.body.patch_embed.to(memory_format=torch.channels_last)
+        self.bridge = FastBridge(model.bottleneck)
+        self.head = MergedCornerHead(model.box_head)
+        proj1, proj2 = model.bottleneck.proj1, model.bottleneck.proj2
+        self.folded = proj1.in_features + 1 < proj1.out_features
+        if self.folded:
+            self.head.towers[0] = fold_proj1(self.head.towers[0], proj1)
+        self.gate = (FoldedGate if self.folded else Gate)(proj1, proj2)
+        self.eval()
+
+    def forward(self, template, search):
+        s1, s2, s3 = self.backbone(template, search)  # (B, N_i, C_i), tokens [search; template]
+        side = self.cfg.search_size // self.cfg.stride
+        n = side * side  # search tokens at stage 1
+        o = self.bridge(s1[:, :n], s2[:, :n // 4], s3[:, :n // 16])  # (B, 256, C1)
+        x = self.gate(o, s3.mean(dim=1))  # (B, 256, C): C = D, or C1 + 1 when folded
+        fmap = x.transpose(1, 2).reshape(x.shape[0], -1, side, side)  # (B, C, 16, 16)
+        box, score = self.head(fmap)
+        return {"pred_boxes": hit.xyxy_to_cxcywh(box), "score": score}
+
+
+# ----------------------------------------------------------------------------- CPU GEMMs
+def tensor_key(t):
+    """Changes when `t` is written to or moved: the key of caches derived from a weight.
+    Inference tensors (made under torch.inference_mode) keep no version counter."""
+    return t.data_ptr(), (None if t.is_inference() else t._version)
+
+
+@functools.cache  # a property of the torch build; PackedLinear asks on every call
+def onednn_linear_available():
+    """oneDNN's packed-weight linear (torch.ops.mkldnn, what torch.compile's CPU backend
+    calls) exists in this build."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class PackedLinear(nn.Module):
+    """A Linear (+ an optional Hardswish after it) for CPU inference through one of two
+    GEMMs: oneDNN with the weight pre-packed in its blocked layout (the Hardswish fused
+    into the GEMM's epilogue), or F.linear (MKL sgemm) on the column-major weight.
+    Neither wins everywhere (see `pick_gemm`): on a 2-core AMD EPYC oneDNN ran LeViT's
+    GEMMs 1.2-1.8x faster (20x768 -> 1536: 407 -> 230 us); on a 2-core Sapphire Rapids
+    MKL made fused Tiny/Small 1.1x faster than oneDNN did, Base slightly slower. Same
+    results within float32 rounding either way. The packed copy is an opaque tensor: made
+    on first use, remade when the weight changes, never saved or copied; with autograd
+    on, off the CPU, or without oneDNN this is F.linear."""
+
+    def __init__(self, linear, post="none"):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias  # shared, unchanged (state dict)
+        self.post = post  # "none" or "hardswish" (fused into the GEMM's epilogue)
+        self.use_onednn = True  # pick_gemm may switch it
+        self._packed, self._key = None, None
+
+    def forward(self, x):
+        if (not self.use_onednn or x.device.type != "cpu" or torch.is_grad_enabled()
+                or not onednn_linear_available()):
+            y = F.linear(x, self.weight, self.bias)
+            return F.hardswish(y) if self.post == "hardswish" else y
+        key = tensor_key(self.weight)
+        if key != self._key:
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), x.shape[:-1].numel())
+            self._key = key
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, self.post, [], "")
+
+    def __getstate__(self):  # deepcopy/pickle: the opaque packed weight cannot be copied
+        return {**self.__dict__, "_packed": None, "_key": None}
+
+
+def median_seconds(fns, warmup=2, reps=7):
+    """Median wall time of each callable in `fns`, called round-robin (noise hits all alike)."""
+    times = [[] for _ in fns]
+    for i in range(warmup + reps):
+        for t, fn in zip(times, fns):
+            start = time.perf_counter()
+            fn()
+            if i >= warmup:
+                t.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+@torch.inference_mode()
+def pick_gemm(model, *inputs):
+    """Run every PackedLinear of `model` through oneDNN or through MKL, whichever makes
+    the whole forward on `inputs` faster on this machine (timed in context, interleaved:
+    a GEMM timed alone misleads, as the caches and thread pools differ). Returns True
+    when oneDNN was kept. Costs ~20 forwards once, when the model is prepared."""
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+
+    def run(use_onednn):
+        for m in packed:
+            m.use_onednn = use_onednn
+        model(*inputs)
+
+    t_onednn, t_mkl = median_seconds([lambda: run(True), lambda: run(False)])
+    for m in packed:
+        m.use_onednn = t_onednn <= t_mkl
+    return t_onednn <= t_mkl
+
+
+def pack_linears(module):
+    """Replace every nn.Linear in `module` by a PackedLinear, in place, fusing a Hardswish
+    that directly follows it in a Sequential (LeViT's MLP) into it; returns `module`."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Sequential):
+            for i in range(len(child) - 1):
+                if type(child[i]) is nn.Linear and type(child[i + 1]) is nn.Hardswish:
+                    child[i], child[i + 1] = PackedLinear(child[i], "hardswish"), nn.Identity()
+        if type(child) is nn.Linear:
+            setattr(module, name, PackedLinear(child))
+        else:
+            pack_linears(child)
+    return module
+
+
+# ----------------------------------------------------------------------------- reduced precision, compiled, CUDA graphs
+
+
+class InBF16(nn.Module):
+    """`module` run in bfloat16 between float32 activations (the fast mode's patch embedding)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module.to(torch.bfloat16)
+
+    def forward(self, x):
+        return self.module(x.to(torch.bfloat16)).float()  # keeps x's memory format
+
+
+class Int8Conv2d(nn.Module):
+    """Conv2d (+ its activation) in int8: weights per output channel, the input quantised
+    per call over its own min..max (asymmetric uint8, so nothing to calibrate), run by
+    oneDNN's int8 convolution with float32 output. The fast mode's corner head: 3.9 ->
+    1.7 ms for Tiny's towers (bf16: 2.3), within ~1.5 % of the float output.
+    Pre-VNNI x86 CPUs multiply u8 x s8 pairs into saturating int16, so there the input
+    uses 7 bits (`levels` 127), as PyTorch's own x86 quantisation does."""
+
+    def __init__(self, conv, post="none", levels=255):
+        super().__init__()
+        w = conv.weight.detach().float()
+        scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12)  # (C_out,)
+        qw = torch.round(w / scales[:, None, None, None]).clamp(-127, 127).to(torch.int8)
+        self.conv_args = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+        self.post, self.levels = post, levels
+        self.register_buffer("qweight", qw)
+        self.register_buffer("w_scales", scales)
+        self.register_buffer("w_zero_points", torch.zeros_like(scales, dtype=torch.int64))
+        self.register_buffer("bias", conv.bias.detach().float().clone())
+        self._packed = self.pack()  # fails here, not mid-tracking, where oneDNN lacks it
+
+    def pack(self):
+        """oneDNN's blocked copy of the weight: opaque, so never saved or copied (remade)."""
+        # the input scale / zero point given here are placeholders: the real ones come per call
+        return torch.ops.onednn.qconv_prepack(self.qweight, self.w_scales, 1.0, 0, *self.conv_args, None)
+
+    def __getstate__(self):  # deepcopy/pickle: drop the opaque packed weight
+        return {**self.__dict__, "_packed": None}
+
+    def forward(self, x):
+        if self._packed is None:
+            self._packed = self.pack()
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        lo, hi = min(lo, 0.0), max(hi, 0.0)  # 0 must be exact: it is the convs' padding
+        scale = max(hi - lo, 1e-8) / self.levels
+        zero = int(round(-lo / scale))
+        qx = x.mul(1.0 / scale).round_().add_(zero).clamp_(0, self.levels).to(torch.uint8)
+        stride, padding, dilation, groups = self.conv_args
+        return torch.ops.onednn.qconv2d_pointwise(
+            qx, scale, zero, self._packed, self.w_scales, self.w_zero_points, self.bias, stride,
+            padding, dilation, groups, 1.0, 0, torch.float32, self.post, [], "")
+
+
+def int8_convs(seq):
+    """A copy of `seq` with each Conv2d (and a ReLU/Hardswish right after it, fused into
+    it) replaced by Int8Conv2d."""
+    vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+    mods, out = list(seq), []
+    while mods:
+        m = mods.pop(0)
+        if isinstance(m, nn.Conv2d):
+            post = {nn.ReLU: "relu", nn.Hardswish: "hardswish"}.get(type(mods[0]) if mods else None)
+            if post:
+                mods.pop(0)
+            m = Int8Conv2d(m, post or "none", levels=255 if vnni else 127)
+        out.append(m)
+    return nn.Sequential(*out)
+
+
+def example_inputs(cfg, batch=1, device="cpu"):
+    """Zero (template, search) of the real shapes: for warm-up and compilation."""
+    return (torch.zeros(batch, 3, cfg.template_size, cfg.template_size, device=device),
+            torch.zeros(batch, 3, cfg.search_size, cfg.search_size, device=device))
+
+
+class CastInputs(nn.Module):
+    """Run a half/bfloat16 model on float32 inputs and return float32 outputs."""
+
+    def __init__(self, model, dtype):
+        super().__init__()
+        self.model, self.dtype, self.cfg = model.to(dtype), dtype, model.cfg
+
+    def forward(self, template, search):
+        out = self.model(template.to(self.dtype), search.to(self.dtype))
+        return {k: v.float() for k, v in out.items()}
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """CUDA convolutions and matmuls in true float32 inside the block, flags restored after.
+    PyTorch lets cuDNN convolutions use TF32 (a 10-bit mantissa) by default; on an H100
+    that moved HiT-Tiny's boxes by 1.6e-3 from the CPU's, where the exact modes promise
+    1e-4. The exact modes run under it on CUDA (CudaGraph's capture, track.Tracker)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+class CudaGraph(nn.Module):
+    """Capture one forward at a fixed batch size in a CUDA graph and replay it: removes
+    the per-kernel launch cost that dominates batch-1 GPU inference of a small model.
+    Inputs are copied into static buffers; outputs are the graph's static tensors
+    (clone them if you keep them across calls)."""
+
+    def __init__(self, model, batch=1):
+        super().__init__()
+        self.model, self.cfg = model, model.cfg
+        self.z, self.x = example_inputs(model.cfg, batch, next(model.parameters()).device)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        # The graph keeps the kernels chosen at capture: float32 ones (no_tf32), for good.
+        with torch.cuda.stream(stream), torch.inference_mode(), no_tf32():
+            for _ in range(3):  # warm up kernels and the bias caches outside the graph
+                model(self.z, self.x)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.inference_mode(), no_tf32():
+            self.out = model(self.z, self.x)
+
+    def forward(self, template, search):
+        self.z.copy_(template)
+        self.x.copy_(search)
+        self.graph.replay()
+        return self.out
+
+
+class Compiled(nn.Module):
+    """A fused model compiled by torch.compile (Inductor), optionally under autocast.
+
+    Modes `compile` (float32, exact) and, on CPUs with native bfloat16, `fast` (bf16
+    autocast, `autotune`). Inductor runs with `freezing`: the weights become constants
+    of the graph, folded and pre-packed once in oneDNN's blocked layout, and the
+    elementwise ops (Hardswish, residual adds, softmax, the head's gate) are fused into a
+    few C++/OpenMP kernels, which removes most of the per-op dispatch cost of a batch-1
+    forward. `autotune` also lets Inductor time its own C++ GEMM kernels (AMX/AVX-512
+    micro-kernels sized to these few-token GEMMs) against oneDNN's per GEMM and keep the
+    faster: on a 2-core Sapphire Rapids HiT-Small in bf16 10.5 -> 8.4 ms (no gain in
+    float32, so `compile` does not autotune).
+
+    Freezing ties the graph to the weights of the first call: inference only; build a new
+    one after changing weights. The first call compiles: 10-30 s on 2 cores, 1-3 min with
+    autotune; Inductor caches it on disk, so later processes take a fraction of that.
+    The constructor makes that call, so a missing C++ compiler fails there, not while
+    tracking. The Inductor options are set around each call (a new input shape compiles
+    again), never globally.
+    """
+
+    def __init__(self, model, dtype=None, batch=1, autotune=False):
+        super().__init__()
+        self.model, self.cfg, self.dtype = model, model.cfg, dtype
+        self.options = {"freezing": True}
+        if autotune:
+            self.options.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN")
+        device = next(model.parameters()).device
+        self.device_type = device.type
+        self.compiled = torch.compile(model, dynamic=False)
+        # Autotuning writes a table per GEMM to stderr; keep the tracker's output readable.
+        with torch.inference_mode(), contextlib.redirect_stderr(io.StringIO()):
+            self(*example_inputs(model.cfg, batch, device))
+
+    def forward(self, template, search):
+        from torch._dynamo import config as dynamo_config
+        from torch._inductor import config as inductor_config
+        # Dynamo keeps the graphs of every compiled HiT on the one code object of
+        # FastHiT.forward, 8 by default: a process with several compiled models (bench.py)
+        # would silently fall back to eager. Tensors made outside inference mode carry
+        # another dispatch key and would compile a second graph: cloned into it instead.
+        with dynamo_config.patch(recompile_limit=256), inductor_config.patch(self.options), \
+                torch.inference_mode(), \
+                torch.autocast(self.device_type, self.dtype, enabled=self.dtype is not None):
+            template, search = (t if t.is_inference() else t.clone() for t in (template, search))
+            out = self.compiled(template, search)
+        return {k: v.float() for k, v in out.items()}
+
+
+def quantize_int8(model):
+    """A copy of a FastHiT with dynamic int8 quantisation (int8 weights, activations
+    quantised per call) of every backbone Linear: most of the MACs of Base, ~40 % of
+    Small/Tiny. The convolutions stay float here; int8_cpu adds int8 head convs. PyTorch's
+    own dynamic Conv2d (7-bit activations, per-tensor weights) was tried for the head
+    first and cost 6 AUC points on the procedural val split (SPEED.md)."""
+    from torch.ao.quantization import quantize_dynamic
+    if any(isinstance(m, PackedLinear) for m in model.modules()):
+        raise ValueError("this model was prepared for mode fused already; quantise a fresh one")
+    q = copy.deepcopy(model)
+    with warnings.catch_warnings():  # torch.ao announces its own deprecation on every call
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        q.backbone = quantize_dynamic(q.backbone, {nn.Linear}, dtype=torch.qint8)
+    return q
+
+
+def int8_cpu(model):
+    """The eager `fast` path where bf16 compilation is unavailable: the backbone Linears
+    in dynamic int8 (quantize_int8), the corner head's convs in int8 (Int8Conv2d: ~40 %
+    of Small/Tiny's MACs) and, where the CPU has native bfloat16, the patch embedding in
+    bf16 (its few-channel convs are slower in int8 than in fp32). Attention, softmax, the
+    Bridge and the soft-argmax stay float32. Where oneDNN's int8 convolution is missing
+    (non-x86 builds) the head stays float32."""
+    q = quantize_int8(model)
+    try:
+        q.head.towers = int8_convs(q.head.towers)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        pass  # no oneDNN int8 convolution in this build
+    if cpu_has_bf16():
+        q.backbone.body.patch_embed = InBF16(q.backbone.body.patch_embed)
+    return q
+
+
+def fast_cpu(model, batch=1):
+    """The fastest CPU model we found (mode `fast`), from a FastHiT. On CPUs with native
+    bfloat16 (AVX512-BF16, AMX): compiled by Inductor under bf16 autocast (`Compiled`:
+    Linears, attention GEMMs and convolutions in bf16 with float32 accumulation, as
+    autocast chooses; the soft-argmax and the outputs in float32). Elsewhere, or where
+    Inductor cannot build (no C++ compiler), the eager int8 path `int8_cpu`. Its `path`
+    attribute says which of the two runs (the tracker and bench.py print it)."""
+    reason = "this CPU has no native bfloat16"
+    if cpu_has_bf16():
+        try:
+            fn = Compiled(model, torch.bfloat16, batch, autotune=True)
+            fn.path = "bf16 autocast compiled by Inductor"
+            return fn
+        except Exception as e:  # Inductor's failures have no common base class
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = f"torch.compile failed ({reason})"
+            warnings.warn(f"mode fast: {reason}; using eager int8 instead")
+    fn = int8_cpu(model)
+    fn.path = f"eager int8 ({reason})"
+    return fn
+
+
+# ----------------------------------------------------------------------------- modes
+EXACT_MODES = ("eager", "fused", "compile", "cuda_graph")  # outputs within 1e-4 of eager
+REDUCED_MODES = ("fp16", "bf16", "int8", "fast")  # faster, approximate: report their deviation
+MODES = EXACT_MODES + REDUCED_MODES
+
+
+def unavailable(mode, device):
+    """Why `mode` cannot run on `device` (a sentence), or None when it can: the one check
+    behind prepare's errors and bench.py's skipped modes."""
+    device = torch.device(device)
+    if mode not in MODES:
+        return f"unknown mode {mode!r}; expected one of {MODES}"
+    if mode == "cuda_graph" and device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    if mode == "fp16" and device.type == "cpu":
+        return "fp16 needs a GPU (cuda or mps); on the CPU use fast or int8"
+    if mode == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        return ("bf16 on the CPU needs native bfloat16 (AVX512-BF16 or AMX); this CPU would "
+                "emulate it, slower than fp32: use int8")
+    if mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bfloat16 support"
+    if mode in ("int8", "fast") and device.type != "cpu":
+        return f"{mode} runs on the CPU only (fbgemm/oneDNN int8 kernels)"
+    return None
+
+
+def prepare(model, mode="fused", device=None, batch=1):
+    """A HiT ready for inference in `mode` (see MODES) on `device`: a callable
+    f(template, search) -> {"pred_boxes", "score"} on float32 inputs, with a `cfg`
+    attribute. Every mode but `eager` rewrites the model in place (FastHiT) first."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    reason = unavailable(mode, device)
+    if reason:
+        raise ValueError(f"mode {mode}: {reason}")
+    model = model.to(device).eval()
+    if mode == "eager":
+        return model
+    fast = model if isinstance(model, FastHiT) else FastHiT(model)
+    if mode in ("fp16", "bf16"):
+        return CastInputs(fast, torch.float16 if mode == "fp16" else torch.bfloat16)
+    if mode == "int8":
+        return quantize_int8(fast)
+    if mode == "fast":
+        return fast_cpu(fast, batch)
+    if mode == "compile":
+        return Compiled(fast, batch=batch)
+    if mode == "cuda_graph":
+        return CudaGraph(fast, batch)
+    if device.type == "cpu":
+        pack_linears(fast)
+        pick_gemm(fast, *example_inputs(fast.cfg, batch, device))
+    return fast
+
+
+def path_of(fn, mode):
+    """What runs for `mode`: the mode's name, or for `fast` which of its two paths."""
+    return getattr(fn, "path", mode)

@@ -13,17 +13,13 @@ Weights in the pytorch-image-models layout are converted with an explicit table
 (`timm_to_release`). Every Conv/Linear + BatchNorm pair has a `fuse()` that folds the BN
 (inference only), as the released tracker does before it runs.
 """
-import functools
 import json
 import re
-import statistics
 import struct
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import attention_bias
 
@@ -51,6 +47,16 @@ MLP_RATIO = 2  # hidden width 2C in every residual MLP
 
 
 # ----------------------------------------------------------------------------- conv/linear + BN
+def fold_bn(weight, bias, bn):
+    """Fold an eval-mode BatchNorm into the preceding conv/linear weight (out channels first)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    b = bn.bias - bn.running_mean * scale
+    if bias is not None:
+        b = b + bias * scale
+    return weight * scale.view(shape), b
+
+
 class Conv2d_BN(nn.Module):
     """Conv2d without bias followed by BatchNorm2d; `fuse()` folds the BN into the conv."""
 
@@ -92,111 +98,9 @@ class Linear_BN(nn.Module):
     def fuse(self):
         w, b = fold_bn(self.c.weight, None, self.bn)
         lin = nn.Linear(self.c.in_features, self.c.out_features).to(w)
-        lin.weight = nn.Parameter(gemm_layout(w))
+        lin.weight.copy_(w)
         lin.bias.copy_(b)
         return lin
-
-
-def gemm_layout(w):
-    """The same (out, in) weight stored column-major (W^T contiguous). F.linear multiplies
-    by W^T; handing BLAS a contiguous W^T makes the few-token GEMMs of stages 2 and 3
-    (20-80 rows) 15-45 % faster on CPU (measured with MKL, fp32), and costs nothing else."""
-    return w.detach().t().contiguous().t()
-
-
-def tensor_key(t):
-    """Changes when `t` is written to or moved: the key of caches derived from a weight.
-    Inference tensors (made under torch.inference_mode) keep no version counter."""
-    return t.data_ptr(), (None if t.is_inference() else t._version)
-
-
-@functools.cache  # a property of the torch build; PackedLinear asks on every call
-def onednn_linear_available():
-    """oneDNN's packed-weight linear (torch.ops.mkldnn, what torch.compile's CPU backend
-    calls) exists in this build."""
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-class PackedLinear(nn.Module):
-    """A Linear (+ an optional Hardswish after it) for CPU inference through one of two
-    GEMMs: oneDNN with the weight pre-packed in its blocked layout (the Hardswish fused
-    into the GEMM's epilogue), or F.linear (MKL sgemm) on the column-major weight.
-    Neither wins everywhere (see `pick_gemm`): on a 2-core AMD EPYC oneDNN ran LeViT's
-    GEMMs 1.2-1.8x faster (20x768 -> 1536: 407 -> 230 us); on a 2-core Sapphire Rapids
-    MKL made fused Tiny/Small 1.1x faster than oneDNN did, Base slightly slower. Same
-    results within float32 rounding either way. The packed copy is an opaque tensor: made
-    on first use, remade when the weight changes, never saved or copied; with autograd
-    on, off the CPU, or without oneDNN this is F.linear."""
-
-    def __init__(self, linear, post="none"):
-        super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias  # shared, unchanged (state dict)
-        self.post = post  # "none" or "hardswish" (fused into the GEMM's epilogue)
-        self.use_onednn = True  # pick_gemm may switch it
-        self._packed, self._key = None, None
-
-    def forward(self, x):
-        if (not self.use_onednn or x.device.type != "cpu" or torch.is_grad_enabled()
-                or not onednn_linear_available()):
-            y = F.linear(x, self.weight, self.bias)
-            return F.hardswish(y) if self.post == "hardswish" else y
-        key = tensor_key(self.weight)
-        if key != self._key:
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), x.shape[:-1].numel())
-            self._key = key
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, self.post, [], "")
-
-    def __getstate__(self):  # deepcopy/pickle: the opaque packed weight cannot be copied
-        return {**self.__dict__, "_packed": None, "_key": None}
-
-
-def median_seconds(fns, warmup=2, reps=7):
-    """Median wall time of each callable in `fns`, called round-robin (noise hits all alike)."""
-    times = [[] for _ in fns]
-    for i in range(warmup + reps):
-        for t, fn in zip(times, fns):
-            start = time.perf_counter()
-            fn()
-            if i >= warmup:
-                t.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
-@torch.inference_mode()
-def pick_gemm(model, *inputs):
-    """Run every PackedLinear of `model` through oneDNN or through MKL, whichever makes
-    the whole forward on `inputs` faster on this machine (timed in context, interleaved:
-    a GEMM timed alone misleads, as the caches and thread pools differ). Returns True
-    when oneDNN was kept. Costs ~20 forwards once, when the model is prepared."""
-    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
-
-    def run(use_onednn):
-        for m in packed:
-            m.use_onednn = use_onednn
-        model(*inputs)
-
-    t_onednn, t_mkl = median_seconds([lambda: run(True), lambda: run(False)])
-    for m in packed:
-        m.use_onednn = t_onednn <= t_mkl
-    return t_onednn <= t_mkl
-
-
-def pack_linears(module):
-    """Replace every nn.Linear in `module` by a PackedLinear, in place, fusing a Hardswish
-    that directly follows it in a Sequential (LeViT's MLP) into it; returns `module`."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.Sequential):
-            for i in range(len(child) - 1):
-                if type(child[i]) is nn.Linear and type(child[i + 1]) is nn.Hardswish:
-                    child[i], child[i + 1] = PackedLinear(child[i], "hardswish"), nn.Identity()
-        if type(child) is nn.Linear:
-            setattr(module, name, PackedLinear(child))
-        else:
-            pack_linears(child)
-    return module
 
 
 class BN_Linear(nn.Module):
@@ -221,16 +125,6 @@ class BN_Linear(nn.Module):
         lin.weight.copy_(self.l.weight * scale[None, :])
         lin.bias.copy_(self.l.bias + self.l.weight @ shift)
         return lin
-
-
-def fold_bn(weight, bias, bn):
-    """Fold an eval-mode BatchNorm into the preceding conv/linear weight (out channels first)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    b = bn.bias - bn.running_mean * scale
-    if bias is not None:
-        b = b + bias * scale
-    return weight * scale.view(shape), b
 
 
 def fuse_bn(module):
@@ -267,51 +161,31 @@ def mlp(dim, drop=0.0):
 
 
 class BiasTable(nn.Module):
-    """Learned bias per head and offset (B^h of Eq. 2) and the (Nq, Nk) index into it.
-
-    In eval mode without autograd the gathered (heads, Nq, Nk) bias is computed once and
-    reused until the table changes (its version counter or storage moves), as the
-    released LeViT caches it in eval mode. `freeze()` (used by HiT.fuse(head=True)) fixes
-    it for good.
-    """
+    """The learned attention bias of Eq. 2: a table B^h (heads, entries) and the fixed
+    (Nq, Nk) index of every query/key pair's offset into it (attention_bias.py).
+    The index is derived, not learned, but it is a buffer of the released files."""
 
     def __init__(self, heads, index, entries):
         super().__init__()
-        self._cache = None
-        self.register_buffer("frozen", None, persistent=False)  # set by freeze(); moves with .to()
         if index is None:  # "absolute" ablation: no relative bias at all
             self.attention_biases = None
             return
         self.attention_biases = nn.Parameter(torch.zeros(heads, entries))
-        self.register_buffer("attention_bias_idxs", index)  # persistent: part of released files
-
-    @torch.no_grad()
-    def freeze(self):
-        """Gather the bias once for inference (no cache checks per call, which also keeps
-        torch.compile from recompiling); the table must not change afterwards."""
-        if self.attention_biases is not None:
-            self.frozen = self.attention_biases[:, self.attention_bias_idxs].contiguous()
+        self.register_buffer("attention_bias_idxs", index)
 
     def bias(self):
-        t = self.attention_biases
-        if t is None:
+        """Bias^h[p, q] for every head and (query, key) pair: (heads, Nq, Nk), or None."""
+        if self.attention_biases is None:
             return None
-        if self.frozen is not None:
-            return self.frozen
-        if self.training or torch.is_grad_enabled():
-            return t[:, self.attention_bias_idxs]  # (heads, Nq, Nk)
-        key = (tensor_key(t), tensor_key(self.attention_bias_idxs))
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, t[:, self.attention_bias_idxs].contiguous())
-        return self._cache[1]
+        return self.attention_biases[:, self.attention_bias_idxs]
 
 
 def attend(q, k, v, bias, scale):
     """softmax(q k^T * scale + bias) v for q (B, H, Nq, D), k (B, H, Nk, D), v (B, H, Nk, Dv).
 
-    Written as baddbmm (bias, scale and q k^T in one GEMM call) + softmax + bmm: on CPU
-    this is faster than scaled_dot_product_attention with a float mask, whose masked-row
-    checks cost more than the attention itself at these sizes.
+    Written as baddbmm (bias + scale * q k^T in one GEMM call), softmax, bmm: the same
+    arithmetic as the formula, in three calls; on CPU at these sizes it beats
+    scaled_dot_product_attention with a float mask (SPEED.md).
     """
     B, H, Nq, D = q.shape
     Nk = k.shape[2]

@@ -309,18 +309,21 @@ def _sync(device: torch.device) -> None:
 class Tracker:
     """HiT single-object tracker: fixed first-frame template, no post-processing.
 
-    `mode` is one of hit.MODES: the model is prepared with hit.prepare (in place; every
-    mode except "eager" folds BatchNorm first, as the released tracker does). Input crops
-    are cast to the model's floating dtype so fp16/bf16 models work too.
+    `mode` is one of fast.MODES: the model is prepared with fast.prepare (in place; every
+    mode except "eager" folds BatchNorm first, as the released tracker does). Crops go in
+    as float32 in every mode: each prepared model casts to its own precision inside, so
+    the input dtype never depends on which parameter a model happens to list first.
+    `path` says what runs (for `fast`, which of its two paths).
     """
 
     def __init__(self, model: torch.nn.Module, device=None, mode: str = "fused"):
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
         self.mode = mode
-        self.model = hit.prepare(model, mode, self.device)
-        self.exact_cuda = self.device.type == "cuda" and mode in hit.EXACT_MODES  # float32, not TF32
-        self.dtype = next(self.model.parameters()).dtype
+        self.model = fast.prepare(model, mode, self.device)
+        self.exact_cuda = self.device.type == "cuda" and mode in fast.EXACT_MODES  # float32, not TF32
+        self.path = fast.path_of(self.model, mode)
+        self.dtype = torch.float32
         self.template = None  # (1, 3, 128, 128) normalised, on device
         self.state = None  # previous box (x, y, w, h) in pixels
         self.last_timing = {}  # ms of the last track(): preprocess / network / postprocess
@@ -347,7 +350,7 @@ class Tracker:
         search, resize_factor = self._crop_tensor(image, self.state, SEARCH_FACTOR, SEARCH_SIZE)
         _sync(self.device)
         t1 = time.perf_counter()
-        with hit.no_tf32() if self.exact_cuda else contextlib.nullcontext():
+        with fast.no_tf32() if self.exact_cuda else contextlib.nullcontext():
             out = self.model(self.template, search)
         pred = out["pred_boxes"][0].float().tolist()  # .tolist() waits for the device
         score = float(out["score"][0])
@@ -610,8 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uav", action="store_true",
                    help="pytracking's UAV123 rule: invalid frames count as precision hits")
     p.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
-    p.add_argument("--mode", default="fused", choices=hit.MODES,
-                   help="inference mode (hit.prepare; speeds in bench.py; default: fused)")
+    p.add_argument("--mode", default="fused", choices=fast.MODES,
+                   help="inference mode (fast.prepare; speeds in bench.py; default: fused)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
     return p
 
@@ -684,7 +687,10 @@ def _make_tracker(args) -> Tracker:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     model = hit.load_checkpoint(args.checkpoint, device=device)
-    return Tracker(model, device=device, mode=args.mode)
+    tracker = Tracker(model, device=device, mode=args.mode)
+    if tracker.path != args.mode:  # `fast` has two paths: say which one runs
+        print(f"mode {args.mode}: {tracker.path}", file=sys.stderr)
+    return tracker
 
 
 def _fps(times) -> float:

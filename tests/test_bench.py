@@ -34,7 +34,15 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 CUDA = torch.cuda.is_available()
-INT8_TOL = 1.0  # boxes are in [0, 1] units of the search crop; see test_every_cpu_mode_...
+# Largest box deviation from eager (search-crop units) of each reduced-precision CPU mode
+# on bench.randomize's HiT-Tiny, over its seeds 0, 1, 2 (inputs seed 1, batch 2), measured
+# on a 2-core Sapphire Rapids with AMX: int8 0.249, bf16 0.046, fast 0.198. These random
+# networks are chaotic on purpose (an output can jump a 16-pixel cell on a rounding
+# change), so the bound is 2x the largest measured value, not a precision claim; the
+# real cost of each mode is AUC with trained weights (SPEED.md).
+# On CUDA, fp16 and bf16 take the CPU bf16 bound (fp16 has 3 more mantissa bits than
+# bf16); no GPU was lent to measure them when this was set.
+REDUCED_TOL = {"int8": 0.5, "bf16": 0.1, "fast": 0.4, "fp16": 0.1}
 
 
 # ----------------------------------------------------------------------------- timing
@@ -133,11 +141,11 @@ def test_every_cpu_mode_agrees_with_eager(tiny, mode):
     if mode == "fast" and fell_back:
         # Allowed, and announced: Inductor failed here (seen on a 16-core Xeon with torch
         # 2.11); the eager int8 path must be what came back.
-        assert isinstance(fn.box_head.towers[0], hit.Int8Conv2d), fell_back
+        assert isinstance(fn.head.towers[0], fast.Int8Conv2d), fell_back
         print(f"fast fell back to eager int8: {fell_back[0]}")
     elif mode in ("compile", "fast") and (mode == "compile" or fast.cpu_has_bf16()):
         from torch._inductor import config as inductor_config
-        assert isinstance(fn, hit.Compiled)
+        assert isinstance(fn, fast.Compiled)
         assert fn.dtype == (torch.bfloat16 if mode == "fast" else None)
         assert fn.options["freezing"] and fn.options.get("max_autotune", False) == (mode == "fast")
         assert not inductor_config.freezing and not inductor_config.max_autotune  # set per call only
@@ -152,14 +160,11 @@ def test_every_cpu_mode_agrees_with_eager(tiny, mode):
     if bench.is_exact(mode):
         assert box_dev <= bench.EXACT_TOL and score_dev <= bench.EXACT_TOL, (box_dev, score_dev)
     else:
-        # Dynamic int8 on a random network whose outputs are deliberately sensitive moves
-        # the boxes by ~0.1-0.6 (search-crop units); only "finite and in range" is a fair
-        # bound here. Its real cost is AUC with trained weights (issue 6), not this.
         print(f"{mode} deviation from eager: boxes {box_dev:.3g}, score {score_dev:.3g}")
         out = bench.outputs(fn, z, x)
-        assert torch.isfinite(out["pred_boxes"]).all() and box_dev < INT8_TOL
+        assert torch.isfinite(out["pred_boxes"]).all() and box_dev < REDUCED_TOL[mode]
         assert ((out["score"] > 0) & (out["score"] <= 1)).all()
-    assert not model.fused  # every mode worked on its own copy
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())  # every mode worked on its own copy
 
 
 @pytest.mark.parametrize("post,shift,levels", [("relu", 0.0, 255), ("none", 0.0, 255),
@@ -173,7 +178,7 @@ def test_int8_conv_close_to_float_conv(post, shift, levels):
     act = {"relu": torch.relu, "none": lambda t: t, "hardswish": nn.functional.hardswish}[post]
     with torch.inference_mode():
         ref = act(conv(x))
-        q = hit.Int8Conv2d(conv, post, levels)  # 127: the 7-bit input of pre-VNNI CPUs
+        q = fast.Int8Conv2d(conv, post, levels)  # 127: the 7-bit input of pre-VNNI CPUs
         got = q(x)
         assert torch.equal(copy.deepcopy(q)(x), got)  # the opaque packed weight is remade
     assert got.shape == ref.shape == (1, 64, 16, 16) and got.dtype == torch.float32
@@ -183,20 +188,20 @@ def test_int8_conv_close_to_float_conv(post, shift, levels):
 
 
 def test_int8_fast_path_layers(monkeypatch):
-    model = hit.build_hit("tiny").eval().fuse(head=True)
+    model = fast.FastHiT(hit.build_hit("tiny").eval())
     for bf16 in (True, False):  # bf16 is emulated (slow but correct) where it is not native
         monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None, v=bf16: v)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            q8 = hit.int8_cpu(copy.deepcopy(model))
+            q8 = fast.int8_cpu(copy.deepcopy(model))
         assert not any(type(m) is nn.Linear for m in q8.backbone.modules())  # all int8
-        assert all(isinstance(m, (hit.Int8Conv2d, nn.ReLU)) for m in q8.box_head.towers)
-        assert isinstance(q8.backbone.body.patch_embed, hit.InBF16) == bf16
+        assert all(isinstance(m, (fast.Int8Conv2d, nn.ReLU)) for m in q8.head.towers)
+        assert isinstance(q8.backbone.body.patch_embed, fast.InBF16) == bf16
         with torch.inference_mode():
             out = q8(torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256))
         assert out["pred_boxes"].shape == (1, 4) and out["pred_boxes"].dtype == torch.float32
     with pytest.raises(ValueError, match="prepared for mode fused"):
-        hit.quantize_int8(hit.prepare(copy.deepcopy(model), "fused", "cpu"))
+        fast.quantize_int8(fast.prepare(copy.deepcopy(model), "fused", "cpu"))
 
 
 def test_fast_mode_picks_compiled_bf16_or_int8(monkeypatch):
@@ -211,18 +216,18 @@ def test_fast_mode_picks_compiled_bf16_or_int8(monkeypatch):
             if len(made) > 1:
                 raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(hit, "Compiled", FakeCompiled)
+    monkeypatch.setattr(fast, "Compiled", FakeCompiled)
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: True)
-    assert isinstance(hit.prepare(copy.deepcopy(model), "fast", "cpu", batch=3), FakeCompiled)
+    assert isinstance(fast.prepare(copy.deepcopy(model), "fast", "cpu", batch=3), FakeCompiled)
     assert made == [(torch.bfloat16, 3, True)]
     with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
-        fast_model = hit.prepare(copy.deepcopy(model), "fast", "cpu")
-    assert isinstance(fast_model.box_head.towers[0], hit.Int8Conv2d)
+        fast_model = fast.prepare(copy.deepcopy(model), "fast", "cpu")
+    assert isinstance(fast_model.head.towers[0], fast.Int8Conv2d)
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no compile attempted, nothing to warn
-        fast_model = hit.prepare(copy.deepcopy(model), "fast", "cpu")
-    assert len(made) == 2 and isinstance(fast_model.box_head.towers[0], hit.Int8Conv2d)
+        fast_model = fast.prepare(copy.deepcopy(model), "fast", "cpu")
+    assert len(made) == 2 and isinstance(fast_model.head.towers[0], fast.Int8Conv2d)
 
 
 @pytest.mark.parametrize("mode", ["fused", "cuda_graph", "fp16", "bf16"])
@@ -233,9 +238,9 @@ def test_cuda_modes(tiny, mode):
         pytest.skip("no CUDA device")
     model, z, x, ref = tiny
     fn = bench.build_mode(model, mode, "cuda", batch=2)
-    with hit.no_tf32():  # as bench.main runs them; a CUDA graph keeps its capture's kernels anyway
+    with fast.no_tf32():  # as bench.main runs them; a CUDA graph keeps its capture's kernels anyway
         box_dev, score_dev = bench.deviation(bench.outputs(fn, z.cuda(), x.cuda()), ref)
-    tol = bench.EXACT_TOL if bench.is_exact(mode) else 0.5
+    tol = bench.EXACT_TOL if bench.is_exact(mode) else REDUCED_TOL[mode]
     assert box_dev <= tol and score_dev <= tol, (box_dev, score_dev)
 
 
@@ -244,7 +249,7 @@ def test_no_tf32_sets_and_restores_the_flags():
     torch.backends.cudnn.allow_tf32 = True
     try:
         with pytest.raises(RuntimeError, match="inside"):
-            with hit.no_tf32():
+            with fast.no_tf32():
                 assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
                 raise RuntimeError("inside")
         assert torch.backends.cudnn.allow_tf32  # restored, even after an exception

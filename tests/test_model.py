@@ -9,6 +9,7 @@ import torch
 
 import attention_bias
 import bridge
+import fast
 import hit
 import levit
 
@@ -100,16 +101,16 @@ def test_fuse_keeps_outputs_on_trained_like_statistics():
     z, x = torch.randn(2, 3, 128, 128), torch.randn(2, 3, 256, 256)
     with torch.no_grad():
         ref = model.forward_features(z, x)
-        model.fuse()
+        model.fuse()  # the backbone's BNs, as the released tracker
         a = model.forward_features(z, x)
-        model.fuse(head=True)
-        b = model.forward_features(z, x)
+        fused = fast.FastHiT(model)  # every BN, merged towers, folded proj1
+        b = fused(z, x)
     for out in (a, b):
         assert (out["pred_boxes"] - ref["pred_boxes"]).abs().max() < 1e-4
         assert (out["score"] - ref["score"]).abs().max() < 1e-4
     assert (a["bridge_tokens"] - ref["bridge_tokens"]).abs().max() < 1e-4
-    assert model.head_folded and b["bridge_tokens"] is None  # proj1 folded into the head
-    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in model.modules())
+    assert fused.folded and isinstance(fused.gate, fast.FoldedGate)  # proj1 folded into the head
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in fused.modules())
 
 
 def test_proj1_folding_equals_plain_head_on_large_activations():
@@ -118,12 +119,13 @@ def test_proj1_folding_equals_plain_head_on_large_activations():
     z, x = torch.randn(1, 3, 128, 128) * 3, torch.randn(1, 3, 256, 256) * 3
     with torch.no_grad():
         ref = model(z, x)
-        out = model.fuse(head=True)(z, x)
-    assert model.head_folded
+        fused = fast.FastHiT(model)
+        out = fused(z, x)
+    assert fused.folded
     assert (out["pred_boxes"] - ref["pred_boxes"]).abs().max() < 1e-4
     assert (out["score"] - ref["score"]).abs().max() < 1e-4
-    base = hit.build_hit("base").fuse(head=True)
-    assert not base.head_folded  # C1 = 384 > 256: folding would add work
+    base = fast.FastHiT(hit.build_hit("base"))
+    assert not base.folded  # C1 = 384 > 256: folding would add work
 
 
 def trained_like(variant, seed):
@@ -188,21 +190,21 @@ def test_fused_upsample_equals_transposed_conv():
     s = [torch.randn(2, 256, 32), torch.randn(2, 64, 48), torch.randn(2, 16, 64)]
     with torch.no_grad():
         ref = br(*s)
-        br.fuse()
-        out = br(*s)
-    assert isinstance(br.layers[0], bridge.FusedUpsample)
+        fused = fast.FastBridge(br)
+        out = fused(*s)
+    assert isinstance(fused.layers[0], fast.FusedUpsample)
     assert out.shape == (2, 256, 32)
     assert torch.allclose(ref, out, atol=1e-5)
 
 
-ONEDNN = levit.onednn_linear_available()
+ONEDNN = fast.onednn_linear_available()
 
 
 @pytest.mark.parametrize("post", ["none", "hardswish"])
 def test_packed_linear_equals_linear_and_follows_weight_changes(post):
     torch.manual_seed(3)
     lin = torch.nn.Linear(96, 160)
-    packed = levit.PackedLinear(lin, post)
+    packed = fast.PackedLinear(lin, post)
     act = torch.nn.functional.hardswish if post == "hardswish" else (lambda t: t)
     for shape in [(1, 80, 96), (2, 7, 96)]:  # M differs from the packing call's
         x = torch.randn(shape) * 3
@@ -227,11 +229,12 @@ def test_pack_linears_replaces_every_linear_and_fuses_mlp_hardswish():
     z, x = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256)
     with torch.inference_mode():
         ref = model(z, x)
-    n_linear = sum(type(m) is torch.nn.Linear for m in model.fuse(head=True).modules())
+    model = fast.FastHiT(model)
+    n_linear = sum(type(m) is torch.nn.Linear for m in model.modules())
     sd = model.state_dict()
-    levit.pack_linears(model)
+    fast.pack_linears(model)
     assert not any(type(m) is torch.nn.Linear for m in model.modules())
-    packed = [m for m in model.modules() if isinstance(m, levit.PackedLinear)]
+    packed = [m for m in model.modules() if isinstance(m, fast.PackedLinear)]
     assert len(packed) == n_linear
     assert sum(m.post == "hardswish" for m in packed) == 2 + 3 + 4 + 2  # MLPs: 9 blocks + 2 shrinks
     assert model.state_dict().keys() == sd.keys()  # same names: Identity keeps the index
@@ -248,8 +251,8 @@ def test_pick_gemm_keeps_the_faster_kernel_for_the_whole_model(monkeypatch):
     z, x = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256)
     with torch.inference_mode():
         ref = model(z, x)
-    fused = hit.prepare(model, "fused", "cpu")
-    packed = [m for m in fused.modules() if isinstance(m, levit.PackedLinear)]
+    fused = fast.prepare(model, "fused", "cpu")
+    packed = [m for m in fused.modules() if isinstance(m, fast.PackedLinear)]
     assert len({m.use_onednn for m in packed}) == 1  # one choice for the whole model
     for t_onednn, t_mkl in ((1.0, 2.0), (2.0, 1.0)):
         calls = []
@@ -260,8 +263,8 @@ def test_pick_gemm_keeps_the_faster_kernel_for_the_whole_model(monkeypatch):
                 calls.append([m.use_onednn for m in packed])
             return list(t)
 
-        monkeypatch.setattr(levit, "median_seconds", timed)
-        assert levit.pick_gemm(fused, z, x) == (t_onednn < t_mkl)
+        monkeypatch.setattr(fast, "median_seconds", timed)
+        assert fast.pick_gemm(fused, z, x) == (t_onednn < t_mkl)
         assert [set(c) for c in calls] == [{True}, {False}]  # each timed run is one kernel throughout
         assert all(m.use_onednn == (t_onednn < t_mkl) for m in packed)
         with torch.inference_mode():
@@ -272,15 +275,21 @@ def test_pick_gemm_keeps_the_faster_kernel_for_the_whole_model(monkeypatch):
 def test_median_seconds_times_each_callable_round_robin():
     order = []
     fns = [lambda: order.append("a"), lambda: (order.append("b"), time.sleep(0.002))]
-    t_a, t_b = levit.median_seconds(fns, warmup=1, reps=3)
+    t_a, t_b = fast.median_seconds(fns, warmup=1, reps=3)
     assert order == ["a", "b"] * 4 and 0 <= t_a < t_b and t_b >= 0.002
 
 
-def test_bias_cache_works_on_inference_tensors():
-    """A model made (or cast) inside inference_mode has no version counters to key on."""
+def test_frozen_biases_equal_the_gathered_table():
+    """FastHiT gathers each attention's bias once; it must equal Eq. 2's table lookup,
+    and it is made inside inference_mode too (tensors without version counters)."""
+    model = trained_like("tiny", seed=5)
+    tables = [m.bias() for m in model.modules() if isinstance(m, levit.BiasTable)]
     with torch.inference_mode():
-        model = hit.build_hit("tiny").eval().double()
-        out = model(torch.randn(1, 3, 128, 128).double(), torch.randn(1, 3, 256, 256).double())
+        fused = fast.FastHiT(model.double())
+        out = fused(torch.randn(1, 3, 128, 128).double(), torch.randn(1, 3, 256, 256).double())
+    frozen = [m.bias() for m in fused.modules() if isinstance(m, fast.FrozenBias)]
+    assert len(frozen) == len(tables) == 2 + 3 + 4 + 2  # 9 MHA blocks + 2 shrink attentions
+    assert all(torch.equal(f, t.double()) for f, t in zip(frozen, tables))
     assert out["pred_boxes"].shape == (1, 4)
 
 
@@ -302,19 +311,21 @@ def test_tiny_matches_released_fixture(fixtures_dir):
     for k, v in model.state_dict().items():
         if k.endswith("attention_bias_idxs"):
             assert torch.equal(v, fresh[k]), k  # our first-seen numbering = released
-    for fuse_head in (None, False, True):
-        if fuse_head is not None:
-            model.fuse(head=fuse_head)
+    for fuse in (False, True):  # as loaded, then backbone BNs folded as the released tracker
+        if fuse:
+            model.fuse()
         with torch.no_grad():
             out = model.forward_features(exp["template"], exp["search"])
         for got, want in zip(out["stage_features"], exp["stage_features"]):
             assert got.shape == want.shape
             assert (got - want).abs().max() < 1e-4
-        if out["bridge_tokens"] is not None:  # not formed once proj1 is folded
-            assert (out["bridge_tokens"] - exp["bridge_tokens"]).abs().max() < 1e-4
+        assert (out["bridge_tokens"] - exp["bridge_tokens"]).abs().max() < 1e-4
         assert (out["pred_boxes"] - exp["pred_boxes"][:, 0]).abs().max() < 1e-4
         with torch.no_grad():
             assert (model(exp["template"], exp["search"])["pred_boxes"] - exp["pred_boxes"][:, 0]).abs().max() < 1e-4
+    with torch.no_grad():  # every fast.py rewrite (mode fused)
+        out = fast.FastHiT(model)(exp["template"], exp["search"])
+    assert (out["pred_boxes"] - exp["pred_boxes"][:, 0]).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("name", ["LeViT_128S_random11.pth", "levit_128s_timm_random11.safetensors"])

@@ -20,19 +20,12 @@ import track  # noqa: E402
 
 
 class FakeHiT(torch.nn.Module):
-    """Stands in for HiT: a fixed prediction, and it counts fuse() calls."""
+    """Stands in for HiT in mode "eager" (nothing to prepare): a fixed prediction."""
 
     def __init__(self, box=(0.5, 0.5, 0.25, 0.25)):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.box = torch.tensor([box])
-        self.fuse_calls = 0
-        self.fused = self.head_fused = False
-
-    def fuse(self, head=False):
-        self.fuse_calls += 1
-        self.fused, self.head_fused = True, head
-        return self
 
     def forward(self, template, search):
         assert template.shape[1:] == (3, 128, 128) and search.shape[1:] == (3, 256, 256)
@@ -113,7 +106,7 @@ def test_clip_box_hand_computed():
 
 
 def test_tracker_bad_inputs_raise_value_error():
-    tracker = track.Tracker(FakeHiT())
+    tracker = track.Tracker(FakeHiT(), mode="eager")
     img = np.zeros((60, 80, 3), np.uint8)
     with pytest.raises(ValueError, match="before initialize"):
         tracker.track(img)
@@ -132,19 +125,50 @@ def test_tracker_bad_inputs_raise_value_error():
         tracker.track(img.astype(np.int16))
 
 
-def test_tracker_fuses_once_and_respects_eager():
-    model = FakeHiT()
+def test_tracker_prepares_in_place_and_respects_eager():
+    hit = pytest.importorskip("hit")
+    torch.manual_seed(0)
+    model = hit.build_hit("tiny").eval()
+    z, x = torch.randn(1, 3, 128, 128), torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        ref = model(z, x)["pred_boxes"]
     track.Tracker(model)
-    track.Tracker(model)  # already fused: must not fold the BNs twice
-    assert model.fuse_calls == 1
-    eager = FakeHiT()
-    track.Tracker(eager, mode="eager")
-    assert eager.fuse_calls == 0 and not eager.training
+    again = track.Tracker(model)  # a model prepared before: rewritten again, BNs folded once
+    with torch.inference_mode():
+        assert (again.model(z, x)["pred_boxes"] - ref).abs().max() < 1e-4
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    eager = hit.build_hit("tiny").train()
+    assert track.Tracker(eager, mode="eager").model is eager and not eager.training
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in eager.modules())  # untouched
+
+
+def test_tracker_feeds_float32_crops_in_every_mode(monkeypatch):
+    """The eager int8 path (fast's fallback) runs its patch embedding in bfloat16, so its
+    first parameter is bf16; crops must still go in as float32 (it casts inside)."""
+    hit = pytest.importorskip("hit")
+    import fast
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: True)
+    monkeypatch.setattr(fast, "Compiled", no_compiler)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        tracker = track.Tracker(hit.build_hit("tiny"), mode="fast")
+    assert next(tracker.model.parameters()).dtype == torch.bfloat16
+    assert tracker.path.startswith("eager int8") and "no C++ compiler" in tracker.path
+    seen = []
+    model = tracker.model
+    tracker.model = lambda z, x: seen.append((z.dtype, x.dtype)) or model(z, x)
+    frames, gt = make_frames(2)
+    tracker.initialize(frames[0], gt[0])
+    tracker.track(frames[1])
+    assert seen == [(torch.float32, torch.float32)]
 
 
 def test_tracker_maps_fixed_prediction():
     frames, gt = make_frames(3)
-    tracker = track.Tracker(FakeHiT(box=(0.5, 0.5, 0.25, 0.25)))
+    tracker = track.Tracker(FakeHiT(box=(0.5, 0.5, 0.25, 0.25)), mode="eager")
     tracker.initialize(frames[0], gt[0])
     box, score = tracker.track(frames[1])
     x, y, w, h = gt[0]
@@ -161,7 +185,7 @@ def test_tracker_accepts_pil_modes():
     images = [rgb.convert("L"), rgb.convert("RGBA"),
               Image.fromarray(frames[0][:, :, 0].astype(np.uint16) * 256)]  # 16-bit gray
     for image in images:
-        tracker = track.Tracker(FakeHiT())
+        tracker = track.Tracker(FakeHiT(), mode="eager")
         tracker.initialize(image, gt[0])
         box, _ = tracker.track(image)
         assert len(box) == 4 and all(math.isfinite(v) for v in box)
@@ -184,7 +208,7 @@ def test_real_tiny_tracks_inside_image():
     torch.manual_seed(0)
     frames, gt = make_frames(5)
     tracker = track.Tracker(hit.build_hit("tiny"))
-    assert tracker.model.fused
+    assert type(tracker.model).__name__ == "FastHiT"  # mode fused: fast.py's rewrite
     tracker.initialize(frames[0], gt[0])
     boxes = [tracker.track(f)[0] for f in frames[1:]]
     _check_inside(boxes, (120, 96))
@@ -210,7 +234,7 @@ def test_run_sequence(tmp_path):
     frames, gt = make_frames(4)
     write_sequence(tmp_path / "seq", frames, gt)
     seq = data.read_folder(tmp_path / "seq")[0]
-    boxes, times = track.run_sequence(track.Tracker(FakeHiT()), seq)
+    boxes, times = track.run_sequence(track.Tracker(FakeHiT(), mode="eager"), seq)
     assert boxes.shape == (4, 4) and times.shape == (4,) and (times > 0).all()
     assert np.allclose(boxes[0], gt[0])
 
@@ -224,7 +248,7 @@ def test_run_sequence_broken_frame_keeps_boxes(tmp_path):
     truncate(tmp_path / "seq" / "00000004.jpg")
     seq = data.read_folder(tmp_path / "seq")[0]
     with pytest.raises(track.FrameError, match=r"frame 4 of 6: .*00000004\.jpg") as exc:
-        track.run_sequence(track.Tracker(FakeHiT()), seq)
+        track.run_sequence(track.Tracker(FakeHiT(), mode="eager"), seq)
     assert exc.value.frame == 4 and exc.value.boxes.shape == (3, 4)
     assert np.allclose(exc.value.boxes[0], gt[0]) and (exc.value.times > 0).all()
 
