@@ -297,7 +297,8 @@ def make_data(args, items, rank, world):
 # ----------------------------------------------------------------------------- model and optimizer
 @dataclasses.dataclass
 class Training:
-    """Everything an optimizer step changes, so everything a checkpoint holds."""
+    """The network and the state every optimizer step advances; the checkpoint saves all of
+    it, with the RNG states and the arguments."""
     model: torch.nn.Module  # the plain network; checkpoints hold its parameter names
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -477,7 +478,7 @@ class Pace:
     - a run that projects more than DAY_S says so in one line, a few steps in.
 
     A pace leaves out an epoch's first WARMUP steps (compilation, allocator warm-up) once
-    at least as many steady steps follow; `clock` is replaceable for tests."""
+    more than WARMUP steps have followed them; `clock` is replaceable for tests."""
     WARMUP = 3
     CHECK_AT = 10  # steps into the first epoch at which the projection is printed
 
@@ -521,7 +522,7 @@ class Pace:
         if not self.budget_s:
             return
         per_step = self.per_step(steps, self.t_end)
-        # + 3 % for checkpoints and drift
+        # the steady pace plus 3 % for checkpoints and drift
         fit = epochs_within(self.budget_s, self.t_end - self.t_launch, 1.03 * per_step * steps, 1, args.epochs)
         if world > 1:  # every rank must stop at the same epoch: rank 0 decides
             fit_t = torch.tensor([fit], device=device)
