@@ -4,11 +4,12 @@
     python bench.py --device cuda --variant base --json out.json
     python bench.py --device cuda                        # on a Jetson too (reads /etc/nv_tegra_release)
 
-Method (HIT_NOTES "Speed as the paper measures it", done right): random inputs of the real
-shapes (template 128, search 256), `torch.inference_mode`, a fixed thread count, warm-up
-runs, then timed runs each bracketed by `torch.cuda.synchronize()` on CUDA (the released
-script does not synchronise, which flatters GPU numbers). Modes are timed interleaved,
-round-robin, so machine noise hits them alike; we report median and p90.
+Method: the paper's (model-only forward of backbone and head, random inputs of the real
+shapes, batch 1, BN fused), corrected twice: each timed call is bracketed by
+`torch.cuda.synchronize()` on CUDA (the released speed script does not synchronise,
+which flatters GPU numbers), and modes are timed interleaved, round-robin, so machine
+noise hits them alike. Also `torch.inference_mode`, a fixed thread count, warm-up runs;
+we report median and p90.
 
 Modes (see fast.prepare): `released` re-runs the released implementation's op sequence on
 the same weights (the baseline for every speed-up claim), `eager` (unfused), `fused`
@@ -36,6 +37,7 @@ or `--no-train` (the GPU shares the board's memory).
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -462,12 +464,15 @@ def bench_variant(model, args, device, log=print):
     refs64 = [reference64(model, z, x) for z, x in inputs]
     eager_err = max(max(deviation(r, r64)) for r, r64 in zip(refs, refs64))  # float32 rounding
     z, x = inputs[0]
-    fns, devs, skipped = {}, {}, []
+    fns, devs, paths, skipped = {}, {}, {}, []
     for mode in args.modes:
         reason = skip_reason(mode, device)
         if reason is None:
             try:
                 fn = build_mode(model, mode, device, args.batch)
+                paths[mode] = fast.path_of(fn, mode)
+                if paths[mode] != mode:  # `fast` has two paths: say which one is timed
+                    log(f"  [{variant}] mode {mode} runs as: {paths[mode]}")
                 devs[mode] = check(fn, inputs, refs, refs64)
                 fns[mode] = (lambda f: lambda: f(z, x))(fn)
             except Exception as e:  # a mode this torch/device cannot run: note it, go on
@@ -486,7 +491,7 @@ def bench_variant(model, args, device, log=print):
         records.append({
             "variant": variant, "device": device.type, "device_name": name,
             "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": args.batch,
-            "mode": mode, "exact": is_exact(mode), **stats, **s,
+            "mode": mode, "path": paths[mode], "exact": is_exact(mode), **stats, **s,
             "speedup_vs_released": base / s["median_ms"] if base else None,
             "max_abs_dev": devs[mode][0], "score_dev": devs[mode][1],
             "dev_vs_fp64": devs[mode][2], "eager_fp32_err": eager_err,
@@ -500,9 +505,10 @@ def bench_variant(model, args, device, log=print):
 
 # ----------------------------------------------------------------------------- end-to-end tracking
 def make_sequence(folder, frames, size=(640, 360), seed=0):
-    """One procedural sequence (data.synth) of `frames` frames, written under `folder`."""
+    """One procedural sequence (synth.py) of `frames` frames, written under `folder`."""
     import data
-    data.synth(folder, sequences=1, frames=frames, seed=seed, size=size, val_fraction=0,
+    import synth
+    synth.synth(folder, sequences=1, frames=frames, seed=seed, size=size, val_fraction=0,
                progress=False)
     return data.read_got10k(folder, "train")[0]
 
@@ -624,6 +630,8 @@ def format_table(records):
                          f"error {r['eager_fp32_err']:.1e})")
         else:
             flag = ""
+        if r.get("path", r["mode"]) != r["mode"]:
+            flag += f"  [{r['path']}]"
         lines.append(
             f"{r['variant']:7s} {r['mode']:10s} {'yes' if r['exact'] else 'no':5s} "
             f"{r['median_ms']:7.2f} {r['p90_ms']:7.2f} {r['min_ms']:7.2f} {r['fps']:7.1f} "
@@ -716,54 +724,45 @@ def variants_of(args):
     return list(hit.VARIANTS) if args.variant == "all" else [args.variant]
 
 
-def main(argv=None):
-    args, device = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    machine = machine_info(device, args.threads)
-    print(f"HiT bench on {machine['device_name']} ({device.type}), torch {torch.__version__}, "
-          f"{args.threads} threads, batch {args.batch}, {args.warmup} warm-up + {args.iters} "
-          f"timed calls per mode, interleaved; modes {','.join(args.modes)}")
-    warning = busy_warning(args.threads) if device.type == "cpu" else None
-    if warning:
-        print(warning)
-    records, skipped, tracking, training = [], [], [], []
-    tmp = tempfile.TemporaryDirectory(prefix="hit_bench_")  # the procedural sequence
-    try:
-        seq = None
-        for variant in variants_of(args):
-            print(f"[{variant}] preparing and timing {len(args.modes)} modes ...", flush=True)
-            model = make_model(variant, args.checkpoint, args.seed)
-            with fast.no_tf32():  # every mode in true float32 (PyTorch's TF32 convs: ~1e-3)
-                recs, skip = bench_variant(model, args, device)
-            records += recs
-            skipped += skip
-            for r in recs:
-                if r["exact"] and not r["exact_ok"]:
-                    print(f"!! WARNING: {variant} {r['mode']} is an exact mode but deviates "
-                          f"from eager by {max(r['max_abs_dev'], r['score_dev']):.2e} > {EXACT_TOL:g} "
-                          f"(from float64 eager {r['dev_vs_fp64']:.2e}; eager float32 itself "
-                          f"{r['eager_fp32_err']:.2e} from it)")
-            for mode in ([] if args.no_track else args.track_modes):
-                reason = skip_reason(mode, device)
-                if reason is None:
-                    seq = seq or make_sequence(tmp.name, args.track_frames)
-                    ms = next((r["median_ms"] for r in recs if r["mode"] == mode), None)
-                    reason = attempt(lambda: tracking.append(bench_tracking(
-                        model, mode, device, seq, ms if args.batch == 1 else None)))
-                if reason:
-                    print(f"  [{variant}] not tracking in {mode}: {reason}")
-                    skipped.append({"variant": variant, "mode": f"tracking {mode}",
-                                    "device": device.type, "reason": reason})
-            amp = amp_dtype_for(device)  # --amp's step too, where it does anything
-            for dtype in ([] if args.no_train else [None] + ([amp] if amp else [])):
-                reason = attempt(lambda: training.append(bench_training(
-                    model, device, args.train_batch, steps=args.train_steps, amp_dtype=dtype)))
-                if reason:
-                    print(f"  [{variant}] training throughput ({dtype or 'float32'}): {reason}")
-                    skipped.append({"variant": variant, "mode": "training",
-                                    "device": device.type, "reason": reason})
-    finally:
-        tmp.cleanup()
+def track_variant(model, args, device, sequence, tracking, skipped, recs):
+    """End-to-end tracking fps of `model` in each --track-modes mode (appends to `tracking`)."""
+    variant = model.cfg.variant
+    for mode in ([] if args.no_track else args.track_modes):
+        reason = skip_reason(mode, device)
+        if reason is None:
+            seq = sequence()
+            ms = next((r["median_ms"] for r in recs if r["mode"] == mode), None)
+            reason = attempt(lambda: tracking.append(bench_tracking(
+                model, mode, device, seq, ms if args.batch == 1 else None)))
+        if reason:
+            print(f"  [{variant}] not tracking in {mode}: {reason}")
+            skipped.append({"variant": variant, "mode": f"tracking {mode}",
+                            "device": device.type, "reason": reason})
+
+
+def train_variant(model, args, device, training, skipped):
+    """Training throughput of `model`, float32 and --amp's autocast where it does anything."""
+    variant = model.cfg.variant
+    amp = amp_dtype_for(device)
+    for dtype in ([] if args.no_train else [None] + ([amp] if amp else [])):
+        reason = attempt(lambda: training.append(bench_training(
+            model, device, args.train_batch, steps=args.train_steps, amp_dtype=dtype)))
+        if reason:
+            print(f"  [{variant}] training throughput ({dtype or 'float32'}): {reason}")
+            skipped.append({"variant": variant, "mode": "training",
+                            "device": device.type, "reason": reason})
+
+
+def warn_not_exact(records):
+    for r in records:
+        if r["exact"] and not r["exact_ok"]:
+            print(f"!! WARNING: {r['variant']} {r['mode']} is an exact mode but deviates "
+                  f"from eager by {max(r['max_abs_dev'], r['score_dev']):.2e} > {EXACT_TOL:g} "
+                  f"(from float64 eager {r['dev_vs_fp64']:.2e}; eager float32 itself "
+                  f"{r['eager_fp32_err']:.2e} from it)")
+
+
+def report(records, tracking, training, skipped):
     print()
     print(format_table(records))
     print("times in ms per call (median, p90, min); vs rel = released median / mode median, same "
@@ -776,6 +775,31 @@ def main(argv=None):
         print(format_tracking(rec))
     for rec in training:
         print(format_training(rec))
+
+
+def main(argv=None):
+    args, device = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    machine = machine_info(device, args.threads)
+    print(f"HiT bench on {machine['device_name']} ({device.type}), torch {torch.__version__}, "
+          f"{args.threads} threads, batch {args.batch}, {args.warmup} warm-up + {args.iters} "
+          f"timed calls per mode, interleaved; modes {','.join(args.modes)}")
+    warning = busy_warning(args.threads) if device.type == "cpu" else None
+    if warning:
+        print(warning)
+    records, skipped, tracking, training = [], [], [], []
+    with tempfile.TemporaryDirectory(prefix="hit_bench_") as seq_dir:
+        sequence = functools.cache(lambda: make_sequence(seq_dir, args.track_frames))  # made once
+        for variant in variants_of(args):
+            print(f"[{variant}] preparing and timing {len(args.modes)} modes ...", flush=True)
+            model = make_model(variant, args.checkpoint, args.seed)
+            with fast.no_tf32():  # every mode in true float32 (PyTorch's TF32 convs: ~1e-3)
+                recs, skip = bench_variant(model, args, device)
+            records, skipped = records + recs, skipped + skip
+            warn_not_exact(recs)
+            track_variant(model, args, device, sequence, tracking, skipped, recs)
+            train_variant(model, args, device, training, skipped)
+    report(records, tracking, training, skipped)
     machine["load_end"] = load_average()
     if warning:
         print(warning)

@@ -662,11 +662,5 @@ def main(argv=None) -> None:
         print(f"first: {q.name} ({len(q.frames)} frames, first box {None if q.gt is None else q.gt[0].tolist()})")
 
 
-def synth(*args, **kwargs):
-    """Moved to synth.py; this alias stays only until bench.py imports synth.synth."""
-    import synth as procedural
-    return procedural.synth(*args, **kwargs)
-
-
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -3,8 +3,11 @@
 HiT (ICCV 2023, "Exploring Lightweight Hierarchical Vision Transformers for Efficient
 Visual Tracking") tracks with a fixed template and no post-processing (paper Sec. 3.4):
 each frame is cropped around the previous box, the network predicts the new box, and the
-box is mapped back to the image. The exact crop, resize, mapping and clipping rules of
-the released tracker are in ../shared/HIT_NOTES.md ("Tracking"); the evaluation protocol
+box is mapped back to the image, all as the released tracker does it: template crop of
+side ceil(sqrt(w*h) * 2) resized to 128, search crop of side ceil(sqrt(w*h) * 4) around
+the previous box resized to 256 (crop rules: data.crop_resize), the prediction mapped
+back around the previous box's exact centre and clipped with a 10-pixel margin (section
+2 below); no window or scale penalty, no template update. The evaluation protocol
 is paper Sec. 4 (one-pass evaluation as pytracking's analysis computes it for LaSOT,
 TrackingNet, UAV123 and NFS; the official GOT-10k toolkit for GOT-10k).
 
@@ -229,7 +232,7 @@ def got10k_summary(results) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# 2. Box helpers (released tracker, HIT_NOTES "Tracking")
+# 2. Box helpers (the released tracker's rules, stated in each docstring)
 # ---------------------------------------------------------------------------------------
 
 
