@@ -228,6 +228,8 @@ def test_fast_mode_picks_compiled_bf16_or_int8(monkeypatch):
         warnings.simplefilter("error", UserWarning)  # no compile attempted, nothing to warn
         fast_model = fast.prepare(copy.deepcopy(model), "fast", "cpu")
     assert len(made) == 2 and isinstance(fast_model.head.towers[0], fast.Int8Conv2d)
+    assert fast.path_of(fast_model, "fast") == "eager int8 (this CPU has no native bfloat16)"
+    assert fast.path_of(fast.prepare(copy.deepcopy(model), "int8", "cpu"), "int8") == "int8"
 
 
 @pytest.mark.parametrize("mode", ["fused", "cuda_graph", "fp16", "bf16"])
@@ -277,6 +279,9 @@ def test_table_flags_an_exact_mode_that_deviates():
     assert "NOT EXACT" in bench.format_table([rec])
     assert "NOT EXACT" not in bench.format_table([dict(rec, exact_ok=True)])
     assert "reduced" in bench.format_table([dict(rec, mode="int8", exact=False, exact_ok=None)])
+    fell_back = dict(rec, mode="fast", exact=False, exact_ok=None, path="eager int8 (no bf16)")
+    assert "[eager int8 (no bf16)]" in bench.format_table([fell_back])  # never silently
+    assert "[" not in bench.format_table([dict(rec, exact_ok=True, path="fused")])
 
 
 # ----------------------------------------------------------------------------- training step
