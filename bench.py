@@ -17,7 +17,11 @@ the same weights (the baseline for every speed-up claim), `eager` (unfused), `fu
 `fp16` (GPU), `bf16` (GPU, and CPUs with native bfloat16), `int8` and `fast` (CPU: bf16
 autocast compiled by Inductor where the CPU has native bf16, else int8 Linears and head
 convs) are reported with their output deviation and never presented as exact. The
-compiled modes compile while they are prepared, before any timing.
+compiled modes compile while they are prepared, before any timing. `onnxruntime`,
+`openvino_fp32` (exact) and `openvino` (OpenVINO's own precision) run this project's ONNX
+export (fast.export_onnx). The peers `released_ort`, `released_ov_fp32`, `released_ov` and
+`released_ort_int8` run the released op sequence's export in the runtimes a deploying
+user would pick instead of PyTorch: the ratios to beat.
 
 Also measured: each mode's max |output - eager| on the same inputs (an exact mode beyond
 EXACT_TOL is flagged in the table), parameters and GMACs (torch.utils.flop_counter),
@@ -66,7 +70,7 @@ class Released(torch.nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.m = model.fuse()  # backbone BNs; Linear weights row-major (out, in), as released
+        self.m, self.cfg = model.fuse(), model.cfg  # backbone BNs; Linear weights row-major, as released
         with torch.no_grad():  # released LeViT caches each gathered bias in eval mode
             self.biases = {blk: blk.bias() for blk in self.m.modules() if isinstance(blk, levit.BiasTable)}
 
@@ -295,25 +299,50 @@ def attempt(fn):
         return failure(e)
 
 
-ALL_MODES = ("released",) + fast.MODES
+# The peers: the released model exported to ONNX (opset 17), in the runtimes a deploying
+# user would pick instead of PyTorch. Mode -> (fast.py runtime mode, precision).
+PEERS = {"released_ort": ("onnxruntime", "float32"), "released_ov_fp32": ("openvino_fp32", "float32"),
+         "released_ov": ("openvino", "OpenVINO's default"),
+         "released_ort_int8": ("onnxruntime", "ONNX Runtime dynamic int8")}
+ALL_MODES = ("released",) + tuple(PEERS) + fast.MODES
 
 
 def default_modes(device):
     device = torch.device(device)
     if device.type == "cuda":
-        return ["released", "eager", "fused", "cuda_graph", "fp16", "bf16"]
+        return ["released", "released_ort", "eager", "fused", "cuda_graph", "onnxruntime", "fp16", "bf16"]
     if device.type == "mps":
         return ["released", "eager", "fused", "fp16"]
-    return ["released", "eager", "fused", "compile", "int8", "fast"] + (["bf16"] if fast.cpu_has_bf16() else [])
+    return (["released"] + list(PEERS) + ["eager", "fused", "compile", "onnxruntime", "openvino_fp32",
+                                          "int8", "fast", "openvino"]
+            + (["bf16"] if fast.cpu_has_bf16() else []))
 
 
 def is_exact(mode):
-    return mode == "released" or mode in fast.EXACT_MODES
+    return mode == "released" or mode in fast.EXACT_MODES or PEERS.get(mode, (0, 0))[1] == "float32"
 
 
 def skip_reason(mode, device):
     """Why `mode` cannot run on `device` (a sentence), or None when it can."""
-    return None if mode == "released" else fast.unavailable(mode, device)
+    if mode == "released":
+        return None
+    return fast.unavailable(PEERS[mode][0] if mode in PEERS else mode, device)
+
+
+def build_peer(model, mode, device, batch=1):
+    """The released op sequence (Released) exported to ONNX and run by a runtime."""
+    runtime, precision = PEERS[mode]
+    with tempfile.TemporaryDirectory(prefix="hit_peer_") as tmp:
+        path = fast.export_onnx(Released(model.eval()), os.path.join(tmp, "released.onnx"))
+        if mode == "released_ort_int8":
+            quantization = fast.require("onnxruntime.quantization", "onnxruntime")
+            quantization.quantize_dynamic(path, os.path.join(tmp, "int8.onnx"))
+            path = os.path.join(tmp, "int8.onnx")
+        if runtime == "onnxruntime":
+            fn = fast.OnnxRuntime(path, model.cfg, device)
+            fn.path = fn.path.replace("float32", precision)
+            return fn
+        return fast.OpenVINO(path, model.cfg, "f32" if runtime == "openvino_fp32" else None, batch)
 
 
 def build_mode(model, mode, device, batch=1):
@@ -321,6 +350,8 @@ def build_mode(model, mode, device, batch=1):
     m = copy.deepcopy(model)
     if mode == "released":
         return Released(m.to(device).eval()).eval()
+    if mode in PEERS:
+        return build_peer(m, mode, device, batch)
     return fast.prepare(m, mode, device, batch)
 
 
@@ -673,9 +704,10 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=20, help="untimed calls per mode (default 20)")
     p.add_argument("--iters", type=int, default=100, help="timed calls per mode (default 100)")
     p.add_argument("--modes", default=None,
-                   help="comma list from " + ",".join(ALL_MODES) + "; default: CPU "
-                   "released,eager,fused,compile,int8,fast (+bf16 where the CPU has it); "
-                   "CUDA released,eager,fused,cuda_graph,fp16,bf16 (compile only when asked)")
+                   help="comma list from " + ",".join(ALL_MODES) + "; default on a CPU: all "
+                   "but cuda_graph and fp16 (bf16 where the CPU has it); on CUDA: released, "
+                   "released_ort, eager, fused, cuda_graph, onnxruntime, fp16, bf16. released_* "
+                   "are the peers: the released model exported to ONNX, in a runtime")
     p.add_argument("--json", metavar="PATH", help="write records, tracking, training, machine")
     p.add_argument("--checkpoint", metavar="PATH",
                    help="real weights (released or ours); default: seeded random weights with "

@@ -15,6 +15,8 @@ Then `proj1` maps every token of O to the head width (256) and `proj2` maps the 
 vector G. Parameter names (`layers.0.0.weight`, `proj1`, `proj2`) follow the release
 (there the module is called `bottleneck`).
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,7 +56,7 @@ class Bridge(nn.Module):
         return self.layers[i](m).flatten(2).transpose(1, 2)  # (B, 4hw, C') row-major
 
     def forward(self, s_max, s_mid, s_min):
-        side = int(round(s_min.shape[1] ** 0.5))  # 4 for a 256 search crop
+        side = math.isqrt(s_min.shape[1])  # 4 for a 256 search crop (4x4 tokens)
         x = None
         if "min" in self.stages:
             x = self.up(0, s_min, side)  # (B, 4*side^2, C_mid)

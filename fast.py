@@ -9,12 +9,19 @@ callable. It works from outside: it replaces whole submodules or wraps the model
 paper classes carry no branches for it. track.py and bench.py import it; the network
 files never do.
 """
+import argparse
 import contextlib
 import copy
+import dataclasses
 import functools
+import importlib
+import importlib.util
 import io
+import json
 import os
 import statistics
+import sys
+import tempfile
 import time
 import warnings
 
@@ -599,9 +606,130 @@ def fast_cpu(model, batch=1):
     return fn
 
 
+# ----------------------------------------------------------------------------- ONNX export and runtimes
+ONNX_OPSET = 17  # runs in every ONNX Runtime and OpenVINO release we target
+EXTRAS = "pip install -r requirements-deploy.txt"
+
+
+def require(module, package=None):
+    """Import an optional deployment package, or fail with a message naming it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        package = package or module
+        raise ImportError(f"this needs the optional package {package!r}: pip install {package} "
+                          f"(or {EXTRAS})") from e
+
+
+class BoxesAndScore(nn.Module):
+    """The (pred_boxes, score) tuple of a model's output dict: ONNX graphs return tuples."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, template, search):
+        out = self.model(template, search)
+        return out["pred_boxes"], out["score"]
+
+
+def export_onnx(model, path, opset=ONNX_OPSET):
+    """Write `model` as one ONNX graph: inputs template (B, 3, 128, 128) and search
+    (B, 3, 256, 256), outputs pred_boxes (B, 4) and score (B,), B dynamic. A HiT is
+    exported as its FastHiT rewrite (a copy; every BN folded, merged towers, folded proj1,
+    frozen biases), so every runtime gains from those too; any other module returning the
+    same dict (bench.Released) is exported as it is (a copy: the model is left as it
+    was). Uses PyTorch's TorchScript-based
+    exporter (`dynamo=False`: the dynamo exporter fixed the batch size in the reshapes);
+    the exporter, opset and HiT config are written into the file's metadata and
+    onnx.checker must pass. Returns `path`."""
+    onnx = require("onnx")
+    # A copy: the exporter folds BNs into convs by writing the shared weight tensors.
+    model = copy.deepcopy(model).cpu().eval()
+    if isinstance(model, hit.HiT):
+        model = FastHiT(model)
+    cfg = model.cfg
+    inputs = example_inputs(cfg, 1)
+    batch = {0: "batch"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes on shape arithmetic (fixed sizes: intended)
+        torch.onnx.export(BoxesAndScore(model), inputs, str(path), dynamo=False, opset_version=opset,
+                          input_names=["template", "search"], output_names=["pred_boxes", "score"],
+                          dynamic_axes={"template": batch, "search": batch, "pred_boxes": batch,
+                                        "score": batch})
+    graph = onnx.load(str(path))
+    meta = {"exporter": f"torch.onnx.export (TorchScript-based, dynamo=False), torch {torch.__version__}",
+            "opset": str(opset), "hit_config": json.dumps(dataclasses.asdict(cfg)),
+            "model": type(model).__name__}
+    for key, value in meta.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+    return path
+
+
+class OnnxRuntime:
+    """An exported HiT in ONNX Runtime (mode `onnxruntime`): the CPU execution provider,
+    or CUDA's on a CUDA device; float32, all graph optimisations, torch's thread count.
+    Takes and returns torch tensors like the other modes."""
+
+    def __init__(self, onnx_path, cfg, device="cpu"):
+        ort = require("onnxruntime")
+        self.cfg, self.device = cfg, torch.device(device)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        provider = "CUDAExecutionProvider" if self.device.type == "cuda" else "CPUExecutionProvider"
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
+        self.path = f"ONNX Runtime {ort.__version__}, {provider}, float32"
+
+    def __call__(self, template, search):
+        boxes, score = self.session.run(None, {"template": template.detach().float().cpu().numpy(),
+                                               "search": search.detach().float().cpu().numpy()})
+        return {"pred_boxes": torch.from_numpy(boxes).to(self.device),
+                "score": torch.from_numpy(score).to(self.device)}
+
+
+class OpenVINO:
+    """An exported HiT in OpenVINO on the CPU, reshaped to a fixed batch. precision None
+    keeps OpenVINO's own choice (bfloat16 on CPUs with native bf16: mode `openvino`, not
+    exact), "f32" forces float32 (mode `openvino_fp32`); `path` says which ran."""
+
+    def __init__(self, onnx_path, cfg, precision=None, batch=1):
+        ov = require("openvino")
+        self.cfg, core = cfg, ov.Core()
+        graph = core.read_model(str(onnx_path))
+        graph.reshape({"template": [batch, 3, cfg.template_size, cfg.template_size],
+                       "search": [batch, 3, cfg.search_size, cfg.search_size]})
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled = core.compile_model(graph, "CPU", config)
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16
+        self.request = self.compiled.create_infer_request()
+        self.path = f"OpenVINO {ov.__version__.split('-')[0]}, CPU, {self.precision}"
+
+    def __call__(self, template, search):
+        out = self.request.infer({"template": template.detach().float().cpu().numpy(),
+                                  "search": search.detach().float().cpu().numpy()})
+        boxes, score = (out[self.compiled.output(name)] for name in ("pred_boxes", "score"))
+        return {"pred_boxes": torch.from_numpy(boxes.copy()), "score": torch.from_numpy(score.copy())}
+
+
+def onnx_runtime_mode(model, mode, device, batch=1):
+    """`model` (a HiT or FastHiT) exported to ONNX and loaded in the runtime of `mode`."""
+    with tempfile.TemporaryDirectory(prefix="hit_onnx_") as tmp:
+        path = export_onnx(model, os.path.join(tmp, "hit.onnx"))
+        if mode == "onnxruntime":
+            return OnnxRuntime(path, model.cfg, device)
+        return OpenVINO(path, model.cfg, "f32" if mode == "openvino_fp32" else None, batch)
+
+
 # ----------------------------------------------------------------------------- modes
-EXACT_MODES = ("eager", "fused", "compile", "cuda_graph")  # outputs within 1e-4 of eager
-REDUCED_MODES = ("fp16", "bf16", "int8", "fast")  # faster, approximate: report their deviation
+EXACT_MODES = ("eager", "fused", "compile", "cuda_graph",  # outputs within 1e-4 of eager
+               "onnxruntime", "openvino_fp32")
+REDUCED_MODES = ("fp16", "bf16", "int8", "fast", "openvino")  # approximate: report their deviation
+RUNTIMES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "openvino_fp32": "openvino"}
 MODES = EXACT_MODES + REDUCED_MODES
 
 
@@ -622,6 +750,23 @@ def unavailable(mode, device):
         return "this GPU has no bfloat16 support"
     if mode in ("int8", "fast") and device.type != "cpu":
         return f"{mode} runs on the CPU only (fbgemm/oneDNN int8 kernels)"
+    if mode in RUNTIMES:
+        return runtime_unavailable(mode, device)
+    return None
+
+
+def runtime_unavailable(mode, device):
+    package = RUNTIMES[mode]
+    if importlib.util.find_spec(package) is None:
+        return f"{mode} needs the optional package {package!r}: pip install {package} (or {EXTRAS})"
+    if package == "openvino" and device.type != "cpu":
+        return f"{mode} runs on the CPU here"
+    if package == "onnxruntime" and device.type not in ("cpu", "cuda"):
+        return f"{mode} runs on the CPU or a CUDA GPU"
+    if package == "onnxruntime" and device.type == "cuda":
+        import onnxruntime
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            return "this onnxruntime has no CUDA execution provider (pip install onnxruntime-gpu)"
     return None
 
 
@@ -647,6 +792,8 @@ def prepare(model, mode="fused", device=None, batch=1):
         return Compiled(fast, batch=batch)
     if mode == "cuda_graph":
         return CudaGraph(fast, batch)
+    if mode in RUNTIMES:
+        return onnx_runtime_mode(fast, mode, device, batch)
     if device.type == "cpu":
         pack_linears(fast)
         pick_gemm(fast, *example_inputs(fast.cfg, batch, device))
@@ -656,3 +803,28 @@ def prepare(model, mode="fused", device=None, batch=1):
 def path_of(fn, mode):
     """What runs for `mode`: the mode's name, or for `fast` which of its two paths."""
     return getattr(fn, "path", mode)
+
+
+# ----------------------------------------------------------------------------- command line
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Deploy HiT: export it to ONNX (see also bench.py "
+                                            "for speed and track.py --mode for tracking).")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="write an ONNX graph (template, search -> pred_boxes, score; "
+                                      "dynamic batch; BN folded and this project's rewrites in it)")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a released .pth.tar or one of train.py's checkpoints")
+    src.add_argument("--variant", choices=sorted(hit.VARIANTS), help="random weights instead")
+    e.add_argument("--out", required=True, help="the .onnx file to write")
+    e.add_argument("--opset", type=int, default=ONNX_OPSET)
+    args = p.parse_args(argv)
+    try:
+        model = hit.load_checkpoint(args.checkpoint) if args.checkpoint else hit.build_hit(args.variant).eval()
+        export_onnx(model, args.out, args.opset)
+    except (ValueError, OSError, ImportError) as err:
+        sys.exit(f"fast.py export: error: {err}")
+    print(f"wrote {args.out}: HiT-{model.cfg.variant}, opset {args.opset}, dynamic batch")
+
+
+if __name__ == "__main__":
+    main()
