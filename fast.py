@@ -4,10 +4,12 @@ The network files (levit.py, attention_bias.py, bridge.py, hit.py) hold the pape
 network with one forward path per class. This file holds the rest: the machine queries
 the speed paths depend on, the exact inference rewrites (folded BatchNorms, merged corner
 towers, folded proj1, packed GEMMs), reduced precision (int8, bf16, fp16), torch.compile,
-CUDA graphs, the table of inference modes and `prepare`, which turns a HiT into a fast
-callable. It works from outside: it replaces whole submodules or wraps the model, so the
-paper classes carry no branches for it. track.py and bench.py import it; the network
-files never do.
+CUDA graphs, ONNX export with ONNX Runtime and OpenVINO as modes, the table of modes and
+`prepare`, which turns a HiT into a fast callable. It works from outside: it replaces
+whole submodules or wraps the model, so the paper classes carry no branches for it.
+track.py and bench.py import it; the network files never do.
+
+    python fast.py export --checkpoint HiT_Tiny.pth.tar --out hit_tiny.onnx
 """
 import argparse
 import contextlib
