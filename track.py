@@ -17,7 +17,8 @@ Contents, smallest pieces first:
   2. box helpers: `map_box_back`, `clip_box`;
   3. `Tracker(model, device=None, mode="fused")` with `initialize` / `track`;
   4. `run_sequence`;
-  5. drawing with Pillow: `draw_gif`, `plot_curves`;
+  5. drawing with Pillow: `draw_gif`, `plot_curves`; video files with PyAV (optional):
+     `read_video`, `VideoWriter`;
   6. the command line (`python track.py --help`).
 """
 
@@ -417,7 +418,7 @@ def run_sequence(tracker: Tracker, seq, init_box=None):
 
 
 # ---------------------------------------------------------------------------------------
-# 5. Drawing (Pillow only)
+# 5. Drawing (Pillow only) and video files (PyAV, optional)
 # ---------------------------------------------------------------------------------------
 
 PRED_COLOUR, GT_COLOUR = (255, 40, 40), (40, 220, 40)
@@ -554,6 +555,149 @@ def _legend(draw, labels, box, corner: str, font) -> None:
         draw.text((x0 + 30, y), text, fill="black", font=font, anchor="lm")
 
 
+def _import_av():
+    """PyAV (the maintained FFmpeg binding), imported on first use: it is optional."""
+    try:
+        import av
+    except ImportError:
+        raise ImportError("video files need PyAV: pip install av "
+                          "(it is listed in requirements-deploy.txt)") from None
+    return av
+
+
+def _reason(err) -> str:
+    return getattr(err, "strerror", None) or str(err)  # FFmpeg's words, without the errno
+
+
+def _open_video(path):
+    """-> (PyAV input container, its first video stream); bad files are ValueError."""
+    av = _import_av()
+    if not Path(path).exists():
+        raise ValueError(f"video file {path} does not exist")
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as err:
+        raise ValueError(f"cannot read video {path}: {_reason(err)}") from None
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{path}: no video stream (an empty or audio-only file)")
+    return container, container.streams.video[0]
+
+
+def video_info(path):
+    """-> (frame rate, (width, height)) of a video file, from its header."""
+    container, stream = _open_video(path)
+    with container:
+        return stream.average_rate or stream.guessed_rate or 25, (stream.width, stream.height)
+
+
+def _declared_frames(container, stream) -> int:
+    """The fewest frames the file's header promises: the exact count of its index (MP4,
+    MOV, AVI), else duration x frame rate less one for rounding (MKV, WebM; the
+    container's duration only when no other stream, say a longer audio track, can set
+    it), else 0 (raw streams declare neither)."""
+    if stream.frames:
+        return stream.frames
+    if stream.duration:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration and len(container.streams) == 1:
+        seconds = container.duration / 1e6  # in FFmpeg's AV_TIME_BASE, microseconds
+    else:
+        return 0
+    return max(0, round(seconds * float(stream.average_rate or 0)) - 1)
+
+
+def read_video(path):
+    """Yield (index, RGB uint8 (H, W, 3) array) for each frame of a video file.
+
+    RGB is the order the network was trained on (the released demo reads with OpenCV,
+    which gives BGR). A file that stops early raises ValueError naming it, after the
+    frames before the damage: data that cannot be decoded (a cut-off MP4; the frames the
+    decoder still holds come first), fewer frames than the header declares (a cut-off
+    MKV decodes without complaint), or no frames at all.
+    """
+    av = _import_av()
+    container, stream = _open_video(path)
+    damage = []  # the decoding error that stopped the file, if any
+
+    def decoded():
+        try:
+            for packet in container.demux(stream):
+                yield from packet.decode()
+        except av.FFmpegError as err:  # cut-off or damaged data
+            damage.append(err)
+            with contextlib.suppress(av.FFmpegError):  # the frames the decoder still holds
+                yield from stream.codec_context.decode(None)
+
+    count = 0
+    with container:
+        declared = _declared_frames(container, stream)
+        for count, frame in enumerate(decoded(), 1):
+            yield count - 1, frame.to_ndarray(format="rgb24")
+    if damage:
+        raise ValueError(f"{path}, frame {count + 1}: cannot decode (a truncated or damaged "
+                         f"file): {_reason(damage[0])}")
+    if count < declared:
+        raise ValueError(f"{path}: truncated: {count} frames decoded, its header declares "
+                         f"{declared} or more")
+    if count == 0:
+        raise ValueError(f"{path}: no frames (an empty video)")
+
+
+class VideoWriter:
+    """Write frames with the tracked box and its score drawn (Pillow) to a video file:
+    H.264 (libx264) where FFmpeg has it and the size is even, else MPEG-4 part 2. The
+    container comes from the file name's extension (.mp4, .mkv, ...)."""
+
+    def __init__(self, path, fps, size):
+        self.av, self.path = _import_av(), Path(path)
+        width, height = size
+        even = width % 2 == 0 and height % 2 == 0  # libx264's yuv420p needs even sizes
+        codec = "libx264" if even and "libx264" in self.av.codecs_available else "mpeg4"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.container = self.av.open(str(self.path), "w")
+        except (self.av.FFmpegError, ValueError) as err:  # ValueError: unknown extension
+            raise ValueError(f"cannot write video {self.path}: {_reason(err)}") from None
+        self.stream = self.container.add_stream(codec, rate=fps)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        if codec == "mpeg4":  # its default 200 kbit/s smears; about 0.2 bits per pixel
+            self.stream.bit_rate = max(200_000, int(0.2 * width * height * float(fps)))
+        self.font = _font(max(12, height // 24))
+
+    def write(self, image: np.ndarray, box, score=None) -> None:
+        """Draw `box` (x, y, w, h) and `score` (None: "init") on RGB `image`, append it."""
+        picture = Image.fromarray(image)
+        draw = ImageDraw.Draw(picture)
+        _rect(draw, box, 1.0, PRED_COLOUR, width=max(2, picture.height // 240))
+        label = "init" if score is None else f"{score:.2f}"
+        _, _, w, h = draw.textbbox((0, 0), label, font=self.font)
+        x, y = max(0.0, float(box[0])), float(box[1]) - h - 4  # above the box's corner
+        y = y if y >= 0 else max(0.0, float(box[1]))  # no room above: inside it
+        draw.rectangle([x, y, x + w + 4, y + h + 4], fill=PRED_COLOUR)
+        draw.text((x + 2, y + 2), label, fill="white", font=self.font)
+        self._mux(self.av.VideoFrame.from_ndarray(np.asarray(picture), format="rgb24"))
+
+    def _mux(self, frame) -> None:
+        try:
+            for packet in self.stream.encode(frame):  # frame None: flush the encoder
+                self.container.mux(packet)
+        except self.av.FFmpegError as err:
+            raise ValueError(f"cannot write video {self.path}: {_reason(err)}") from None
+
+    def close(self) -> None:
+        try:
+            self._mux(None)
+        finally:
+            self.container.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 # ---------------------------------------------------------------------------------------
 # 6. Command line
 # ---------------------------------------------------------------------------------------
@@ -562,6 +706,8 @@ DATASETS = ("got10k", "lasot", "trackingnet", "otb", "folder")
 EXAMPLES = """examples:
   track one folder of frames (init box from --init or DIR/groundtruth.txt line 1):
     python track.py --checkpoint HiT_Base.pth.tar --sequence DIR [--init x,y,w,h] [--gif out.gif]
+  track a video file, write it back with the box and score drawn (needs PyAV: pip install av):
+    python track.py --checkpoint C --video clip.mp4 --init x,y,w,h [--out-video tracked.mp4]
   run a dataset (resumable; GOT-10k gets the submission layout):
     python track.py --checkpoint C --dataset lasot --root R --split test --out results/hit_base
   score result folders (no model needed):
@@ -602,10 +748,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequence", help="folder of frames (optional groundtruth.txt)")
     p.add_argument("--init", type=parse_box, help="initial box x,y,w,h in pixels")
     p.add_argument("--gif", help="write an animated GIF of the boxes (with --sequence)")
+    p.add_argument("--video", help="video file to track, any format FFmpeg reads (needs --init "
+                                   "and PyAV: pip install av); frames go in as RGB")
+    p.add_argument("--out-video", help="write the video back with the box and score drawn (with "
+                                       "--video; same size and frame rate; H.264, else MPEG-4)")
     p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--root", help="dataset root")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
-    p.add_argument("--out", help="result file (--sequence) or folder (--dataset)")
+    p.add_argument("--out", help="result file, one x,y,w,h line per frame (--sequence, --video; "
+                                 "default: ./<name>.txt) or folder (--dataset)")
     p.add_argument("--analyze", action="store_true", help="score --results folders")
     p.add_argument("--results", nargs="+",
                    help="result folders to score; each after the first is also compared with "
@@ -623,17 +774,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(p: argparse.ArgumentParser, args) -> None:
+    if args.out_video and not args.video:
+        p.error("--out-video needs --video")
+    if args.video and (args.analyze or args.sequence or args.dataset):
+        p.error("--video goes alone, without --analyze, --sequence or --dataset")
     if args.analyze:
         if not (args.dataset and args.root and args.results):
             p.error("--analyze needs --dataset, --root and --results")
     elif args.sequence:
         if not args.checkpoint:
             p.error("--sequence needs --checkpoint")
+    elif args.video:
+        if not (args.checkpoint and args.init):
+            p.error("--video needs --checkpoint and --init")
     elif args.dataset:
         if not (args.checkpoint and args.root and args.out):
             p.error("--dataset needs --checkpoint, --root and --out")
     else:
-        p.error("give --sequence, --dataset or --analyze (see --help)")
+        p.error("give --sequence, --video, --dataset or --analyze (see --help)")
 
 
 def format_boxes(boxes) -> str:
@@ -702,6 +860,14 @@ def _fps(times) -> float:
     return float(len(t) / t.sum()) if t.sum() > 0 else float("nan")
 
 
+def _stop_keeping_boxes(err, boxes, out: Path):
+    """Write the boxes computed before `err` (none: no file), then stop with one line."""
+    if len(boxes) == 0:
+        raise SystemExit(f"error: {err}") from None
+    write_atomic(out, format_boxes(boxes))
+    raise SystemExit(f"error: {err} (the {len(boxes)} boxes before it are written to {out})")
+
+
 def cmd_sequence(args) -> None:
     folder = Path(args.sequence)
     sequences = data.read_folder(folder)
@@ -716,17 +882,49 @@ def cmd_sequence(args) -> None:
     try:
         boxes, times = run_sequence(tracker, seq, args.init)
     except FrameError as err:  # keep what was computed, then stop with one line
-        if len(err.boxes) == 0:
-            raise SystemExit(f"error: {err}") from None
-        write_atomic(out, format_boxes(err.boxes))
-        raise SystemExit(f"error: {err} (the {len(err.boxes)} boxes before it are written "
-                         f"to {out})") from None
+        _stop_keeping_boxes(err, err.boxes, out)
     write_atomic(out, format_boxes(boxes))
     print(f"{seq.name}: {len(boxes)} frames, {_fps(times):.1f} fps on {tracker.device}"
           f" ({tracker.mode}); boxes written to {out}")
     if args.gif:
         draw_gif(seq.frames, boxes, seq.gt, args.gif)
         print(f"GIF written to {args.gif}")
+
+
+def cmd_video(args) -> None:
+    try:
+        _import_av()
+    except ImportError as err:
+        raise SystemExit(f"error: {err}") from None
+    video = Path(args.video)
+    fps, size = video_info(video)  # a missing or unreadable file fails before the model loads
+    tracker = _make_tracker(args)
+    out = Path(args.out) if args.out else Path.cwd() / f"{video.stem}.txt"
+    boxes, times, start = [], [], time.perf_counter()
+    writer = VideoWriter(args.out_video, fps, size) if args.out_video else None
+    try:
+        with writer or contextlib.nullcontext():  # closed (playable) on errors too
+            for i, image in read_video(video):
+                t0 = time.perf_counter()
+                try:
+                    if i == 0:
+                        tracker.initialize(image, args.init)
+                        box, score = tracker.state, None
+                    else:
+                        box, score = tracker.track(image)
+                except ValueError as err:  # an init box outside the frame
+                    raise ValueError(f"{video}, frame {i + 1}: {err}") from None
+                times.append(time.perf_counter() - t0)
+                boxes.append(box)
+                if writer:
+                    writer.write(image, box, score)
+    except ValueError as err:  # keep what was computed, then stop with one line
+        _stop_keeping_boxes(err, boxes, out)
+    write_atomic(out, format_boxes(boxes))
+    overall = len(boxes) / (time.perf_counter() - start)
+    print(f"{video.name}: {len(boxes)} frames, {_fps(times):.1f} fps on {tracker.device} "
+          f"({tracker.mode}; {overall:.1f} fps with decoding and writing); boxes written to "
+          f"{out}" + (f", video to {args.out_video}" if writer else ""))
 
 
 def cmd_dataset(args) -> None:
@@ -869,7 +1067,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
-    command = cmd_analyze if args.analyze else cmd_sequence if args.sequence else cmd_dataset
+    command = (cmd_analyze if args.analyze else cmd_sequence if args.sequence
+               else cmd_video if args.video else cmd_dataset)
     try:
         command(args)
     except (ValueError, OSError) as err:
