@@ -187,8 +187,8 @@ def load_average():
 def busy_warning(threads):
     """A warning line when other processes already keep the cores busy. With every core
     taken, a multi-threaded forward stalls at each parallel region waiting for a
-    preempted thread (seen here: HiT-Tiny 26 ms with 1 thread, 1.6 s with 2): such
-    timings measure the machine, not the model."""
+    preempted thread (SPEED.md has a case of 60x): such timings measure the machine, not
+    the model."""
     load, cores = load_average(), os.cpu_count() or 1
     if load is not None and load + threads > cores + 0.5:
         return (f"!! machine busy: load average {load:.1f} on {cores} cores before this run "

@@ -212,7 +212,7 @@ def box_in_crop(box_xywh, crop_center_xy, resize_factor: float, out_size: int) -
 def normalize(crop: np.ndarray, brightness: float = 1.0) -> torch.Tensor:
     """uint8 (H, W, 3) RGB -> float32 (3, H, W): RGB/255 (times an optional brightness
     factor, clipped to [0, 1] as the released ToTensorAndJitter) then ImageNet mean/std."""
-    # (H,W,3) -> (3,H,W); made contiguous while still uint8: the float ops then run 2x faster
+    # (H,W,3) -> (3,H,W); made contiguous while still uint8, so the float ops run on contiguous memory
     t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).contiguous().float()
     if brightness == 1.0:
         t = t.div_(255.0)

@@ -48,9 +48,8 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
 
 def cpu_has_bf16(cpuinfo="/proc/cpuinfo"):
     """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16). There
-    oneDNN runs bf16 convolutions and GEMMs ~1.4-2x faster than fp32 (measured on an AMD
-    EPYC: the patch embedding 0.90 -> 0.65 ms, a 320x256x512 GEMM 0.42 -> 0.21 ms);
-    elsewhere it emulates them, slower than fp32."""
+    oneDNN's bf16 convolutions and GEMMs beat float32; elsewhere it emulates them, slower
+    than float32 (SPEED.md)."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags(cpuinfo))
 
 
@@ -77,7 +76,7 @@ def default_device():
 def gemm_layout(w):
     """The same (out, in) weight stored column-major (W^T contiguous). F.linear multiplies
     by W^T; a contiguous W^T suits BLAS better for the few-token GEMMs of stages 2 and 3
-    (20-80 rows; SPEED.md), and costs nothing else."""
+    (20-80 rows; measured in SPEED.md), and costs nothing else."""
     return w.detach().t().contiguous().t()
 
 
@@ -296,9 +295,7 @@ class PackedLinear(nn.Module):
     """A Linear (+ an optional Hardswish after it) for CPU inference through one of two
     GEMMs: oneDNN with the weight pre-packed in its blocked layout (the Hardswish fused
     into the GEMM's epilogue), or F.linear (MKL sgemm) on the column-major weight.
-    Neither wins everywhere (see `pick_gemm`): on a 2-core AMD EPYC oneDNN ran LeViT's
-    GEMMs 1.2-1.8x faster (20x768 -> 1536: 407 -> 230 us); on a 2-core Sapphire Rapids
-    MKL made fused Tiny/Small 1.1x faster than oneDNN did, Base slightly slower. Same
+    Neither wins on every CPU (SPEED.md), so `pick_gemm` times both in context. Same
     results within float32 rounding either way. The packed copy is an opaque tensor: made
     on first use, remade when the weight changes, never saved or copied; with autograd
     on, off the CPU, or without oneDNN this is F.linear."""
@@ -388,8 +385,8 @@ class InBF16(nn.Module):
 class Int8Conv2d(nn.Module):
     """Conv2d (+ its activation) in int8: weights per output channel, the input quantised
     per call over its own min..max (asymmetric uint8, so nothing to calibrate), run by
-    oneDNN's int8 convolution with float32 output. The fast mode's corner head: 3.9 ->
-    1.7 ms for Tiny's towers (bf16: 2.3), within ~1.5 % of the float output.
+    oneDNN's int8 convolution with float32 output: the eager `fast` path's corner head,
+    faster than its float32 or bf16 convolutions (SPEED.md).
     Pre-VNNI x86 CPUs multiply u8 x s8 pairs into saturating int16, so there the input
     uses 7 bits (`levels` 127), as PyTorch's own x86 quantisation does."""
 
@@ -514,12 +511,11 @@ class Compiled(nn.Module):
     few C++/OpenMP kernels, which removes most of the per-op dispatch cost of a batch-1
     forward. `autotune` also lets Inductor time its own C++ GEMM kernels (AMX/AVX-512
     micro-kernels sized to these few-token GEMMs) against oneDNN's per GEMM and keep the
-    faster: on a 2-core Sapphire Rapids HiT-Small in bf16 10.5 -> 8.4 ms (no gain in
-    float32, so `compile` does not autotune).
+    faster; it pays in bf16, not in float32 (SPEED.md), so `compile` does not autotune.
 
     Freezing ties the graph to the weights of the first call: inference only; build a new
-    one after changing weights. The first call compiles: 10-30 s on 2 cores, 1-3 min with
-    autotune; Inductor caches it on disk, so later processes take a fraction of that.
+    one after changing weights. The first call compiles (seconds; minutes with autotune);
+    Inductor caches it on disk, so later processes take a fraction of that.
     The constructor makes that call, so a missing C++ compiler fails there, not while
     tracking. The Inductor options are set around each call (a new input shape compiles
     again), never globally.
