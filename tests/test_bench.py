@@ -336,10 +336,13 @@ def test_cpu_name_reads_cpuinfo(tmp_path):
 
 def test_default_modes_per_device():
     cpu = bench.default_modes("cpu")
-    assert cpu[:6] == ["released", "eager", "fused", "compile", "int8", "fast"]
+    assert cpu[:5] == ["released", "released_ort", "released_ov_fp32", "released_ov", "released_ort_int8"]
+    assert cpu[5:13] == ["eager", "fused", "compile", "onnxruntime", "openvino_fp32", "int8", "fast", "openvino"]
     assert ("bf16" in cpu) == fast.cpu_has_bf16() and "fp16" not in cpu
+    assert all(m in bench.ALL_MODES for m in cpu)
     cuda = bench.default_modes("cuda")
     assert "cuda_graph" in cuda and "int8" not in cuda and "compile" not in cuda
+    assert "released_ort" in cuda and "openvino" not in cuda  # OpenVINO runs on the CPU here
 
 
 # ----------------------------------------------------------------------------- command line
