@@ -320,11 +320,11 @@ class Tracker:
     `path` says what runs (for `fast`, which of its two paths).
     """
 
-    def __init__(self, model: torch.nn.Module, device=None, mode: str = "fused"):
+    def __init__(self, model: torch.nn.Module, device=None, mode: str = "fused", batch: int = 1):
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
-        self.mode = mode
-        self.model = fast.prepare(model, mode, self.device)
+        self.mode, self.batch = mode, batch  # batch: the widest forward (run_batched's slots)
+        self.model = fast.prepare(model, mode, self.device, batch)
         self.exact_cuda = self.device.type == "cuda" and mode in fast.EXACT_MODES  # float32, not TF32
         self.path = fast.path_of(self.model, mode)
         self.dtype = torch.float32
@@ -337,12 +337,31 @@ class Tracker:
         x = data.normalize(crop).unsqueeze(0)  # (3, S, S) -> (1, 3, S, S)
         return x.to(self.device, self.dtype, non_blocking=True), resize_factor
 
+    def template_crop(self, image: np.ndarray, box):
+        """(checked box, template (1, 3, 128, 128) on the device) for a first frame."""
+        box = _check_box(box, image)
+        return box, self._crop_tensor(image, box, TEMPLATE_FACTOR, TEMPLATE_SIZE)[0]
+
+    def search_crop(self, image: np.ndarray, prev_box):
+        """(search (1, 3, 256, 256) on the device, resize factor) around the previous box."""
+        return self._crop_tensor(image, prev_box, SEARCH_FACTOR, SEARCH_SIZE)
+
+    def forward(self, templates, searches):
+        """One forward of (B, 3, 128, 128) templates and (B, 3, 256, 256) searches ->
+        (B predicted boxes (cx, cy, w, h) in [0, 1] of each crop, B scores)."""
+        with fast.no_tf32() if self.exact_cuda else contextlib.nullcontext():
+            out = self.model(templates, searches)
+        return out["pred_boxes"].float().tolist(), out["score"].float().tolist()  # waits for the device
+
+    @staticmethod
+    def next_box(pred, prev_box, resize_factor: float, image: np.ndarray):
+        """The prediction mapped back into the image around the previous box, clipped."""
+        box = map_box_back(pred, prev_box, resize_factor, SEARCH_SIZE)
+        return clip_box(box, image.shape[0], image.shape[1], margin=10)
+
     @torch.inference_mode()
     def initialize(self, image, box) -> None:
-        image = _check_image(image)
-        box = _check_box(box, image)
-        self.template, _ = self._crop_tensor(image, box, TEMPLATE_FACTOR, TEMPLATE_SIZE)
-        self.state = box
+        self.state, self.template = self.template_crop(_check_image(image), box)
 
     @torch.inference_mode()
     def track(self, image):
@@ -351,16 +370,12 @@ class Tracker:
             raise ValueError("track() called before initialize()")
         image = _check_image(image)
         t0 = time.perf_counter()
-        search, resize_factor = self._crop_tensor(image, self.state, SEARCH_FACTOR, SEARCH_SIZE)
+        search, resize_factor = self.search_crop(image, self.state)
         _sync(self.device)
         t1 = time.perf_counter()
-        with fast.no_tf32() if self.exact_cuda else contextlib.nullcontext():
-            out = self.model(self.template, search)
-        pred = out["pred_boxes"][0].float().tolist()  # .tolist() waits for the device
-        score = float(out["score"][0])
+        preds, scores = self.forward(self.template, search)
         t2 = time.perf_counter()
-        box = map_box_back(pred, self.state, resize_factor, SEARCH_SIZE)
-        self.state = clip_box(box, image.shape[0], image.shape[1], margin=10)
+        self.state, score = self.next_box(preds[0], self.state, resize_factor, image), scores[0]
         t3 = time.perf_counter()
         self.last_timing = {
             "preprocess": 1e3 * (t1 - t0),
@@ -415,6 +430,115 @@ def run_sequence(tracker: Tracker, seq, init_box=None):
         times[i] = time.perf_counter() - t0
         boxes[i] = box
     return boxes, times
+
+
+# Modes whose prepared model runs one fixed batch size (compiled graphs, CUDA graphs,
+# OpenVINO reshaped at load): run_batched pads their forwards to Tracker.batch rows.
+FIXED_BATCH_MODES = ("compile", "cuda_graph", "fast", "openvino", "openvino_fp32")
+
+
+class _Slot:
+    """One sequence in flight in run_batched: its own template and previous box."""
+
+    def __init__(self, seq, boxes, times, box, template):
+        self.seq, self.boxes, self.times = seq, boxes, times  # (N, 4), (N,) filled as it goes
+        self.box, self.template, self.next = box, template, 1  # frame 0 is initialisation
+
+
+def _start(tracker: Tracker, seq):
+    """Read and initialise frame 0 of `seq` -> its _Slot (FrameError if it cannot)."""
+    n = len(seq.frames)
+    if seq.gt is None or len(seq.gt) == 0:
+        raise ValueError(f"sequence {seq.name}: no init box and no ground truth")
+    try:
+        image = data.read_image(seq.frames[0])
+        t0 = time.perf_counter()
+        box, template = tracker.template_crop(image, seq.gt[0])
+    except ValueError as err:
+        raise FrameError(f"sequence {seq.name}, frame 1 of {n}: {err}", 1, np.zeros((0, 4)),
+                         np.zeros(0)) from err
+    boxes, times = np.zeros((n, 4)), np.zeros(n)
+    boxes[0], times[0] = box, time.perf_counter() - t0
+    return _Slot(seq, boxes, times, box, template)
+
+
+@torch.inference_mode()
+def run_batched(tracker: Tracker, sequences, on_done, on_error):
+    """Track `sequences` tracker.batch at a time, in lockstep: every step, the next frame of
+    each sequence in flight goes through one batched forward; a finished sequence's slot
+    takes the next sequence. Each slot keeps its own template and previous box, so a
+    sequence's boxes do not depend on its neighbours (up to the float rounding of batched
+    GEMMs). Calls on_done(seq, boxes (N, 4), times (N,)) per finished sequence, in the
+    order they finish, and on_error(seq, FrameError) for one that cannot be read. A
+    frame's time is its own reading-free preprocessing plus its share of the step's
+    forward; frame 0's is initialisation, as run_sequence records."""
+    queue, slots = iter(sequences), [None] * tracker.batch
+
+    def refill(i):
+        slots[i] = None
+        for seq in queue:
+            try:
+                slot = _start(tracker, seq)
+            except ValueError as err:
+                on_error(seq, err)
+                continue
+            if len(seq.frames) == 1:  # a one-frame sequence ends at initialisation
+                on_done(seq, slot.boxes, slot.times)
+                continue
+            slots[i] = slot
+            return
+
+    def finish(i):
+        slot = slots[i]
+        if slot.next == len(slot.seq.frames):
+            on_done(slot.seq, slot.boxes, slot.times)
+            refill(i)
+
+    for i in range(len(slots)):
+        refill(i)
+    while any(slots):
+        rows = _step_inputs(tracker, slots, on_error, refill)
+        if not rows:
+            continue
+        _step_forward(tracker, slots, rows)
+        for i, *_ in rows:
+            finish(i)
+
+
+def _step_inputs(tracker, slots, on_error, refill):
+    """Read and crop the next frame of every slot -> [(slot, search, resize, image, secs)]."""
+    rows = []
+    for i, slot in enumerate(slots):
+        if slot is None:
+            continue
+        k, n = slot.next, len(slot.seq.frames)
+        try:
+            image = data.read_image(slot.seq.frames[k])
+            t0 = time.perf_counter()
+            search, resize_factor = tracker.search_crop(image, slot.box)
+        except ValueError as err:
+            on_error(slot.seq, FrameError(f"sequence {slot.seq.name}, frame {k + 1} of {n}: {err}",
+                                          k + 1, slot.boxes[:k].copy(), slot.times[:k].copy()))
+            refill(i)
+            continue
+        rows.append((i, search, resize_factor, image, time.perf_counter() - t0))
+    return rows
+
+
+def _step_forward(tracker, slots, rows):
+    """One forward for all rows (padded to tracker.batch where the mode needs it), then
+    each slot's box mapped back into its image."""
+    templates = [slots[i].template for i, *_ in rows]  # each (1, 3, 128, 128)
+    searches = [search for _, search, *_ in rows]  # each (1, 3, 256, 256)
+    pad = tracker.batch - len(rows) if tracker.mode in FIXED_BATCH_MODES else 0
+    t0 = time.perf_counter()
+    preds, _ = tracker.forward(torch.cat(templates + templates[-1:] * pad),  # (B, 3, 128, 128)
+                               torch.cat(searches + searches[-1:] * pad))  # (B, 3, 256, 256)
+    share = (time.perf_counter() - t0) / len(rows)
+    for (i, _, resize_factor, image, secs), pred in zip(rows, preds):
+        slot, k = slots[i], slots[i].next
+        slot.box = tracker.next_box(pred, slot.box, resize_factor, image)
+        slot.boxes[k], slot.times[k], slot.next = slot.box, secs + share, k + 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -770,6 +894,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="fused", choices=fast.MODES,
                    help="inference mode (fast.prepare; speeds in bench.py; default: fused)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="with --dataset: track this many sequences in lockstep, one batched "
+                        "forward per step (default 1). Under torchrun each rank (one GPU per "
+                        "rank where present) takes every world-th sequence")
     return p
 
 
@@ -843,12 +971,12 @@ def _device(name):
     return device
 
 
-def _make_tracker(args) -> Tracker:
+def _make_tracker(args, batch: int = 1) -> Tracker:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     model = hit.load_checkpoint(args.checkpoint, device=device)
-    tracker = Tracker(model, device=device, mode=args.mode)
+    tracker = Tracker(model, device=device, mode=args.mode, batch=batch)
     if tracker.path != args.mode:  # `fast` has two paths: say which one runs
         print(f"mode {args.mode}: {tracker.path}", file=sys.stderr)
     return tracker
@@ -927,31 +1055,72 @@ def cmd_video(args) -> None:
           f"{out}" + (f", video to {args.out_video}" if writer else ""))
 
 
+def _shard():
+    """(rank, world) under torchrun (its environment), else (0, 1); joins the process group
+    (gloo: only small results travel between ranks) so that rank 0 can report for all."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return rank, world
+
+
+def _rank_device(args, rank: int):
+    """One GPU per rank under torchrun (LOCAL_RANK); the CPU or --device otherwise."""
+    device = _device(args.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def write_result(out: Path, dataset: str, seq, boxes, times) -> None:
+    """A sequence's result files, each written atomically; the box file marks completion."""
+    target = result_path(out, seq.name, dataset)
+    if dataset == "got10k":  # time file first: the box file marks completion
+        write_atomic(target.with_name(f"{seq.name}_time.txt"), "".join("%.8f\n" % t for t in times))
+    write_atomic(target, format_boxes(boxes))
+
+
 def cmd_dataset(args) -> None:
     from tqdm import tqdm
 
     sequences = data.read_dataset(args.dataset, args.root, args.split)
-    tracker = _make_tracker(args)
-    out, done, failed = Path(args.out), 0, {}
-    bar = tqdm(sequences, unit="seq", desc=f"{args.dataset} {args.split}")
-    for seq in bar:
-        target = result_path(out, seq.name, args.dataset)
-        if target.exists():  # resumable: finished sequences are skipped
-            done += 1
-            continue
-        try:
-            boxes, times = run_sequence(tracker, seq)
-        except ValueError as err:  # a broken frame or ground truth: report, go on
-            failed[seq.name] = str(err)
-            bar.write(f"error: {err}; sequence skipped")
-            continue  # no result file, so that a rerun retries it
-        if args.dataset == "got10k":  # time file first: the box file marks completion
-            write_atomic(target.with_name(f"{seq.name}_time.txt"),
-                         "".join("%.8f\n" % t for t in times))
-        write_atomic(target, format_boxes(boxes))
-        bar.set_postfix(fps=f"{_fps(times):.1f}")
-    tracked = len(sequences) - done - len(failed)
-    print(f"{tracked} sequences tracked, {done} already done, {len(failed)} failed; "
+    rank, world = _shard()
+    out, mine = Path(args.out), sequences[rank::world]  # each rank writes its own sequences
+    todo = [s for s in mine if not result_path(out, s.name, args.dataset).exists()]  # resumable
+    args.device = str(_rank_device(args, rank))
+    tracker = _make_tracker(args, batch=args.batch)
+    failed, frames, t0 = {}, [0], time.perf_counter()
+    bar = tqdm(total=len(todo), unit="seq", desc=f"{args.dataset} {args.split}"
+               + (f" rank {rank}/{world}" if world > 1 else ""), position=rank)
+
+    def done(seq, boxes, times):
+        write_result(out, args.dataset, seq, boxes, times)
+        frames[0] += len(boxes)
+        bar.update(1)
+        bar.set_postfix(fps=f"{frames[0] / (time.perf_counter() - t0):.1f}")
+
+    def error(seq, err):  # a broken frame or ground truth: report, go on
+        failed[seq.name] = str(err)
+        bar.write(f"error: {err}; sequence skipped")  # no result file: a rerun retries it
+        bar.update(1)
+
+    run_batched(tracker, todo, done, error)
+    bar.close()
+    _report(len(todo) - len(failed), len(mine) - len(todo), failed, out, world)
+
+
+def _report(tracked: int, skipped: int, failed: dict, out: Path, world: int) -> None:
+    """Rank 0 prints the summary of every rank once all are done; failures end in an error."""
+    if world > 1:
+        parts = [None] * world
+        torch.distributed.all_gather_object(parts, (tracked, skipped, failed))
+        tracked, skipped = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        failed = {k: v for p in parts for k, v in p[2].items()}
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return
+    print(f"{tracked} sequences tracked, {skipped} already done, {len(failed)} failed; "
           f"results in {out}")
     if failed:
         lines = "".join(f"\n  {name}: {why}" for name, why in failed.items())
