@@ -1,11 +1,14 @@
 """Tests for data.py and synth.py: the released crop/resize arithmetic, image decoding,
 every dataset reader (valid and malformed layouts written here), the procedural set and
 PairDataset."""
+import gc
 import hashlib
 import json
 import math
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,11 +174,17 @@ def test_crop_corner_uses_half_to_even_rounding():
     assert corner == (0, 4, 8, 12) and factor == 2.0 and crop.shape == (16, 16, 3)
 
 
-@pytest.mark.parametrize("box,factor,out", [((2, 3, 5, 4), 2.0, 16), ((-3, 5, 6, 9), 2.0, 12),
-                                            ((10, 12, 7, 7), 4.0, 32), ((40, -20, 30, 25), 4.0, 64),
-                                            ((0, 0, 3, 3), 4.0, 16)])
+MATERIALISED_CASES = [((2, 3, 5, 4), 2.0, 16), ((-3, 5, 6, 9), 2.0, 12), ((10, 12, 7, 7), 4.0, 32),
+                      ((40, -20, 30, 25), 4.0, 64), ((0, 0, 3, 3), 4.0, 16)]
+
+
+def random_image(h=24, w=30, seed=2):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("box,factor,out", MATERIALISED_CASES)
 def test_crop_matches_materialised_released_crop(box, factor, out):
-    img = np.random.default_rng(2).integers(0, 256, (24, 30, 3), dtype=np.uint8)
+    img = random_image()
     crop, factor_out, _ = data.crop_resize(img, box, factor, out)
     assert crop.shape == (out, out, 3)
     assert factor_out == out / math.ceil(math.sqrt(box[2] * box[3]) * factor)
@@ -210,6 +219,136 @@ def test_normalize_values_and_shape():
     assert torch.allclose(bright[2], torch.full((2, 2), (1 - 0.406) / 0.225))  # clipped at 1
 
 
+# ----------------------------------------------------------------------------- preprocessing as tensors
+
+
+def crop_cases():
+    """(image, box, factor, out) of the crop tests above, plus crops at and beyond the
+    edges, tiny and huge crops, odd image sizes and the tracker's 128 and 256 outputs."""
+    ramp, ramp20, rand = ramp_image(), ramp_image(20, 20), random_image()
+    frame = random_image(360, 640, seed=3)
+    odd = random_image(37, 23, seed=4)
+    return ([(ramp, (6, 6, 4, 4), 1.0, 4), (ramp, (-1, -1, 4, 4), 1.0, 4),
+             (ramp20, (0.5, 0.5, 4, 4), 1.0, 4), (ramp20, (1.5, 2.5, 4, 4), 1.0, 4),
+             (ramp20, (3, 4, 2, 8), 2.0, 16)]
+            + [(rand, box, factor, out) for box, factor, out in MATERIALISED_CASES]
+            + [(odd, (0.2, 0.3, 0.5, 0.5), 1.0, 7),           # a 1-pixel crop, upscaled
+               (odd, (-50, -40, 3, 2), 4.0, 16),              # wholly outside: zeros
+               (odd, (20, 35, 9, 5), 2.0, 33),                # bottom-right corner, odd out
+               (frame, (600, 330, 60, 40), 4.0, 256),         # beyond the right/bottom edge
+               (frame, (300, 150, 40, 30), 4.0, 256),         # a search crop inside
+               (frame, (100, 80, 64, 48), 2.0, 128),          # a template crop
+               (frame, (200, 100, 400, 300), 4.0, 256),       # huge: 1386 px over a 640x360 frame
+               (frame, (0, 0, 1, 1), 2.0, 128)])              # tiny: 2 px to 128
+
+
+def numpy_crops(cases):
+    return [data.crop_resize(image, box, factor, out) for image, box, factor, out in cases]
+
+
+def assert_same_crops(cases, device="cpu", as_tensor=False):
+    """crop_resize_torch over the cases, batched per out size, equals crop_resize per crop."""
+    for out in sorted({case[3] for case in cases}):
+        for factor in sorted({case[2] for case in cases if case[3] == out}):
+            group = [case for case in cases if case[2:] == (factor, out)]
+            images = [torch.from_numpy(c[0]) if as_tensor else c[0] for c in group]
+            crops, factors, corners = data.crop_resize_torch(images, [c[1] for c in group], factor, out, device)
+            assert crops.shape == (len(group), out, out, 3) and crops.dtype == torch.uint8
+            for k, (crop, f, corner) in enumerate(numpy_crops(group)):
+                assert torch.equal(crops[k].cpu(), torch.from_numpy(crop)), (group[k][1:], k)
+                assert factors[k] == f and corners[k] == corner
+
+
+def test_crop_resize_torch_equals_numpy_on_the_crop_cases():
+    assert_same_crops(crop_cases())
+    assert_same_crops(crop_cases()[:6], as_tensor=True)  # uint8 tensors in, too
+
+
+def test_crop_resize_torch_whole_batch_in_one_step(monkeypatch):
+    # The CPU resamples search crops one at a time (_crops_per_step); an accelerator takes the
+    # whole batch in one step, with mixed image sizes in one flat buffer: the same crops.
+    monkeypatch.setattr(data, "_crops_per_step", lambda count, out_size, device: count)
+    assert_same_crops(crop_cases())
+
+
+def test_crop_resize_torch_single_crops_and_views():
+    frame = random_image(360, 640, seed=3)
+    crop, f, corner = data.crop_resize(frame, (300, 150, 40, 30), 4.0, 256)
+    got, fs, corners = data.crop_resize_torch([frame], [(300, 150, 40, 30)], 4.0, 256)
+    assert torch.equal(got[0], torch.from_numpy(crop)) and fs == [f] and corners == [corner]
+    # Non-contiguous inputs (a channel-reversed view, a strided tensor) read the same pixels.
+    flipped = frame[:, :, ::-1]
+    view = torch.from_numpy(frame).flip(2)[::2, ::3]
+    got, _, _ = data.crop_resize_torch([flipped, view], [(50, 60, 30, 20)] * 2, 2.0, 128)
+    for k, image in enumerate([np.ascontiguousarray(flipped), np.ascontiguousarray(view.numpy())]):
+        assert torch.equal(got[k], torch.from_numpy(data.crop_resize(image, (50, 60, 30, 20), 2.0, 128)[0]))
+
+
+def test_crop_resize_torch_random_batches_of_mixed_sizes():
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        out = int(rng.choice([1, 5, 8, 13, 16, 31, 64, 128]))  # n = 3 * out: with and without a scalar tail
+        factor = float(rng.choice([0.6, 1.0, 2.0, 4.0]))
+        images, boxes = [], []
+        for _ in range(int(rng.integers(1, 7))):
+            h, w = (int(v) for v in rng.integers(1, 80, 2))
+            images.append(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            bw, bh = rng.uniform(0.2, 1.5 * max(h, w), 2)
+            boxes.append((rng.uniform(-bw - 10, w + 10), rng.uniform(-bh - 10, h + 10), bw, bh))
+        crops, factors, corners = data.crop_resize_torch(images, boxes, factor, out)
+        for k, (crop, f, corner) in enumerate(numpy_crops([(i, b, factor, out) for i, b in zip(images, boxes)])):
+            assert torch.equal(crops[k], torch.from_numpy(crop)), (trial, k)
+            assert factors[k] == f and corners[k] == corner
+
+
+def test_vertical_pass_torch_equals_numpy_on_any_int32():
+    # The hand case of test_vector_and_scalar_paths_differ_where_opencv_does, 8 lanes + a tail ...
+    h0, h1 = torch.full((1, 1, 9), 41987, dtype=torch.int32), torch.full((1, 1, 9), 156521, dtype=torch.int32)
+    b0, b1 = torch.tensor([[[985]]], dtype=torch.int32), torch.tensor([[[1063]]], dtype=torch.int32)
+    assert data._vertical_pass_torch(h0, h1, b0, b1).tolist() == [[[49] * 8 + [50]]]
+    # ... and values the crops never produce (negative, overflowing int32 products): numpy's
+    # arithmetic shifts and wrapping int32 products are torch's too.
+    rng = np.random.default_rng(6)
+    h = rng.integers(-2**31, 2**31, (2, 5, 21), dtype=np.int64).astype(np.int32)
+    b = rng.integers(-2**15, 2**15, (2, 5), dtype=np.int64).astype(np.int32)
+    want = data._vertical_pass(h[0], h[1], b[0], b[1])
+    t = torch.from_numpy(h)[:, None]  # (2, 5, 21) -> (2, 1, 5, 21)
+    bt = torch.from_numpy(b)[:, None, :, None]  # (2, 5) -> (2, 1, 5, 1)
+    got = data._vertical_pass_torch(t[0].clone(), t[1].clone(), bt[0], bt[1])  # it overwrites its inputs
+    assert torch.equal(got[0], torch.from_numpy(want))
+
+
+def test_crop_resize_torch_rejects_what_crop_resize_rejects():
+    img = ramp_image()
+    assert data.crop_resize_torch([], [], 2.0, 8)[0].shape == (0, 8, 8, 3)
+    with pytest.raises(ValueError, match="1 images but 2 boxes"):
+        data.crop_resize_torch([img], [(0, 0, 4, 4)] * 2, 2.0, 8)
+    with pytest.raises(ValueError, match="box"):
+        data.crop_resize_torch([img, img], [(0, 0, 4, 4), (0, 0, 0, 4)], 2.0, 8)
+    with pytest.raises(ValueError, match="uint8"):
+        data.crop_resize_torch([img, img.astype(np.float32)], [(0, 0, 4, 4)] * 2, 2.0, 8)
+    with pytest.raises(ValueError, match="uint8"):
+        data.crop_resize_torch([torch.from_numpy(img).float()], [(0, 0, 4, 4)], 2.0, 8)
+
+
+def test_normalize_torch_equals_stacked_normalize():
+    crops = torch.from_numpy(np.random.default_rng(7).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    crops[0, 0, 0] = torch.tensor([0, 128, 255])
+    got = data.normalize_torch(crops)
+    assert got.shape == (3, 3, 16, 16) and got.dtype == torch.float32
+    assert torch.equal(got, torch.stack([data.normalize(c.numpy()) for c in crops]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_crop_resize_and_normalize_torch_on_cuda_equal_cpu():
+    assert_same_crops(crop_cases(), device="cuda")
+    frame = random_image(360, 640, seed=3)
+    boxes = [(300, 150, 40, 30), (600, 330, 60, 40)]
+    crops, _, _ = data.crop_resize_torch([frame, torch.from_numpy(frame).cuda()], boxes, 4.0, 256, "cuda")
+    assert crops.is_cuda
+    assert torch.equal(data.normalize_torch(crops).cpu(), data.normalize_torch(crops.cpu()))
+
+
 # ----------------------------------------------------------------------------- images
 
 
@@ -241,6 +380,60 @@ def test_read_image_errors_name_the_path(tmp_path):
         data.read_image(bad)
     with pytest.raises(ValueError, match="missing.png"):
         data.read_image(tmp_path / "missing.png")
+
+
+def prefetch_paths(tmp_path, count, broken=None):
+    paths = []
+    for k in range(count):
+        path = tmp_path / f"{k:03d}.jpg"
+        if k == broken:
+            path.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+        else:
+            save_jpg(path, value=10 * k, size=8 + k)
+        paths.append(path)
+    return paths
+
+
+def test_prefetch_images_yields_in_order(tmp_path):
+    paths = prefetch_paths(tmp_path, 7)
+    got = list(data.prefetch_images(paths, depth=2))
+    assert len(got) == 7
+    for path, image in zip(paths, got):
+        np.testing.assert_array_equal(image, data.read_image(path))
+    assert list(data.prefetch_images([])) == []
+
+
+def test_prefetch_images_raises_at_the_broken_file(tmp_path):
+    paths = prefetch_paths(tmp_path, 6, broken=3)
+    images = data.prefetch_images(paths, depth=4)
+    first = next(images)  # starts the thread
+    time.sleep(0.3)  # it has decoded ahead up to the broken file by now
+    assert first.shape == (8, 8, 3) and next(images).shape == (9, 9, 3) and next(images).shape == (10, 10, 3)
+    with pytest.raises(ValueError, match="003.jpg"):
+        next(images)
+    with pytest.raises(StopIteration):
+        next(images)
+
+
+def test_prefetch_images_stops_when_the_consumer_stops(tmp_path):
+    paths = prefetch_paths(tmp_path, 2) * 50  # far more than depth ahead
+    before = threading.active_count()
+    images = data.prefetch_images(paths, depth=1)
+    next(images)
+    time.sleep(0.1)  # the worker is blocked on a full queue
+    closer = threading.Thread(target=images.close)
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive(), "closing the generator hung"
+    assert threading.active_count() == before  # the worker has been joined
+    for k, _ in enumerate(data.prefetch_images(paths, depth=3)):  # break: same, via garbage collection
+        if k == 5:
+            break
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before
 
 
 # ----------------------------------------------------------------------------- readers
