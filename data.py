@@ -177,15 +177,10 @@ def crop_resize(image: np.ndarray, box_xywh, factor: float, out_size: int):
     The padded crop is never materialised: padding taps get a zero weight, which is the
     same arithmetic as resizing the zero-padded array, so huge crops stay cheap.
     """
-    _check_image(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
     ys, xs, resize_factor, crop_xyxy = _crop_taps(image.shape[:2], box_xywh, factor, out_size)
     return _resample(image, ys, xs), resize_factor, crop_xyxy
-
-
-def _check_image(image) -> None:
-    uint8 = torch.uint8 if isinstance(image, torch.Tensor) else np.uint8
-    if image.dtype != uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}")
 
 
 def _crop_taps(image_hw, box_xywh, factor: float, out_size: int):
@@ -245,6 +240,13 @@ def normalize(crop: np.ndarray, brightness: float = 1.0) -> torch.Tensor:
 # to the numpy path. The tap tables stay numpy (tiny, per crop, shared with crop_resize);
 # the per-pixel gathers and the fixed-point arithmetic run in torch. The integer ops keep
 # numpy's dtypes (int32 row sums, int64 scalar tail), which CPU and CUDA compute alike.
+
+
+def _check_image(image) -> None:
+    """crop_resize's check, for a numpy array or a torch tensor."""
+    uint8 = torch.uint8 if isinstance(image, torch.Tensor) else np.uint8
+    if image.dtype != uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}")
 
 
 class _CropPlan(NamedTuple):
