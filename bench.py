@@ -580,6 +580,46 @@ def bench_tracking(model, mode, device, seq, model_ms=None, warmup_frames=10):
     return rec
 
 
+def make_dataset(folder, sequences=16, frames=60, size=(640, 360), seed=0):
+    """A procedural set (synth.py) of `sequences` sequences, its sequences as data.Sequence."""
+    import data
+    import synth
+    if not os.path.isdir(folder):  # made once, for every variant of the run
+        synth.synth(folder, sequences=sequences, frames=frames, seed=seed, size=size,
+                    val_fraction=0, progress=False)
+    return data.read_got10k(folder, "train")
+
+
+def bench_dataset(model, mode, device, seqs, batch):
+    """Dataset frames per second of track.py --dataset --batch `batch` (track.run_batched:
+    JPEG decoding, crops, network, box mapping, everything but writing files), after a
+    warm-up on a few frames, and the model-only frames per second at that batch (the same
+    prepared model on random inputs, interleaved runs of 10 calls). Returns one record."""
+    import track
+    tracker = track.Tracker(copy.deepcopy(model), device, mode, batch=batch)
+    warm = [dataclasses.replace(q, frames=q.frames[:3], gt=q.gt[:3], visible=None) for q in seqs[:batch]]
+    track.run_batched(tracker, warm, lambda *a: None, lambda *a: None)
+    frames, t0 = [0], time.perf_counter()
+
+    def count(seq, boxes, times):
+        frames[0] += len(boxes)
+
+    track.run_batched(tracker, seqs, count, lambda seq, err: None)
+    seconds = time.perf_counter() - t0
+    z, x = make_inputs(model.cfg, batch, device)
+    with torch.inference_mode():
+        model_ms = statistics.median(time_fn(lambda: tracker.forward(z, x), 3, 20, sync_for(device)))
+    return {"variant": model.cfg.variant, "mode": mode, "device": device.type, "batch": batch,
+            "sequences": len(seqs), "frames": frames[0], "dataset_fps": frames[0] / seconds,
+            "model_fps": 1e3 * batch / model_ms}
+
+
+def format_dataset(rec):
+    return (f"dataset {rec['variant']} {rec['mode']} batch {rec['batch']}: {rec['dataset_fps']:.1f} "
+            f"frames/s end to end over {rec['sequences']} sequences ({rec['frames']} frames); "
+            f"model only at this batch {rec['model_fps']:.1f} frames/s")
+
+
 def data_size(seq):
     """(width, height) of the sequence's first frame."""
     from PIL import Image
@@ -718,6 +758,10 @@ def build_parser():
     p.add_argument("--track-modes", default="fused",
                    help="comma list of modes to track in (default fused)")
     p.add_argument("--no-train", action="store_true", help="skip training throughput")
+    p.add_argument("--dataset-batches", default="",
+                   help="comma list of batch sizes, e.g. 1,8,16: dataset frames/s of track.py "
+                        "--dataset --batch N on 16 generated 640x360 sequences, in each "
+                        "--track-modes mode, next to model-only frames/s (default: skipped)")
     p.add_argument("--train-batch", type=int, default=None, help="default 32 on GPU, 8 on CPU")
     p.add_argument("--train-steps", type=int, default=5, help="timed steps (after 2 warm-up)")
     return p
@@ -736,7 +780,13 @@ def parse_args(argv=None):
     unknown = [m for m in args.modes + args.track_modes if m not in ALL_MODES]
     if unknown:
         p.error(f"unknown modes {unknown}; expected from {list(ALL_MODES)}")
-    if "released" in args.track_modes:
+    try:
+        args.dataset_batches = [int(b) for b in args.dataset_batches.split(",") if b.strip()]
+    except ValueError:
+        p.error(f"--dataset-batches: expected a comma list of integers, got {args.dataset_batches!r}")
+    if any(b < 1 for b in args.dataset_batches):
+        p.error("--dataset-batches: batch sizes must be >= 1")
+    if any(m == "released" or m in PEERS for m in args.track_modes):
         p.error("--track-modes: the tracker runs fast.prepare modes, not the released baseline")
     if min(args.batch, args.iters, args.track_frames) < 1 or args.warmup < 0:
         p.error("--batch, --iters and --track-frames must be >= 1, --warmup >= 0")
@@ -772,6 +822,21 @@ def track_variant(model, args, device, sequence, tracking, skipped, recs):
                             "device": device.type, "reason": reason})
 
 
+def dataset_variant(model, args, device, seq_dir, results, skipped):
+    """Dataset frames/s at each --dataset-batches size in each --track-modes mode."""
+    if not args.dataset_batches:
+        return
+    seqs = make_dataset(os.path.join(seq_dir, "dataset"))
+    for mode in args.track_modes:
+        for batch in args.dataset_batches:
+            reason = skip_reason(mode, device) or attempt(
+                lambda: results.append(bench_dataset(model, mode, device, seqs, batch)))
+            if reason:
+                print(f"  [{model.cfg.variant}] no dataset run in {mode} at batch {batch}: {reason}")
+                skipped.append({"variant": model.cfg.variant, "mode": f"dataset {mode} x{batch}",
+                                "device": device.type, "reason": reason})
+
+
 def train_variant(model, args, device, training, skipped):
     """Training throughput of `model`, float32 and --amp's autocast where it does anything."""
     variant = model.cfg.variant
@@ -794,7 +859,7 @@ def warn_not_exact(records):
                   f"{r['eager_fp32_err']:.2e} from it)")
 
 
-def report(records, tracking, training, skipped):
+def report(records, tracking, training, skipped, datasets=()):
     print()
     print(format_table(records))
     print("times in ms per call (median, p90, min); vs rel = released median / mode median, same "
@@ -807,6 +872,8 @@ def report(records, tracking, training, skipped):
         print(format_tracking(rec))
     for rec in training:
         print(format_training(rec))
+    for rec in datasets:
+        print(format_dataset(rec))
 
 
 def main(argv=None):
@@ -819,7 +886,7 @@ def main(argv=None):
     warning = busy_warning(args.threads) if device.type == "cpu" else None
     if warning:
         print(warning)
-    records, skipped, tracking, training = [], [], [], []
+    records, skipped, tracking, training, datasets = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="hit_bench_") as seq_dir:
         sequence = functools.cache(lambda: make_sequence(seq_dir, args.track_frames))  # made once
         for variant in variants_of(args):
@@ -830,14 +897,15 @@ def main(argv=None):
             records, skipped = records + recs, skipped + skip
             warn_not_exact(recs)
             track_variant(model, args, device, sequence, tracking, skipped, recs)
+            dataset_variant(model, args, device, seq_dir, datasets, skipped)
             train_variant(model, args, device, training, skipped)
-    report(records, tracking, training, skipped)
+    report(records, tracking, training, skipped, datasets)
     machine["load_end"] = load_average()
     if warning:
         print(warning)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"records": records, "tracking": tracking, "training": training,
+            json.dump({"records": records, "tracking": tracking, "training": training, "datasets": datasets,
                        "skipped": skipped, "machine": machine,
                        "args": {k: v for k, v in vars(args).items()}}, f, indent=1)
         print(f"wrote {args.json}")
