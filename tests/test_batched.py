@@ -165,3 +165,14 @@ def test_sharded_run_writes_what_one_process_writes(cli_root, tmp_path):
     assert a.keys() == b.keys() and len(a) == 8
     for name in a:
         assert np.abs(a[name] - b[name]).max() < BOX_TOL
+
+
+def test_bench_measures_dataset_frames_per_second(tmp_path, model):
+    import bench
+    seqs = bench.make_dataset(str(tmp_path / "set"), sequences=3, frames=4, size=(160, 120))
+    rec = bench.bench_dataset(model, "fused", torch.device("cpu"), seqs, batch=2)
+    assert rec["frames"] == 12 and rec["sequences"] == 3 and rec["batch"] == 2
+    assert rec["dataset_fps"] > 0 and rec["model_fps"] > 0
+    assert "batch 2" in bench.format_dataset(rec)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--dataset-batches", "0,4"])
