@@ -438,11 +438,16 @@ FIXED_BATCH_MODES = ("compile", "cuda_graph", "fast", "openvino", "openvino_fp32
 
 
 class _Slot:
-    """One sequence in flight in run_batched: its own template and previous box."""
+    """One sequence in flight in run_batched: its own template and previous box, and its
+    frames 1, 2, ... decoded ahead in a background thread (data.prefetch_images)."""
 
     def __init__(self, seq, boxes, times, box, template):
         self.seq, self.boxes, self.times = seq, boxes, times  # (N, 4), (N,) filled as it goes
         self.box, self.template, self.next = box, template, 1  # frame 0 is initialisation
+        self.frames = data.prefetch_images(seq.frames[1:])
+
+    def close(self):
+        self.frames.close()  # stops and joins the decoding thread
 
 
 def _start(tracker: Tracker, seq):
@@ -468,10 +473,12 @@ def run_batched(tracker: Tracker, sequences, on_done, on_error):
     each sequence in flight goes through one batched forward; a finished sequence's slot
     takes the next sequence. Each slot keeps its own template and previous box, so a
     sequence's boxes do not depend on its neighbours (up to the float rounding of batched
-    GEMMs). Calls on_done(seq, boxes (N, 4), times (N,)) per finished sequence, in the
-    order they finish, and on_error(seq, FrameError) for one that cannot be read. A
-    frame's time is its own reading-free preprocessing plus its share of the step's
-    forward; frame 0's is initialisation, as run_sequence records."""
+    GEMMs). JPEGs are decoded ahead in background threads and the search crops of a step
+    are cut, resized and normalised together on the model's device (data.crop_resize_torch:
+    the same bits as Tracker's numpy crops). Calls on_done(seq, boxes (N, 4), times (N,))
+    per finished sequence, in the order they finish, and on_error(seq, FrameError) for one
+    that cannot be read. A frame's time is its share of the step's preprocessing and
+    forward (decoding excluded); frame 0's is initialisation, as run_sequence records."""
     queue, slots = iter(sequences), [None] * tracker.batch
 
     def refill(i):
@@ -491,54 +498,64 @@ def run_batched(tracker: Tracker, sequences, on_done, on_error):
     def finish(i):
         slot = slots[i]
         if slot.next == len(slot.seq.frames):
+            slot.close()
             on_done(slot.seq, slot.boxes, slot.times)
             refill(i)
 
+    def fail(i, err):
+        slots[i].close()
+        on_error(slots[i].seq, err)
+        refill(i)
+
     for i in range(len(slots)):
         refill(i)
-    while any(slots):
-        rows = _step_inputs(tracker, slots, on_error, refill)
-        if not rows:
-            continue
-        _step_forward(tracker, slots, rows)
-        for i, *_ in rows:
-            finish(i)
+    try:
+        while any(slots):
+            live, images = _next_frames(slots, fail)
+            if live:
+                _step(tracker, [slots[i] for i in live], images)
+                for i in live:
+                    finish(i)
+    finally:  # an error or an interrupt: no decoding thread outlives the run
+        for slot in filter(None, slots):
+            slot.close()
 
 
-def _step_inputs(tracker, slots, on_error, refill):
-    """Read and crop the next frame of every slot -> [(slot, search, resize, image, secs)]."""
-    rows = []
+def _next_frames(slots, fail):
+    """The next decoded frame of every slot -> (slot indices, images); a slot whose frame
+    cannot be read is failed (and refilled) instead."""
+    live, images = [], []
     for i, slot in enumerate(slots):
         if slot is None:
             continue
-        k, n = slot.next, len(slot.seq.frames)
         try:
-            image = data.read_image(slot.seq.frames[k])
-            t0 = time.perf_counter()
-            search, resize_factor = tracker.search_crop(image, slot.box)
+            images.append(next(slot.frames))  # a broken file: ValueError naming it
+            live.append(i)
         except ValueError as err:
-            on_error(slot.seq, FrameError(f"sequence {slot.seq.name}, frame {k + 1} of {n}: {err}",
-                                          k + 1, slot.boxes[:k].copy(), slot.times[:k].copy()))
-            refill(i)
-            continue
-        rows.append((i, search, resize_factor, image, time.perf_counter() - t0))
-    return rows
+            k, n = slot.next, len(slot.seq.frames)
+            fail(i, FrameError(f"sequence {slot.seq.name}, frame {k + 1} of {n}: {err}",
+                               k + 1, slot.boxes[:k].copy(), slot.times[:k].copy()))
+    return live, images
 
 
-def _step_forward(tracker, slots, rows):
-    """One forward for all rows (padded to tracker.batch where the mode needs it), then
-    each slot's box mapped back into its image."""
-    templates = [slots[i].template for i, *_ in rows]  # each (1, 3, 128, 128)
-    searches = [search for _, search, *_ in rows]  # each (1, 3, 256, 256)
-    pad = tracker.batch - len(rows) if tracker.mode in FIXED_BATCH_MODES else 0
+def _step(tracker, slots, images):
+    """One step for the slots in flight: their search crops together on the device, one
+    forward (padded to tracker.batch rows where the mode needs it), each box mapped back."""
     t0 = time.perf_counter()
-    preds, _ = tracker.forward(torch.cat(templates + templates[-1:] * pad),  # (B, 3, 128, 128)
-                               torch.cat(searches + searches[-1:] * pad))  # (B, 3, 256, 256)
-    share = (time.perf_counter() - t0) / len(rows)
-    for (i, _, resize_factor, image, secs), pred in zip(rows, preds):
-        slot, k = slots[i], slots[i].next
+    crops, factors, _ = data.crop_resize_torch(images, [s.box for s in slots], SEARCH_FACTOR,
+                                               SEARCH_SIZE, tracker.device)
+    searches = data.normalize_torch(crops)  # (R, 3, 256, 256)
+    templates = torch.cat([s.template for s in slots])  # R x (1, 3, 128, 128) -> (R, 3, 128, 128)
+    pad = tracker.batch - len(slots) if tracker.mode in FIXED_BATCH_MODES else 0
+    if pad:  # repeat the last row: its outputs are dropped
+        templates = torch.cat([templates, templates[-1:].expand(pad, -1, -1, -1)])  # (B, 3, 128, 128)
+        searches = torch.cat([searches, searches[-1:].expand(pad, -1, -1, -1)])  # (B, 3, 256, 256)
+    preds, _ = tracker.forward(templates, searches)
+    share = (time.perf_counter() - t0) / len(slots)
+    for slot, pred, resize_factor, image in zip(slots, preds, factors, images):
+        k = slot.next
         slot.box = tracker.next_box(pred, slot.box, resize_factor, image)
-        slot.boxes[k], slot.times[k], slot.next = slot.box, secs + share, k + 1
+        slot.boxes[k], slot.times[k], slot.next = slot.box, share, k + 1
 
 
 # ---------------------------------------------------------------------------------------
