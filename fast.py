@@ -4,10 +4,11 @@ The network files (levit.py, attention_bias.py, bridge.py, hit.py) hold the pape
 network with one forward path per class. This file holds the rest: the machine queries
 the speed paths depend on, the exact inference rewrites (folded BatchNorms, merged corner
 towers, folded proj1, packed GEMMs), reduced precision (int8, bf16, fp16), torch.compile,
-CUDA graphs, ONNX export with ONNX Runtime and OpenVINO as modes, the table of modes and
-`prepare`, which turns a HiT into a fast callable. It works from outside: it replaces
-whole submodules or wraps the model, so the paper classes carry no branches for it.
-track.py and bench.py import it; the network files never do.
+CUDA graphs, a batch of frames cropped on the device and decoded in the background
+(batched evaluation), ONNX export with ONNX Runtime and OpenVINO as modes, the table of
+modes and `prepare`, which turns a HiT into a fast callable. It works from outside: it
+replaces whole submodules or wraps the model, so the paper classes carry no branches for
+it. track.py and bench.py import it; the network files never do.
 
     python fast.py export --checkpoint HiT_Tiny.pth.tar --out hit_tiny.onnx
 """
@@ -21,17 +22,22 @@ import importlib.util
 import io
 import json
 import os
+import queue
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 import bridge
+import data
 import hit
 import levit
 
@@ -602,6 +608,238 @@ def fast_cpu(model, batch=1):
     fn = int8_cpu(model)
     fn.path = f"eager int8 ({reason})"
     return fn
+
+
+# ----------------------------------------------------------------------------- preprocessing on the device
+# data.crop_resize and data.normalize again, as batched torch ops on the model's device, bit-identical
+# to the numpy path. The tap tables stay numpy (tiny, per crop, shared with crop_resize);
+# the per-pixel gathers and the fixed-point arithmetic run in torch. The integer ops keep
+# numpy's dtypes (int32 row sums, int64 scalar tail), which CPU and CUDA compute alike.
+
+
+def _check_image(image) -> None:
+    """data.crop_resize's check, for a numpy array or a torch tensor."""
+    uint8 = torch.uint8 if isinstance(image, torch.Tensor) else np.uint8
+    if image.dtype != uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}")
+
+
+class _CropPlan(NamedTuple):
+    """One crop's taps addressed into the flat image buffer (numpy, a few KB)."""
+    rows: np.ndarray    # (U,) address of each source row the crop reads, from its leftmost tapped pixel
+    table: np.ndarray   # (8, out): k0, k1 (positions in rows), cy0, cy1, byte columns col0, col1, cx0, cx1
+    window: int         # bytes from a row's address to its rightmost tapped byte, inclusive
+    resize_factor: float
+    crop_xyxy: tuple
+
+
+def _crop_plan(image, box_xywh, factor: float, out_size: int, offset: int) -> _CropPlan:
+    """The taps of crop_resize (the same data.crop_taps) for an image stored at flat offset.
+
+    Each source row is listed once, as OpenCV's row cache does: a crop reads at most
+    2 * out_size rows and at most its own height, and the horizontal pass runs on those
+    only; y0 and y1 become positions k0, k1 in that list.
+    """
+    _check_image(image)
+    im_h, im_w = image.shape[:2]
+    (y0, y1, cy0, cy1), (x0, x1, cx0, cx1), f, xyxy = data.crop_taps((im_h, im_w), box_xywh, factor, out_size)
+    used, k = np.unique(np.concatenate([y0, y1]), return_inverse=True)  # sorted rows; y0, y1 = used[k]
+    xlo = int(x0.min())
+    table = np.stack([k[:out_size], k[out_size:], cy0, cy1, (x0 - xlo) * 3, (x1 - xlo) * 3, cx0, cx1])  # (8, out)
+    return _CropPlan(offset + (used * im_w + xlo) * 3, table, (int(x1.max()) - xlo + 1) * 3, f, xyxy)
+
+
+def _stack_plans(plans, device):
+    """Plans -> (rows (n, U) int64, table (n, 8, out) int64) on device, U the largest row
+    count; shorter row lists repeat their last row (read, never used)."""
+    used = max(len(plan.rows) for plan in plans)
+    rows = np.stack([np.pad(plan.rows, (0, used - len(plan.rows)), mode="edge") for plan in plans])  # (n, U)
+    table = np.stack([plan.table for plan in plans])  # n x (8, out) -> (n, 8, out)
+    return torch.from_numpy(rows.astype(np.int64)).to(device), torch.from_numpy(table.astype(np.int64)).to(device)
+
+
+def _flat_images(images, device, tail: int) -> torch.Tensor:
+    """All images as one flat uint8 tensor on device, concatenated in order, then tail zeros.
+
+    A flat concatenation rather than a padded (N, Hmax, Wmax*3) batch: nothing is copied
+    for padding (one 1080p frame would pad every 360p frame of its batch to 1080p), and a
+    pixel's address is offset + (y * W + x) * 3 + c whatever the image's size, so one
+    index_select serves the whole batch. The tail keeps the last row window inside the buffer.
+    """
+    parts = []
+    for image in images:
+        t = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+        parts.append(t.to(device).reshape(-1))  # (H, W, 3) -> (H*W*3,): a view when contiguous
+    if tail > 0:
+        parts.append(torch.zeros(tail, dtype=torch.uint8, device=device))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _vertical_pass_torch(h0: torch.Tensor, h1: torch.Tensor, b0: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+    """_vertical_pass on (N, out, n) int32 row sums with (N, out, 1) int32 weights: the
+    SIMD formula on the first floor(n / 8) * 8 elements, the scalar one (int64) on the rest.
+    >> on signed torch integers is arithmetic and int32 products wrap, as in numpy (every
+    value here is >= 0 and far from overflowing anyway). h0 and h1 are overwritten: in-place
+    ops spare a fresh (N, out, n) buffer per step, which on the CPU costs page faults."""
+    n = h0.shape[-1]
+    vec = data.SIMD_LANES * (n // data.SIMD_LANES)
+    tail = None
+    if vec < n:  # before the in-place ops below, though they leave these columns alone
+        tail = ((h0[..., vec:].long() * b0 + h1[..., vec:].long() * b1 + (1 << 21)) >> 22).int()
+    t, t1 = h0[..., :vec], h1[..., :vec]
+    t >>= 4
+    t *= b0
+    t >>= 16
+    t1 >>= 4
+    t1 *= b1
+    t1 >>= 16
+    t += t1
+    t += 2
+    t >>= 2
+    if tail is not None:
+        t = torch.cat([t, tail], dim=-1)
+    return t.clamp_(0, 255).to(torch.uint8)
+
+
+def _resample_torch(flat: torch.Tensor, rows: torch.Tensor, table: torch.Tensor, window: int) -> torch.Tensor:
+    """_resample for n crops at once: flat uint8 pixels, (n, U) row addresses and the
+    (n, 8, out) table of _stack_plans -> uint8 (n, out, out, 3).
+
+    Pixels are fetched in two steps, as numpy's plane[y0][:, col0]: whole row windows first
+    (contiguous bytes), then the columns inside them with an index shared by every row
+    (expand: no copy). One gather of flat[row + column] would need an int64 (n, out, out*3)
+    index, several times slower to build and to follow on the CPU. The horizontal pass runs
+    once per source row; the vertical pass then picks its two rows per output row.
+    """
+    n, used = rows.shape
+    out = table.shape[2]
+    k0, k1, cy0, cy1, col0, col1, cx0, cx1 = table.unbind(1)  # 8 x (n, out)
+    windows = flat.unfold(0, window, 1)  # (L,) -> (L - window + 1, window): row r = flat[r : r + window]
+    lanes = torch.arange(3, device=flat.device)
+
+    def columns(col):  # pixel columns -> byte columns of the 3 channels, the same for every row
+        return (col[:, :, None] + lanes).view(n, 1, out * 3).expand(n, used, out * 3)  # (n, out, 3) -> (n, U, out*3)
+
+    def weights(c):  # one int32 weight per output element, as numpy's row pass
+        return c.int().repeat_interleave(3, dim=1).view(n, 1, out * 3)  # (n, out*3) -> (n, 1, out*3)
+
+    # Row pass (HResizeLinear) on each source row once. Gather bytes, then widen to int32
+    # (sums reach 255 * 2049): a uint8 gather moves a quarter of the memory.
+    src = windows.index_select(0, rows.reshape(-1)).view(n, used, window)  # (n*U, window) -> (n, U, window)
+    h = torch.gather(src, 2, columns(col0)).int().mul_(weights(cx0))
+    h = h.addcmul_(torch.gather(src, 2, columns(col1)).int(), weights(cx1))
+    h = h.view(n * used, out * 3)  # (n, U, out*3) -> (n*U, out*3)
+    first = torch.arange(n, device=flat.device)[:, None] * used  # (n, 1): each crop's first row of h
+
+    def pick(k):  # (n, out) positions -> (n, out, out*3) copies of those rows of h
+        return h.index_select(0, (k + first).reshape(-1)).view(n, out, out * 3)  # (n*out, out*3) -> (n, out, out*3)
+
+    b0, b1 = cy0.int()[:, :, None], cy1.int()[:, :, None]  # (n, out) -> (n, out, 1)
+    crops = _vertical_pass_torch(pick(k0), pick(k1), b0, b1)
+    return crops.view(n, out, out, 3)  # (n, out, out*3) -> (n, out, out, 3)
+
+
+def _crops_per_step(count: int, out_size: int, device: torch.device) -> int:
+    """All crops in one step on an accelerator (one kernel launch per op). On the CPU a few
+    at a time, so that an int32 temporary (crops * out * out*3 * 4 bytes) stays near 1 MB
+    and in the core's cache: whole-batch temporaries (12 MB each for 16 search crops) were
+    measured slower per crop than one crop at a time, page faults and cache misses."""
+    if device.type != "cpu":
+        return count
+    return max(1, 2**18 // (out_size * out_size * 3))
+
+
+def _crop_step(images, boxes, factor: float, out_size: int, device: torch.device):
+    """crop_resize_torch for the crops of one step: the step's images in one flat buffer
+    (a single image is used in place), their taps, one _resample_torch."""
+    plans, offset = [], 0
+    for image, box in zip(images, boxes):
+        plans.append(_crop_plan(image, box, factor, out_size, offset))
+        offset += image.shape[0] * image.shape[1] * 3
+    window = max(plan.window for plan in plans)
+    last = max(int(plan.rows.max()) for plan in plans)  # the highest row window's first byte
+    flat = _flat_images(images, device, tail=last + window - offset)
+    crops = _resample_torch(flat, *_stack_plans(plans, device), window)
+    return crops, [plan.resize_factor for plan in plans], [plan.crop_xyxy for plan in plans]
+
+
+def crop_resize_torch(images, boxes, factor: float, out_size: int, device="cpu"):
+    """crop_resize for N images at once, on device; bit-identical to it.
+
+    images: N uint8 (H, W, 3) RGB numpy arrays or torch tensors (sizes may differ);
+    boxes: N (x, y, w, h). Returns (crops uint8 (N, out_size, out_size, 3) on device,
+    resize_factors: N floats, crop_xyxy: N tuples), entry i as crop_resize(images[i], boxes[i]).
+    """
+    images, boxes, device = list(images), list(boxes), torch.device(device)
+    if len(images) != len(boxes):
+        raise ValueError(f"{len(images)} images but {len(boxes)} boxes")
+    if not images:
+        return torch.empty((0, out_size, out_size, 3), dtype=torch.uint8, device=device), [], []
+    step = _crops_per_step(len(images), out_size, device)
+    steps = [_crop_step(images[k:k + step], boxes[k:k + step], factor, out_size, device)
+             for k in range(0, len(images), step)]
+    crops = steps[0][0] if len(steps) == 1 else torch.cat([crops for crops, _, _ in steps])
+    return crops, [f for _, fs, _ in steps for f in fs], [xyxy for _, _, xyxys in steps for xyxy in xyxys]
+
+
+def normalize_torch(crops: torch.Tensor) -> torch.Tensor:
+    """normalize for a batch: uint8 (N, S, S, 3) -> float32 (N, 3, S, S), the same ops in the
+    same order, so the same bits. 255 is a tensor on the crops' device, not a Python number:
+    CUDA divides by a CPU scalar as a multiplication by its reciprocal (one bit off at times)."""
+    n, height, width, _ = crops.shape
+    # (N,S,S,3) -> (N,3,S,S) and uint8 -> float32 in one copy
+    t = torch.empty((n, 3, height, width), dtype=torch.float32, device=crops.device).copy_(crops.permute(0, 3, 1, 2))
+    scale = torch.tensor(255.0, device=crops.device)
+    mean = torch.tensor(data.IMAGENET_MEAN, device=crops.device).view(1, 3, 1, 1)  # (3,) -> (1,3,1,1)
+    std = torch.tensor(data.IMAGENET_STD, device=crops.device).view(1, 3, 1, 1)
+    return t.div_(scale).sub_(mean).div_(std)
+
+
+# ----------------------------------------------------------------------------- background decoding
+
+
+_END = object()  # queued after the last image
+
+
+def _decode_into(paths, out: queue.Queue, stop: threading.Event) -> None:
+    """Producer: queue data.read_image(path) for each path in order, then _END. The first
+    failure is queued in its place, as the exception, and ends the work."""
+    def put(item) -> bool:  # a timeout, so that a consumer that stopped frees the thread
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    try:
+        for path in paths:
+            if not put(data.read_image(path)):
+                return
+        put(_END)
+    except Exception as err:  # noqa: BLE001 - handed to the consumer, raised there
+        put(err)
+
+
+def prefetch_images(paths, depth: int = 4):
+    """Yield data.read_image(path) for each path, in order, decoded in a background thread up
+    to depth images ahead, so decoding overlaps the network. A file that fails raises its
+    error here when the consumer reaches it (not earlier). Closing the generator early
+    (close(), or dropping it after a break) stops and joins the thread."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    out, stop = queue.Queue(maxsize=depth), threading.Event()
+    worker = threading.Thread(target=_decode_into, args=(paths, out, stop), daemon=True)
+    worker.start()
+    try:
+        while (item := out.get()) is not _END:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        stop.set()  # the worker's next put gives up within 0.05 s
+        worker.join()
 
 
 # ----------------------------------------------------------------------------- ONNX export and runtimes

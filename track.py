@@ -439,12 +439,12 @@ FIXED_BATCH_MODES = ("compile", "cuda_graph", "fast", "openvino", "openvino_fp32
 
 class _Slot:
     """One sequence in flight in run_batched: its own template and previous box, and its
-    frames 1, 2, ... decoded ahead in a background thread (data.prefetch_images)."""
+    frames 1, 2, ... decoded ahead in a background thread (fast.prefetch_images)."""
 
     def __init__(self, seq, boxes, times, box, template):
         self.seq, self.boxes, self.times = seq, boxes, times  # (N, 4), (N,) filled as it goes
         self.box, self.template, self.next = box, template, 1  # frame 0 is initialisation
-        self.frames = data.prefetch_images(seq.frames[1:])
+        self.frames = fast.prefetch_images(seq.frames[1:])
 
     def close(self):
         self.frames.close()  # stops and joins the decoding thread
@@ -474,7 +474,7 @@ def run_batched(tracker: Tracker, sequences, on_done, on_error):
     takes the next sequence. Each slot keeps its own template and previous box, so a
     sequence's boxes do not depend on its neighbours (up to the float rounding of batched
     GEMMs). JPEGs are decoded ahead in background threads and the search crops of a step
-    are cut, resized and normalised together on the model's device (data.crop_resize_torch:
+    are cut, resized and normalised together on the model's device (fast.crop_resize_torch:
     the same bits as Tracker's numpy crops). Calls on_done(seq, boxes (N, 4), times (N,))
     per finished sequence, in the order they finish, and on_error(seq, FrameError) for one
     that cannot be read. A frame's time is its share of the step's preprocessing and
@@ -542,9 +542,9 @@ def _step(tracker, slots, images):
     """One step for the slots in flight: their search crops together on the device, one
     forward (padded to tracker.batch rows where the mode needs it), each box mapped back."""
     t0 = time.perf_counter()
-    crops, factors, _ = data.crop_resize_torch(images, [s.box for s in slots], SEARCH_FACTOR,
+    crops, factors, _ = fast.crop_resize_torch(images, [s.box for s in slots], SEARCH_FACTOR,
                                                SEARCH_SIZE, tracker.device)
-    searches = data.normalize_torch(crops)  # (R, 3, 256, 256)
+    searches = fast.normalize_torch(crops)  # (R, 3, 256, 256)
     templates = torch.cat([s.template for s in slots])  # R x (1, 3, 128, 128) -> (R, 3, 128, 128)
     pad = tracker.batch - len(slots) if tracker.mode in FIXED_BATCH_MODES else 0
     if pad:  # repeat the last row: its outputs are dropped

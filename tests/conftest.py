@@ -1,8 +1,11 @@
-"""Shared test fixtures: where the reference fixtures of the released implementation live."""
+"""Shared test fixtures: where the reference fixtures of the released implementation live,
+and a random-weight HiT-Tiny checkpoint file."""
+import dataclasses
 import os
 import pathlib
 
 import pytest
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -16,4 +19,15 @@ def fixtures_dir():
         if os.environ.get("CI"):
             pytest.fail(f"reference fixtures not found at {path} (set HIT_FIXTURES)")
         pytest.skip(f"reference fixtures not found at {path} (set HIT_FIXTURES)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A random-weight HiT-Tiny saved as this project's checkpoint (model + config)."""
+    import hit
+    torch.manual_seed(0)
+    model = hit.build_hit("tiny")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.cfg)}, path)
     return path

@@ -18,6 +18,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
+import fast  # noqa: E402
 import synth  # noqa: E402
 
 # ----------------------------------------------------------------------------- helpers
@@ -252,7 +253,7 @@ def assert_same_crops(cases, device="cpu", as_tensor=False):
         for factor in sorted({case[2] for case in cases if case[3] == out}):
             group = [case for case in cases if case[2:] == (factor, out)]
             images = [torch.from_numpy(c[0]) if as_tensor else c[0] for c in group]
-            crops, factors, corners = data.crop_resize_torch(images, [c[1] for c in group], factor, out, device)
+            crops, factors, corners = fast.crop_resize_torch(images, [c[1] for c in group], factor, out, device)
             assert crops.shape == (len(group), out, out, 3) and crops.dtype == torch.uint8
             for k, (crop, f, corner) in enumerate(numpy_crops(group)):
                 assert torch.equal(crops[k].cpu(), torch.from_numpy(crop)), (group[k][1:], k)
@@ -267,19 +268,19 @@ def test_crop_resize_torch_equals_numpy_on_the_crop_cases():
 def test_crop_resize_torch_whole_batch_in_one_step(monkeypatch):
     # The CPU resamples search crops one at a time (_crops_per_step); an accelerator takes the
     # whole batch in one step, with mixed image sizes in one flat buffer: the same crops.
-    monkeypatch.setattr(data, "_crops_per_step", lambda count, out_size, device: count)
+    monkeypatch.setattr(fast, "_crops_per_step", lambda count, out_size, device: count)
     assert_same_crops(crop_cases())
 
 
 def test_crop_resize_torch_single_crops_and_views():
     frame = random_image(360, 640, seed=3)
     crop, f, corner = data.crop_resize(frame, (300, 150, 40, 30), 4.0, 256)
-    got, fs, corners = data.crop_resize_torch([frame], [(300, 150, 40, 30)], 4.0, 256)
+    got, fs, corners = fast.crop_resize_torch([frame], [(300, 150, 40, 30)], 4.0, 256)
     assert torch.equal(got[0], torch.from_numpy(crop)) and fs == [f] and corners == [corner]
     # Non-contiguous inputs (a channel-reversed view, a strided tensor) read the same pixels.
     flipped = frame[:, :, ::-1]
     view = torch.from_numpy(frame).flip(2)[::2, ::3]
-    got, _, _ = data.crop_resize_torch([flipped, view], [(50, 60, 30, 20)] * 2, 2.0, 128)
+    got, _, _ = fast.crop_resize_torch([flipped, view], [(50, 60, 30, 20)] * 2, 2.0, 128)
     for k, image in enumerate([np.ascontiguousarray(flipped), np.ascontiguousarray(view.numpy())]):
         assert torch.equal(got[k], torch.from_numpy(data.crop_resize(image, (50, 60, 30, 20), 2.0, 128)[0]))
 
@@ -295,7 +296,7 @@ def test_crop_resize_torch_random_batches_of_mixed_sizes():
             images.append(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
             bw, bh = rng.uniform(0.2, 1.5 * max(h, w), 2)
             boxes.append((rng.uniform(-bw - 10, w + 10), rng.uniform(-bh - 10, h + 10), bw, bh))
-        crops, factors, corners = data.crop_resize_torch(images, boxes, factor, out)
+        crops, factors, corners = fast.crop_resize_torch(images, boxes, factor, out)
         for k, (crop, f, corner) in enumerate(numpy_crops([(i, b, factor, out) for i, b in zip(images, boxes)])):
             assert torch.equal(crops[k], torch.from_numpy(crop)), (trial, k)
             assert factors[k] == f and corners[k] == corner
@@ -305,7 +306,7 @@ def test_vertical_pass_torch_equals_numpy_on_any_int32():
     # The hand case of test_vector_and_scalar_paths_differ_where_opencv_does, 8 lanes + a tail ...
     h0, h1 = torch.full((1, 1, 9), 41987, dtype=torch.int32), torch.full((1, 1, 9), 156521, dtype=torch.int32)
     b0, b1 = torch.tensor([[[985]]], dtype=torch.int32), torch.tensor([[[1063]]], dtype=torch.int32)
-    assert data._vertical_pass_torch(h0, h1, b0, b1).tolist() == [[[49] * 8 + [50]]]
+    assert fast._vertical_pass_torch(h0, h1, b0, b1).tolist() == [[[49] * 8 + [50]]]
     # ... and values the crops never produce (negative, overflowing int32 products): numpy's
     # arithmetic shifts and wrapping int32 products are torch's too.
     rng = np.random.default_rng(6)
@@ -314,27 +315,27 @@ def test_vertical_pass_torch_equals_numpy_on_any_int32():
     want = data._vertical_pass(h[0], h[1], b[0], b[1])
     t = torch.from_numpy(h)[:, None]  # (2, 5, 21) -> (2, 1, 5, 21)
     bt = torch.from_numpy(b)[:, None, :, None]  # (2, 5) -> (2, 1, 5, 1)
-    got = data._vertical_pass_torch(t[0].clone(), t[1].clone(), bt[0], bt[1])  # it overwrites its inputs
+    got = fast._vertical_pass_torch(t[0].clone(), t[1].clone(), bt[0], bt[1])  # it overwrites its inputs
     assert torch.equal(got[0], torch.from_numpy(want))
 
 
 def test_crop_resize_torch_rejects_what_crop_resize_rejects():
     img = ramp_image()
-    assert data.crop_resize_torch([], [], 2.0, 8)[0].shape == (0, 8, 8, 3)
+    assert fast.crop_resize_torch([], [], 2.0, 8)[0].shape == (0, 8, 8, 3)
     with pytest.raises(ValueError, match="1 images but 2 boxes"):
-        data.crop_resize_torch([img], [(0, 0, 4, 4)] * 2, 2.0, 8)
+        fast.crop_resize_torch([img], [(0, 0, 4, 4)] * 2, 2.0, 8)
     with pytest.raises(ValueError, match="box"):
-        data.crop_resize_torch([img, img], [(0, 0, 4, 4), (0, 0, 0, 4)], 2.0, 8)
+        fast.crop_resize_torch([img, img], [(0, 0, 4, 4), (0, 0, 0, 4)], 2.0, 8)
     with pytest.raises(ValueError, match="uint8"):
-        data.crop_resize_torch([img, img.astype(np.float32)], [(0, 0, 4, 4)] * 2, 2.0, 8)
+        fast.crop_resize_torch([img, img.astype(np.float32)], [(0, 0, 4, 4)] * 2, 2.0, 8)
     with pytest.raises(ValueError, match="uint8"):
-        data.crop_resize_torch([torch.from_numpy(img).float()], [(0, 0, 4, 4)], 2.0, 8)
+        fast.crop_resize_torch([torch.from_numpy(img).float()], [(0, 0, 4, 4)], 2.0, 8)
 
 
 def test_normalize_torch_equals_stacked_normalize():
     crops = torch.from_numpy(np.random.default_rng(7).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
     crops[0, 0, 0] = torch.tensor([0, 128, 255])
-    got = data.normalize_torch(crops)
+    got = fast.normalize_torch(crops)
     assert got.shape == (3, 3, 16, 16) and got.dtype == torch.float32
     assert torch.equal(got, torch.stack([data.normalize(c.numpy()) for c in crops]))
 
@@ -344,9 +345,9 @@ def test_crop_resize_and_normalize_torch_on_cuda_equal_cpu():
     assert_same_crops(crop_cases(), device="cuda")
     frame = random_image(360, 640, seed=3)
     boxes = [(300, 150, 40, 30), (600, 330, 60, 40)]
-    crops, _, _ = data.crop_resize_torch([frame, torch.from_numpy(frame).cuda()], boxes, 4.0, 256, "cuda")
+    crops, _, _ = fast.crop_resize_torch([frame, torch.from_numpy(frame).cuda()], boxes, 4.0, 256, "cuda")
     assert crops.is_cuda
-    assert torch.equal(data.normalize_torch(crops).cpu(), data.normalize_torch(crops.cpu()))
+    assert torch.equal(fast.normalize_torch(crops).cpu(), fast.normalize_torch(crops.cpu()))
 
 
 # ----------------------------------------------------------------------------- images
@@ -396,16 +397,16 @@ def prefetch_paths(tmp_path, count, broken=None):
 
 def test_prefetch_images_yields_in_order(tmp_path):
     paths = prefetch_paths(tmp_path, 7)
-    got = list(data.prefetch_images(paths, depth=2))
+    got = list(fast.prefetch_images(paths, depth=2))
     assert len(got) == 7
     for path, image in zip(paths, got):
         np.testing.assert_array_equal(image, data.read_image(path))
-    assert list(data.prefetch_images([])) == []
+    assert list(fast.prefetch_images([])) == []
 
 
 def test_prefetch_images_raises_at_the_broken_file(tmp_path):
     paths = prefetch_paths(tmp_path, 6, broken=3)
-    images = data.prefetch_images(paths, depth=4)
+    images = fast.prefetch_images(paths, depth=4)
     first = next(images)  # starts the thread
     time.sleep(0.3)  # it has decoded ahead up to the broken file by now
     assert first.shape == (8, 8, 3) and next(images).shape == (9, 9, 3) and next(images).shape == (10, 10, 3)
@@ -418,7 +419,7 @@ def test_prefetch_images_raises_at_the_broken_file(tmp_path):
 def test_prefetch_images_stops_when_the_consumer_stops(tmp_path):
     paths = prefetch_paths(tmp_path, 2) * 50  # far more than depth ahead
     before = threading.active_count()
-    images = data.prefetch_images(paths, depth=1)
+    images = fast.prefetch_images(paths, depth=1)
     next(images)
     time.sleep(0.1)  # the worker is blocked on a full queue
     closer = threading.Thread(target=images.close)
@@ -426,7 +427,7 @@ def test_prefetch_images_stops_when_the_consumer_stops(tmp_path):
     closer.join(timeout=10)
     assert not closer.is_alive(), "closing the generator hung"
     assert threading.active_count() == before  # the worker has been joined
-    for k, _ in enumerate(data.prefetch_images(paths, depth=3)):  # break: same, via garbage collection
+    for k, _ in enumerate(fast.prefetch_images(paths, depth=3)):  # break: same, via garbage collection
         if k == 5:
             break
     gc.collect()

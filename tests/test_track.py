@@ -1,6 +1,5 @@
 """Tracker, box mapping, drawing and CLI of track.py."""
 
-import dataclasses
 import json
 import math
 import os
@@ -60,16 +59,6 @@ def truncate(path, keep=0.5):
     """Cut a file to `keep` of its bytes, as an interrupted copy or download leaves it."""
     raw = path.read_bytes()
     path.write_bytes(raw[: int(len(raw) * keep)])
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    hit = pytest.importorskip("hit")
-    torch.manual_seed(0)
-    model = hit.build_hit("tiny")
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.cfg)}, path)
-    return path
 
 
 # ---- box mapping and clipping (hand-computed) ------------------------------------------------

@@ -1,6 +1,5 @@
 """Video files in and out of track.py (PyAV): `--video`, `--out-video`, their errors."""
 
-import dataclasses
 import importlib
 import os
 import re
@@ -63,16 +62,6 @@ def cut(path, keep=2 / 3):
     """Cut the last third of the file's bytes off, as an interrupted download leaves it."""
     raw = path.read_bytes()
     path.write_bytes(raw[: int(len(raw) * keep)])
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    hit = pytest.importorskip("hit")
-    torch.manual_seed(0)
-    model = hit.build_hit("tiny")
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    torch.save({"model": model.state_dict(), "config": dataclasses.asdict(model.cfg)}, path)
     return path
 
 
