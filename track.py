@@ -905,6 +905,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the summary (percent) to this file")
     p.add_argument("--plots", help="write the success / precision plot PNGs into this folder "
                                    "(default: no plots)")
+    p.add_argument("--static-box", action="store_true",
+                   help="with --analyze: score the static box too (the first box held for "
+                        "every frame), first, so that every tracker is compared with it")
     p.add_argument("--uav", action="store_true",
                    help="pytracking's UAV123 rule: invalid frames count as precision hits")
     p.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
@@ -1151,16 +1154,21 @@ def _image_wh(frame):
 
 
 def _collect(folder, sequences, dataset: str) -> list:
+    """(pred, gt, ...) per sequence from a result folder; folder None: the static box (the
+    first ground-truth box held for every frame), the floor any tracker must beat."""
     results = []
     for seq in sequences:
-        path = result_path(folder, seq.name, dataset)
-        if not path.exists():
+        path = None if folder is None else result_path(folder, seq.name, dataset)
+        if path is not None and not path.exists():
             raise SystemExit(f"error: result file for sequence {seq.name} not found: {path}")
         if seq.gt is None or (len(seq.gt) == 1 and len(seq.frames) > 1):
             raise SystemExit(f"error: sequence {seq.name} has no full ground truth to score "
                              "against (a test split with first-frame boxes only?)")
-        pred = load_boxes(path)
-        _check_result(pred, seq.gt, dataset, path)
+        if path is None:
+            pred = np.repeat(seq.gt[:1], len(seq.frames), axis=0)
+        else:
+            pred = load_boxes(path)
+            _check_result(pred, seq.gt, dataset, path)
         if dataset == "got10k":
             results.append((pred, seq.gt, seq.visible, _image_wh(seq.frames[0])))
         else:  # pytracking uses visibility flags for LaSOT only
@@ -1186,11 +1194,12 @@ def _names(folders) -> list:
     return names if len(set(names)) == len(names) else [str(f) for f in folders]
 
 
-def analyze(dataset: str, root, split: str, folders, uav: bool = False) -> dict:
-    """Score result folders -> {name: summary}."""
+def analyze(dataset: str, root, split: str, folders, uav: bool = False, static: bool = False) -> dict:
+    """Score result folders (and, with static, the static box first) -> {name: summary}."""
     sequences = data.read_dataset(dataset, root, split)
     summaries = {}
-    for name, folder in zip(_names(folders), folders):
+    named = ([("static box", None)] if static else []) + list(zip(_names(folders), folders))
+    for name, folder in named:
         results = _collect(folder, sequences, dataset)
         summaries[name] = (got10k_summary(results) if dataset == "got10k"
                            else ope_summary(results, uav=uav))
@@ -1217,7 +1226,7 @@ def _score_keys(dataset: str):
 
 
 def cmd_analyze(args) -> None:
-    summaries = analyze(args.dataset, args.root, args.split, args.results, args.uav)
+    summaries = analyze(args.dataset, args.root, args.split, args.results, args.uav, args.static_box)
     keys = _score_keys(args.dataset)
     width = max(len(n) for n in summaries) + 2
     print(f"{'results':<{width}}" + "".join(f"{k:>16}" for k in keys) + f"{'sequences':>12}")

@@ -535,3 +535,22 @@ def test_cli_dataset_got10k_submission_layout(tmp_path, tiny_checkpoint, monkeyp
     assert times.shape == (3,) and (times > 0).all()
     with pytest.raises(SystemExit, match="first-frame"):  # test split: nothing to score
         track.analyze("got10k", "r", "test", [out])
+
+
+def test_analyze_scores_the_static_box_first(tmp_path, capsys):
+    root, res = tmp_path / "seqs", tmp_path / "res"
+    sequences, gts = [], []
+    for i in range(3):
+        frames, gt = make_frames(4, seed=i)
+        write_sequence(root / f"seq{i}", frames, gt)
+        track.write_atomic(res / f"seq{i}.txt", track.format_boxes(gt))  # a perfect tracker
+        gts.append(gt)
+    summaries = track.analyze("folder", root, "test", [res], static=True)
+    assert list(summaries) == ["static box", "res"]
+    want = track.ope_summary([(np.repeat(gt[:1], len(gt), axis=0), gt, None) for gt in gts])
+    assert summaries["static box"]["auc"] == pytest.approx(want["auc"])
+    assert summaries["static box"]["auc"] < summaries["res"]["auc"]  # the frames move
+    track.main(["--analyze", "--dataset", "folder", "--root", str(root), "--results", str(res),
+                "--static-box"])
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[1].startswith("static box") and "res vs static box" in printed
