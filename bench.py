@@ -535,12 +535,15 @@ def bench_variant(model, args, device, log=print):
 
 
 # ----------------------------------------------------------------------------- end-to-end tracking
+BENCH_MIX = {"objects": 1.0}  # the sequences every speed in SPEED.md was measured on
+
+
 def make_sequence(folder, frames, size=(640, 360), seed=0):
     """One procedural sequence (synth.py) of `frames` frames, written under `folder`."""
     import data
     import synth
     synth.synth(folder, sequences=1, frames=frames, seed=seed, size=size, val_fraction=0,
-               progress=False)
+                progress=False, mix=BENCH_MIX)
     return data.read_got10k(folder, "train")[0]
 
 
@@ -586,7 +589,7 @@ def make_dataset(folder, sequences=16, frames=60, size=(640, 360), seed=0):
     import synth
     if not os.path.isdir(folder):  # made once, for every variant of the run
         synth.synth(folder, sequences=sequences, frames=frames, seed=seed, size=size,
-                    val_fraction=0, progress=False)
+                    val_fraction=0, progress=False, mix=BENCH_MIX)
     return data.read_got10k(folder, "train")
 
 

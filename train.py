@@ -104,6 +104,13 @@ def corner_loss(logits, gt_cxcywh, sigma=1.0):
 
 
 # ----------------------------------------------------------------------------- command line
+def _mix_arg(text: str) -> dict:
+    try:
+        return synth.parse_mix(text)
+    except ValueError as err:  # argparse shows an ArgumentTypeError's message as is
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser():
     # Past the ~60-line guide on purpose: one flat list of every option, in --help's order,
     # reads more easily than the same list split across helpers.
@@ -153,6 +160,9 @@ def build_parser():
     p.add_argument("--synth-sequences", type=int, default=300)
     p.add_argument("--synth-frames", type=int, default=100)
     p.add_argument("--synth-seed", type=int, default=0)
+    p.add_argument("--synth-mix", type=_mix_arg, default=dict(synth.MIX),
+                   help="kinds of procedural sequence and their weights, e.g. objects:0.4,patch:0.3,region:0.3 "
+                        "(synth.py --help; objects:1 is the set made before the other kinds existed)")
     p.add_argument("--val-every", type=int, default=0, help="track the procedural val split every K epochs")
     p.add_argument("--val-sequences", type=int, default=20, help="at most this many val sequences")
     p.add_argument("--baseline-only", action="store_true",
@@ -246,12 +256,15 @@ def read_sources(items):
     return sources
 
 
-def ensure_synth(folder, sequences, frames, seed, log=print):
+def ensure_synth(folder, sequences, frames, seed, log=print, mix=None):
     """Generate the procedural set (synth.py) once into `folder`. It is written to
     folder.partial and renamed when complete, with SYNTH_MARKER (its parameters) written
     last: an interrupted generation is redone, a folder without the marker is not ours
     and is never deleted."""
+    mix = synth.check_mix(synth.MIX if mix is None else mix)
     folder, want = Path(folder), {"sequences": sequences, "frames": frames, "seed": seed}
+    if mix != {"objects": 1.0}:  # markers written before kinds existed stay valid for objects-only sets
+        want["mix"] = mix
     marker = folder / SYNTH_MARKER
     if marker.is_file() and json.loads(marker.read_text()) == want:
         return folder
@@ -264,7 +277,7 @@ def ensure_synth(folder, sequences, frames, seed, log=print):
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     log(f"generating the procedural set ({sequences} sequences x {frames} frames) in {folder}")
-    synth.synth(tmp, sequences, frames, seed, workers=os.cpu_count() or 1)  # same bytes for any count
+    synth.synth(tmp, sequences, frames, seed, workers=os.cpu_count() or 1, mix=mix)  # same bytes for any count
     (tmp / SYNTH_MARKER).write_text(json.dumps(want))
     os.replace(tmp, folder)
     return folder
@@ -284,7 +297,7 @@ def rank_indices(samples_per_epoch, rank, world):
 def procedural_set(args, rank, world, log):
     """Rank 0 makes the procedural set (once, see ensure_synth) while the others wait."""
     if rank == 0:
-        ensure_synth(args.synth_dir, args.synth_sequences, args.synth_frames, args.synth_seed, log)
+        ensure_synth(args.synth_dir, args.synth_sequences, args.synth_frames, args.synth_seed, log, args.synth_mix)
     barrier(world)
 
 

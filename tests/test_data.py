@@ -649,7 +649,8 @@ PINNED_FRAMES = ["80e96648c12f288818c342ebb2f9ad077a2d5c3202f181af0c28501d9231ce
 
 
 def test_synth_bytes_match_the_pinned_generator(tmp_path):
-    synth.synth(tmp_path, sequences=2, frames=4, seed=7, size=(128, 96), val_fraction=0.5, progress=False)
+    synth.synth(tmp_path, sequences=2, frames=4, seed=7, size=(128, 96), val_fraction=0.5, progress=False,
+                mix={"objects": 1})  # the one kind that existed then
     labels = hashlib.sha256()
     for p in sorted(tmp_path.rglob("*")):
         if p.is_file() and p.suffix != ".jpg":
@@ -673,6 +674,157 @@ def test_cli_help_and_show(synth_root):
     out = subprocess.run([sys.executable, str(Path(synth.__file__)), "--out", str(synth_root / "x"),
                           "--workers", "0"], capture_output=True, text=True)
     assert out.returncode == 2 and "--workers 0" in out.stderr and not (synth_root / "x").exists()
+
+
+# ----------------------------------------------------------------------------- synth: natural scenes
+
+
+def _spectrum_slope(field: np.ndarray) -> float:
+    """Least-squares slope of log radial amplitude against log frequency, 0.02-0.3 cycles/px."""
+    amp = np.abs(np.fft.rfft2(field))
+    f = np.hypot(np.fft.fftfreq(field.shape[0])[:, None], np.fft.rfftfreq(field.shape[1])[None, :])
+    keep = (f > 0.02) & (f < 0.3)
+    return float(np.polyfit(np.log(f[keep]), np.log(amp[keep]), 1)[0])
+
+
+@pytest.mark.parametrize("slope", [0.8, 1.0, 1.6])
+def test_spectral_noise_has_the_asked_1_over_f_slope(slope):
+    field = synth._spectral_noise(np.random.default_rng(0), 256, 320, slope)
+    assert field.shape == (256, 320) and field.dtype == np.float32
+    assert abs(float(field.mean())) < 1e-5 and abs(float(field.std()) - 1) < 1e-4
+    # The fit over ~20k random-phase coefficients lands within 0.024 of the slope (seeds
+    # 0-4, the same for every slope); 0.05 is twice that and still tells 0.8 from 1.0.
+    assert abs(_spectrum_slope(field) + slope) < 0.05
+    np.testing.assert_array_equal(field, synth._spectral_noise(np.random.default_rng(0), 256, 320, slope))
+
+
+def test_natural_scene_range_determinism_and_variety():
+    scenes = [synth._natural_scene(np.random.default_rng(s), 96, 128) for s in (0, 0, 1)]
+    for scene in scenes:
+        assert scene.shape == (96, 128, 3) and scene.dtype == np.float32
+        assert scene.min() >= 0 and scene.max() <= 255 and scene.std() > 5  # not a flat field
+    np.testing.assert_array_equal(scenes[0], scenes[1])
+    assert np.abs(scenes[0] - scenes[2]).mean() > 10
+    # The luminance spectrum falls as a power of f, as a photograph's does (slope about -1;
+    # occluding flat leaves and out-of-focus scenes steepen it): measured -1.15 to -2.74
+    # over seeds 0-7 at this size, -1.15 / -1.77 / -1.40 for the three tested here. White
+    # noise gives 0 and a flat field no slope at all.
+    for s in range(3):
+        grey = synth._natural_scene(np.random.default_rng(s), 240, 320).mean(axis=2)
+        assert -3.0 < _spectrum_slope(grey - grey.mean()) < -0.8, s
+
+
+def test_cut_sprite_is_a_soft_edged_piece_of_the_scene():
+    scene = synth._natural_scene(np.random.default_rng(2), 64, 64)
+    for seed in range(6):
+        rgba = synth._cut_sprite(np.random.default_rng(seed), scene, 30)
+        assert rgba.dtype == np.uint8 and rgba.ndim == 3 and rgba.shape[2] == 4
+        assert 4 <= rgba.shape[0] <= 63 and 4 <= rgba.shape[1] <= 63
+        alpha = rgba[:, :, 3]
+        assert alpha.max() == 255 and alpha[0].any() and alpha[-1].any() and alpha[:, 0].any() and alpha[:, -1].any()
+        # The colours are the scene's own (found at some offset), with no outline added.
+        opaque = alpha == 255
+        hits = [(y, x) for y in range(64 - rgba.shape[0] + 1) for x in range(64 - rgba.shape[1] + 1)
+                if np.array_equal(scene[y:y + rgba.shape[0], x:x + rgba.shape[1]].astype(np.uint8)[opaque],
+                                  rgba[:, :, :3][opaque])]
+        assert hits, seed
+
+
+def test_pan_zoom_stays_inside_the_scene():
+    view = synth._pan_zoom(np.random.default_rng(4), 300, 160, 120, 352, 264)
+    half_w, half_h = 160 * view[:, 2] / 2, 120 * view[:, 2] / 2
+    assert (view[:, 0] - half_w >= 0).all() and (view[:, 0] + half_w <= 352 + 1e-9).all()
+    assert (view[:, 1] - half_h >= 0).all() and (view[:, 1] + half_h <= 264 + 1e-9).all()
+    assert (view[:, 2] >= 0.6 - 1e-9).all() and (view[:, 2] <= 2.2 * 0.95 + 1e-9).all()
+
+
+def test_absence_rule_of_finish():
+    """Absent when > 90 % of the target's alpha is covered or outside the frame."""
+    rng = np.random.default_rng(0)
+    sensor = {"rng": rng, "gain_log": np.zeros(1), "tint": np.ones(3), "blur_p": 0.0,
+              "noise": np.zeros((96 + 32, 128 + 32, 3), np.float32)}
+    alpha = np.zeros((96, 128), np.float32)
+    alpha[40:60, 50:70] = 1  # a 20 x 20 target
+    box = (50, 40, 20, 20)
+    occluder = np.full((20, 20, 4), 255, np.uint8)
+    for covered, absent in ((0.0, False), (0.5, False), (0.85, False), (0.95, True)):
+        # An opaque 20 x 20 occluder over the same columns, covering the lowest rows.
+        track = np.array([[60.0, 70 - 20 * covered, 20.0, 20.0]]) if covered else np.full((1, 4), np.nan)
+        occluders = [(occluder, track)]
+        frame, out_box, out_absent = synth._finish(np.zeros((96, 128, 3), np.float32), 0, sensor, occluders,
+                                                   alpha, box, 400.0)
+        assert out_box == box and out_absent is absent, covered
+        assert frame.dtype == np.uint8 and frame.shape == (96, 128, 3)
+    # Partly outside: the box is clipped to the frame; wholly outside: zeros and absent.
+    edge = np.zeros((96, 128), np.float32)
+    edge[0:10, 0:20] = 1
+    _, out_box, out_absent = synth._finish(np.zeros((96, 128, 3), np.float32), 0, sensor, [], edge,
+                                           (0, -10, 20, 20), 400.0)
+    assert out_box == (0, 0, 20, 10) and not out_absent
+    _, out_box, out_absent = synth._finish(np.zeros((96, 128, 3), np.float32), 0, sensor, [],
+                                           np.zeros((96, 128), np.float32), (200, 10, 20, 20), 400.0)
+    assert out_box == (0, 0, 0, 0) and out_absent
+
+
+@pytest.mark.parametrize("kind", sorted(synth.KINDS))
+def test_every_kind_is_deterministic_with_boxes_inside_the_frame(kind):
+    def run(seed):
+        return list(synth.KINDS[kind](np.random.default_rng([seed, 0]), 20, 128, 96))
+    first, again, other = run(5), run(5), run(6)
+    for (fa, ba, aa), (fb, bb, ab) in zip(first, again):
+        np.testing.assert_array_equal(fa, fb)
+        assert ba == bb and aa == ab
+    assert any(not np.array_equal(fa, fo) for (fa, _, _), (fo, _, _) in zip(first, other))
+    for seed in range(4):
+        for frame, (x, y, w, h), absent in run(seed):
+            assert frame.shape == (96, 128, 3) and frame.dtype == np.uint8
+            if not absent:
+                assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= 128 and y + h <= 96
+
+
+def test_region_boxes_follow_the_region_through_pans_and_zooms():
+    """The box of every frame holds the first frame's box content (resized): correlation
+    of the two crops, against the same for a box shifted by half its size."""
+    from PIL import Image as PILImage
+    scores, shifted = [], []
+    for seed in range(3):
+        frames = list(synth._render_region(np.random.default_rng([seed, 9]), 40, 160, 120))
+        def crop(frame, box, dx=0.0):
+            x, y, w, h = box
+            x = float(np.clip(x + dx * w, 0, 160 - w))
+            return np.asarray(PILImage.fromarray(frame).resize((24, 24), PILImage.BILINEAR, (x, y, x + w, y + h)),
+                              np.float32).ravel()
+        ref = crop(*frames[0][:2])
+        for frame, box, absent in frames[10::10]:
+            if absent or box[2] < 12 or box[3] < 12 or box[0] <= 0 or box[0] + box[2] >= 160:
+                continue
+            scores.append(np.corrcoef(ref, crop(frame, box))[0, 1])
+            shifted.append(np.corrcoef(ref, crop(frame, box, 0.5))[0, 1])
+    assert len(scores) >= 3
+    # Measured (seeds 0-2): median 0.94 on the box, -0.05 half a box away.
+    assert np.median(scores) > 0.8 and np.median(scores) > np.median(shifted) + 0.2
+
+
+def test_mix_keeps_objects_sequences_and_checks_its_input(tmp_path):
+    mixed, plain = tmp_path / "mixed", tmp_path / "plain"
+    mix = {"objects": 1.0, "region": 1.0}
+    synth.synth(mixed, sequences=6, frames=3, seed=2, size=(128, 96), val_fraction=0, progress=False, mix=mix)
+    synth.synth(plain, sequences=6, frames=3, seed=2, size=(128, 96), val_fraction=0, progress=False,
+                mix={"objects": 1.0})
+    kinds = [synth.kind_of(2, i, mix) for i in range(6)]
+    assert set(kinds) == {"objects", "region"}  # both drawn (fixed by the seed)
+    for i, kind in enumerate(kinds):
+        same = (mixed / f"train/synth_{i:05d}/00000002.jpg").read_bytes() == \
+            (plain / f"train/synth_{i:05d}/00000002.jpg").read_bytes()
+        assert same == (kind == "objects"), i
+    assert synth.parse_mix("objects:0.4, patch:0.6") == {"objects": 0.4, "patch": 0.6}
+    assert synth.parse_mix("region") == {"region": 1.0}
+    for bad in ("objects:x", "cats:1", "objects:-1", "objects:0"):
+        with pytest.raises(ValueError, match="mix"):
+            synth.parse_mix(bad)
+    out = subprocess.run([sys.executable, str(Path(synth.__file__)), "--out", str(tmp_path / "x"),
+                          "--mix", "cats:1"], capture_output=True, text=True)
+    assert out.returncode == 2 and "cats" in out.stderr and not (tmp_path / "x").exists()
 
 
 # ----------------------------------------------------------------------------- pairs

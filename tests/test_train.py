@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import fast  # noqa: E402
 import hit  # noqa: E402
+import synth  # noqa: E402
 import train  # noqa: E402
 
 SYNTH = dict(sequences=4, frames=12, seed=0)
@@ -488,6 +489,20 @@ def test_synth_cache_is_redone_when_incomplete(tmp_path):
     assert (folder / train.SYNTH_MARKER).stat().st_mtime_ns == stamp
     train.ensure_synth(folder, 2, 4, 0, log=lambda *a: None)  # other settings: made again
     assert len(data.read_got10k(folder, "train")[0].frames) == 4
+    stamp = (folder / train.SYNTH_MARKER).stat().st_mtime_ns
+    train.ensure_synth(folder, 2, 4, 0, log=lambda *a: None, mix=dict(synth.MIX))  # the default, spelled out
+    assert (folder / train.SYNTH_MARKER).stat().st_mtime_ns == stamp
+    train.ensure_synth(folder, 2, 4, 0, log=lambda *a: None, mix={"region": 1})  # another mix: made again
+    assert json.loads((folder / train.SYNTH_MARKER).read_text())["mix"] == {"region": 1.0}
+
+
+def test_synth_mix_option():
+    assert train.build_parser().parse_args(["--synth-mix", "objects:1,region:0.5"]).synth_mix == \
+        {"objects": 1.0, "region": 0.5}
+    assert train.build_parser().parse_args([]).synth_mix == synth.MIX
+    r = subprocess.run([sys.executable, "train.py", "--synth-mix", "objects:x"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "--synth-mix" in r.stderr and "objects:x" in r.stderr
 
 
 def test_synth_dir_not_made_by_train_is_never_deleted(tmp_path):
