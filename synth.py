@@ -359,6 +359,20 @@ def _motion_blur(frame: np.ndarray, length: int, angle: float) -> np.ndarray:
     return acc / length
 
 
+def _sprite_frames(bg, margin, cam, target, distractors, occluders, sensor, w: int, h: int):
+    """The frames of a sprite sequence (objects, patch): the camera's view of the padded
+    background, distractors behind the target, then _finish. target: (rgba, (n, 5) track)."""
+    target_rgba, track = target
+    for t in range(len(track)):
+        ox, oy = int(round(margin + cam[t, 0])), int(round(margin + cam[t, 1]))
+        frame = bg[oy:oy + h, ox:ox + w].copy()
+        for rgba, other in distractors:  # behind the target
+            _place(frame, rgba, *other[t])
+        target_alpha = np.zeros((h, w), np.float32)
+        box = _place(frame, target_rgba, *track[t], alpha_out=target_alpha)
+        yield _finish(frame, t, sensor, occluders, target_alpha, *box)
+
+
 def _render_sequence(rng, n: int, w: int, h: int):
     """Yield (frame uint8 (h, w, 3), box x,y,w,h clipped to the frame, absent) per frame."""
     margin = 48
@@ -373,15 +387,8 @@ def _render_sequence(rng, n: int, w: int, h: int):
                                      _rotation_track(rng, n)]))
                    for _ in range(rng.integers(1, 4))]
     occluders = [(_sprite(rng, _random_look(rng)), track) for track in _occluder_tracks(rng, n, target)]
-    sensor = _sensor(rng, n, w, h)
-    for t in range(n):
-        ox, oy = int(round(margin + cam[t, 0])), int(round(margin + cam[t, 1]))
-        frame = bg[oy:oy + h, ox:ox + w].copy()
-        for rgba, track in distractors:  # behind the target
-            _place(frame, rgba, *track[t])
-        target_alpha = np.zeros((h, w), np.float32)
-        box = _place(frame, target_rgba, *target[t], alpha_out=target_alpha)
-        yield _finish(frame, t, sensor, occluders, target_alpha, *box)
+    yield from _sprite_frames(bg, margin, cam, (target_rgba, target), distractors, occluders,
+                              _sensor(rng, n, w, h), w, h)
 
 
 def _render_patch(rng, n: int, w: int, h: int):
@@ -403,15 +410,8 @@ def _render_patch(rng, n: int, w: int, h: int):
         distractors.append((_cut_sprite(rng, source, side), np.column_stack([track, np.zeros(n)])))
     other = _natural_scene(rng, 128, 128)
     occluders = [(_cut_sprite(rng, other, 64), track) for track in _occluder_tracks(rng, n, target)]
-    sensor = _sensor(rng, n, w, h)
-    for t in range(n):
-        ox, oy = int(round(margin + cam[t, 0])), int(round(margin + cam[t, 1]))
-        frame = bg[oy:oy + h, ox:ox + w].copy()
-        for rgba, track in distractors:
-            _place(frame, rgba, *track[t])
-        target_alpha = np.zeros((h, w), np.float32)
-        box = _place(frame, target_rgba, *target[t], alpha_out=target_alpha)
-        yield _finish(frame, t, sensor, occluders, target_alpha, *box)
+    yield from _sprite_frames(bg, margin, cam, (target_rgba, target), distractors, occluders,
+                              _sensor(rng, n, w, h), w, h)
 
 
 def _render_region(rng, n: int, w: int, h: int):
@@ -532,6 +532,14 @@ def parse_mix(text: str) -> dict:
     return check_mix(mix)
 
 
+def mix_arg(text: str) -> dict:
+    """parse_mix for argparse's `type=` (synth.py --mix, train.py --synth-mix)."""
+    try:
+        return parse_mix(text)
+    except ValueError as err:  # argparse shows an ArgumentTypeError's message as is
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def synth(out, sequences: int = 300, frames: int = 100, seed: int = 0, size=(320, 240),
           val_fraction: float = 0.1, progress: bool = True, workers: int = 1, mix=None) -> None:
     """Write a procedural tracking data set in GOT-10k layout: out/train/<name>/00000001.jpg,
@@ -581,18 +589,14 @@ def main(argv=None) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of sequences in val/")
     p.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"), help="frame size")
     p.add_argument("--workers", type=int, default=1, help="processes (same bytes for any number)")
-    p.add_argument("--mix", default=",".join(f"{k}:{v}" for k, v in MIX.items()),
+    p.add_argument("--mix", type=mix_arg, default=dict(MIX),
                    help="kinds of sequence and their weights (objects, patch, region); "
                         "objects:1 is the set made before the other kinds existed")
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error(f"--workers {args.workers}: expected 1 or more")
-    try:
-        mix = parse_mix(args.mix)
-    except ValueError as err:
-        p.error(f"--mix {args.mix}: {err}")
     synth(args.out, args.sequences, args.frames, args.seed, tuple(args.size), args.val_fraction,
-          workers=args.workers, mix=mix)
+          workers=args.workers, mix=args.mix)
 
 
 if __name__ == "__main__":

@@ -104,13 +104,6 @@ def corner_loss(logits, gt_cxcywh, sigma=1.0):
 
 
 # ----------------------------------------------------------------------------- command line
-def _mix_arg(text: str) -> dict:
-    try:
-        return synth.parse_mix(text)
-    except ValueError as err:  # argparse shows an ArgumentTypeError's message as is
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def build_parser():
     # Past the ~60-line guide on purpose: one flat list of every option, in --help's order,
     # reads more easily than the same list split across helpers.
@@ -160,7 +153,7 @@ def build_parser():
     p.add_argument("--synth-sequences", type=int, default=300)
     p.add_argument("--synth-frames", type=int, default=100)
     p.add_argument("--synth-seed", type=int, default=0)
-    p.add_argument("--synth-mix", type=_mix_arg, default=dict(synth.MIX),
+    p.add_argument("--synth-mix", type=synth.mix_arg, default=dict(synth.MIX),
                    help="kinds of procedural sequence and their weights, e.g. objects:0.4,patch:0.3,region:0.3 "
                         "(synth.py --help; objects:1 is the set made before the other kinds existed)")
     p.add_argument("--val-every", type=int, default=0, help="track the procedural val split every K epochs")
