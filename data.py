@@ -531,6 +531,41 @@ def jitter_box(box_xywh, rng: np.random.Generator, scale_jitter: float, center_j
     return np.concatenate([center - 0.5 * size, size])
 
 
+def _ellipse_alpha(w: int, h: int, feather: float = 0.15) -> np.ndarray:
+    """(h, w) float32 alpha: 1 inside an ellipse filling the box, ramping to 0 over its
+    outer `feather` fraction, so a pasted patch has no rectangular edge to give it away."""
+    y = (np.arange(h, dtype=np.float32) + 0.5) / h * 2 - 1
+    x = (np.arange(w, dtype=np.float32) + 0.5) / w * 2 - 1
+    r = np.sqrt(y[:, None] ** 2 + x[None, :] ** 2)  # (h, w), 1 on the inscribed ellipse
+    return np.clip((1.0 - r) / feather, 0.0, 1.0)
+
+
+def paste_patch(image: np.ndarray, patch: np.ndarray, box_xywh) -> np.ndarray:
+    """A copy of image (H, W, 3) uint8 with patch resized into box (x, y, w, h) through an
+    elliptical soft mask; the parts of the box outside the image are dropped."""
+    x, y, w, h = (int(round(float(v))) for v in box_xywh)
+    w, h = max(w, 1), max(h, 1)
+    resized = np.asarray(Image.fromarray(patch).resize((w, h), Image.BILINEAR), np.float32)
+    alpha = _ellipse_alpha(w, h)[..., None]  # (h, w, 1)
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + w, image.shape[1]), min(y + h, image.shape[0])
+    out = image.copy()
+    if x1 <= x0 or y1 <= y0:
+        return out
+    src, a = resized[y0 - y:y1 - y, x0 - x:x1 - x], alpha[y0 - y:y1 - y, x0 - x:x1 - x]
+    dst = out[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = np.round(a * src + (1.0 - a) * dst).astype(np.uint8)
+    return out
+
+
+def _box_pixels(image: np.ndarray, box_xywh):
+    """The pixels of image inside box (x, y, w, h), rounded and clipped to the image; None
+    when fewer than 2 x 2 remain."""
+    x, y, w, h = (int(round(float(v))) for v in box_xywh)
+    patch = image[max(y, 0):max(y + h, 0), max(x, 0):max(x + w, 0)]
+    return patch if patch.shape[0] >= 2 and patch.shape[1] >= 2 else None
+
+
 def _to_gray(crop: np.ndarray) -> np.ndarray:
     # ITU-R BT.601 luma as cv2.cvtColor(RGB2GRAY), replicated to 3 channels.
     gray = np.rint(crop @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
@@ -557,12 +592,17 @@ class PairDataset(torch.utils.data.Dataset):
     (applied to the crops; the box centre becomes 1 - cx), brightness factor
     U(0.8, 1.2) drawn per crop as ToTensorAndJitter. Simplification: the released
     sampler also skips videos with fewer than 20 frames; here 2 usable frames suffice.
+
+    Not released: distractor_prob > 0 makes that fraction of pairs *distractor pairs*
+    (see _distract): the target and a look-alike, both pasted, on opposite sides of the
+    search crop's centre, so only the template tells which one to box. At 0 (the
+    default) no extra random number is drawn and every pair is the released sampler's.
     """
 
     def __init__(self, sources, weights=None, samples_per_epoch=60000, seed=0, max_gap=200,
                  template_size=128, search_size=256, template_factor=2.0, search_factor=4.0,
                  center_jitter=3.5, scale_jitter=0.5, gray_prob=0.05, flip_prob=0.5,
-                 brightness=0.2):
+                 brightness=0.2, distractor_prob=0.0):
         self.sources = [(name, [s for s in seqs if s.gt is not None and len(s.gt)]) for name, seqs in sources]
         empty = [name for name, seqs in self.sources if not seqs]
         if not self.sources or empty:
@@ -578,6 +618,9 @@ class PairDataset(torch.utils.data.Dataset):
             raise ValueError(f"jitter must be >= 0, got center {center_jitter}, scale {scale_jitter}")
         self.jitter = (float(center_jitter), float(scale_jitter))
         self.probs_aug = (float(gray_prob), float(flip_prob), float(brightness))
+        if not 0.0 <= distractor_prob <= 1.0:
+            raise ValueError(f"distractor_prob must be in [0, 1], got {distractor_prob}")
+        self.distractor_prob = float(distractor_prob)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -613,17 +656,69 @@ class PairDataset(torch.utils.data.Dataset):
         draws = rng.random(4)  # grayscale, flip, brightness of template, of search
         template_img = read_image(seq.frames[ids[0]])
         search_img = template_img if ids[1] == ids[0] else read_image(seq.frames[ids[1]])
+        search_gt = seq.gt[ids[1]]
+        if self.distractor_prob > 0 and rng.random() < self.distractor_prob:
+            pasted = self._distract(search_img, search_gt, search_box[2:], source, rng)
+            if pasted is None:
+                return None
+            search_img, search_gt, search_box = pasted
         (t_size, s_size), (t_factor, s_factor) = self.sizes, self.factors
         try:
             template, _, _ = crop_resize(template_img, seq.gt[ids[0]], t_factor, t_size)
             search, factor, _ = crop_resize(search_img, search_box, s_factor, s_size)
         except ValueError:
             return None  # degenerate jittered box: the released sampler also redraws
-        box = box_in_crop(seq.gt[ids[1]], search_box[:2] + 0.5 * search_box[2:], factor, s_size) / s_size
+        box = box_in_crop(search_gt, search_box[:2] + 0.5 * search_box[2:], factor, s_size) / s_size
         xyxy = np.clip(np.concatenate([box[:2], box[:2] + box[2:]]), 0.0, 1.0)
         if (xyxy[2:] - xyxy[:2] <= 0).any():
             return None  # target entirely outside the search crop
         return self._finish(template, search, xyxy, draws)
+
+    def _distract(self, image, target_xywh, search_size_wh, source, rng):
+        """(image, target box, search box) of a distractor pair, or None to redraw.
+
+        The target and a look-alike are both pasted, through the same soft elliptical mask,
+        on opposite sides of the search crop's centre, 1.15-1.6 box sizes apart (max-norm,
+        so they never overlap); the crop moves by at most 0.1 box size. Where the target
+        was, a blur of its surroundings covers it. The look-alike is another sequence's
+        target (its box in a random frame) at the target's size x U(0.8, 1.25). Both
+        candidates look pasted and sit as far from the crop centre, so neither the centre
+        prior nor the paste's edge tells them apart: only the template does."""
+        other = source[rng.integers(len(source))]
+        n = min(len(other.gt), len(other.frames))
+        usable = np.flatnonzero(_box_ok(other.gt[:n]) & (np.ones(n, bool) if other.visible is None
+                                                         else other.visible[:n]))
+        if not len(usable):
+            return None
+        k = int(rng.choice(usable))
+        look_alike, target_patch = _box_pixels(read_image(other.frames[k]), other.gt[k]), _box_pixels(image, target_xywh)
+        if look_alike is None or target_patch is None:
+            return None
+        target = np.asarray(target_xywh, np.float64)
+        centre, size = target[:2] + 0.5 * target[2:], target[2:]
+        # The offset between the two, on the square's boundary in box sizes (max-norm `reach`):
+        # boxes up to 1.25x the target's never overlap it (0.5 + 0.625 < 1.15).
+        reach = rng.uniform(1.15, 1.6)
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        direction = np.array([np.cos(angle), np.sin(angle)])
+        offset = reach * direction / np.abs(direction).max() * size
+        crop_centre = centre + size * rng.uniform(-0.1, 0.1, 2)
+        cover = 1.8 * size  # an ellipse this big holds the whole box at full opacity
+        blur = _box_pixels(image, np.concatenate([centre - 0.5 * cover, cover]))
+        if blur is None:
+            return None
+        blur = np.asarray(Image.fromarray(blur).resize((3, 3), Image.BOX), np.float64)  # (3, 3, 3)
+        blur[1, 1] = (blur.sum((0, 1)) - blur[1, 1]) / 8  # the ring's colours, not the target's
+        blur = np.round(blur).astype(np.uint8)
+        out = paste_patch(image, blur, np.concatenate([centre - 0.5 * cover, cover]))
+        d_size = size * rng.uniform(0.8, 1.25)
+        out = paste_patch(out, look_alike, np.concatenate([centre - 0.5 * offset - 0.5 * d_size, d_size]))
+        moved = np.concatenate([centre + 0.5 * offset - 0.5 * size, size])
+        if (moved[:2] < 0).any() or (moved[:2] + moved[2:] > [image.shape[1], image.shape[0]]).any():
+            return None  # the moved target would leave the frame
+        out = paste_patch(out, target_patch, moved)
+        search_wh = np.asarray(search_size_wh, np.float64)
+        return out, moved, np.concatenate([crop_centre - 0.5 * search_wh, search_wh])
 
     def _finish(self, template, search, xyxy, draws):
         gray_prob, flip_prob, brightness = self.probs_aug

@@ -149,6 +149,14 @@ def build_parser():
                         "short runs learn faster with 1.0 and --scale-jitter 0.25, see TRAINING.md)")
     p.add_argument("--scale-jitter", type=float, default=0.5,
                    help="search-crop scale jitter, std of the log size per axis (released: 0.5)")
+    p.add_argument("--tied-qk-init", action="store_true",
+                   help="start each attention's key projection equal to its query projection, so "
+                        "attention first links tokens that look alike (not in the paper; no effect "
+                        "with --levit-weights)")
+    p.add_argument("--distractor-pairs", type=float, default=0.0, metavar="P",
+                   help="fraction of pairs whose target and another sequence's target are both pasted, "
+                        "on opposite sides of the crop centre, so only the template tells them apart "
+                        "(not released; 0: off)")
     p.add_argument("--synth-dir", default="data_cache/synth_v1")
     p.add_argument("--synth-sequences", type=int, default=300)
     p.add_argument("--synth-frames", type=int, default=100)
@@ -177,6 +185,8 @@ def parse_args(argv):
     args = build_parser().parse_args(argv)
     if args.time_budget < 0:
         raise ValueError(f"--time-budget must be >= 0 minutes, got {args.time_budget}")
+    if not 0.0 <= args.distractor_pairs <= 1.0:  # checked here, before any data is generated
+        raise ValueError(f"--distractor-pairs must be in [0, 1], got {args.distractor_pairs}")
     return args
 
 
@@ -298,7 +308,8 @@ def make_data(args, items, rank, world):
     """(pair sampler, this rank's indices) over the --data items, or the procedural set."""
     sources = read_sources(items) if items else [("synth", data.read_got10k(args.synth_dir, "train"))]
     dataset = data.PairDataset(sources, None, args.samples_per_epoch, args.seed,
-                               center_jitter=args.center_jitter, scale_jitter=args.scale_jitter)
+                               center_jitter=args.center_jitter, scale_jitter=args.scale_jitter,
+                               distractor_prob=args.distractor_pairs)
     return dataset, rank_indices(args.samples_per_epoch, rank, world)
 
 
@@ -315,6 +326,26 @@ class Training:
     net: torch.nn.Module | None = None  # what the step calls: model, or its DDP / compiled wrapper
 
 
+@torch.no_grad()
+def tie_query_key_init(model) -> int:
+    """Start every attention with its key projection equal to its query projection (not in
+    the paper; trained apart afterwards). Then q . k is largest between tokens of the same
+    content, so from the first step a search token attends to the template tokens that
+    look like it, instead of to random ones. Returns the number of attentions changed."""
+    changed = 0
+    for m in model.modules():
+        if isinstance(m, levit.Attention):  # qkv rows per head: [q (D), k (D), v]
+            rows = m.qkv.c.weight.view(m.heads, 2 * m.key_dim + m.v_dim, -1)  # (heads, 2D + Dv, C)
+            rows[:, m.key_dim:2 * m.key_dim] = rows[:, :m.key_dim]
+        elif isinstance(m, levit.ShrinkAttention):  # kv rows per head: [k (D), v]; q apart
+            rows = m.kv.c.weight.view(m.heads, m.key_dim + m.v_dim, -1)  # (heads, D + Dv, C)
+            rows[:, :m.key_dim] = m.q[1].c.weight.view(m.heads, m.key_dim, -1)
+        else:
+            continue
+        changed += 1
+    return changed
+
+
 def make_training(args, device, steps):
     """HiT (LeViT ImageNet weights in the backbone if given), AdamW on every parameter
     alike, and the lr schedule stepped once per optimizer step."""
@@ -324,6 +355,8 @@ def make_training(args, device, steps):
     model = hit.build_hit(args.variant, args.pos_layout, tuple(args.bridge_stages.split(",")))
     if args.levit_weights:
         levit.load_imagenet_weights(model.backbone.body, args.levit_weights)
+    elif args.tied_qk_init:
+        tie_query_key_init(model)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     # A closure, so its state_dict is just the step count; it reads args.epochs each step,

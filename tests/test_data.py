@@ -892,6 +892,68 @@ def test_jitter_box_bounds():
                          center_jitter=-1.0)
 
 
+def test_paste_patch_closed_form():
+    image = np.zeros((20, 30, 3), np.uint8)
+    patch = np.full((4, 6, 3), 200, np.uint8)
+    out = data.paste_patch(image, patch, (5, 4, 10, 8))
+    assert not image.any()  # the input is left alone
+    # Inside the ellipse's flat core the patch replaces the image; the box's corners lie
+    # outside the ellipse and every pixel outside the box is untouched.
+    assert (out[8, 10] == 200).all() and (out[7:9, 9:11] == 200).all()
+    assert not out[4, 5].any() and not out[11, 14].any()
+    outside = np.ones((20, 30), bool)
+    outside[4:12, 5:15] = False
+    assert not out[outside].any()
+    alpha = data._ellipse_alpha(10, 8)
+    assert alpha.min() == 0.0 and alpha.max() == 1.0 and alpha.shape == (8, 10)
+    np.testing.assert_allclose(alpha, alpha[::-1, ::-1])  # symmetric about the box centre
+    edge = data.paste_patch(image, patch, (25, -3, 10, 8))  # hangs off the right and top
+    assert (edge[1, 29] == 200).all() and not edge[:, :25].any()
+    assert not data.paste_patch(image, patch, (40, 30, 5, 5)).any()  # wholly outside
+
+
+def _blob_scene(tmp_path, name, colour):
+    """A 200 x 200 grey frame holding one 20 x 20 square of `colour` at (90, 90)."""
+    img = np.full((200, 200, 3), 100, np.uint8)
+    img[90:110, 90:110] = colour
+    Image.fromarray(img).save(tmp_path / f"{name}.png")
+    return data.Sequence(name, [tmp_path / f"{name}.png"], np.array([[90.0, 90.0, 20.0, 20.0]]), np.ones(1, bool))
+
+
+def test_distractor_pairs_put_the_lookalike_opposite_the_target(tmp_path):
+    seqs = [_blob_scene(tmp_path, "red", (230, 20, 20)), _blob_scene(tmp_path, "blue", (20, 20, 230))]
+    kw = dict(samples_per_epoch=24, seed=3, center_jitter=0.0, scale_jitter=0.0, gray_prob=0.0, flip_prob=0.0,
+              brightness=0.0)
+    ds = data.PairDataset([("blobs", seqs)], distractor_prob=1.0, **kw)
+    mean = torch.tensor(data.IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(data.IMAGENET_STD)[:, None, None]
+    side = 20 * 256 / 80  # the target's side in the crop: a 4 x 20 px region resized to 256
+    directions, look_alike_colours = set(), set()
+    for i in range(len(ds)):
+        s = ds[i]
+        crop = ((s["search"] * std + mean) * 255).permute(1, 2, 0).numpy()  # (256, 256, 3)
+        colour = ((s["template"] * std + mean) * 255)[:, 64, 64].numpy()  # the target's colour
+        cx, cy, w, h = (s["search_box"].numpy() * 256).tolist()
+        assert w == pytest.approx(side, abs=0.01) and h == pytest.approx(side, abs=0.01)
+        assert np.abs(crop[int(cy), int(cx)] - colour).max() < 3  # the label is on the moved target
+        # Saturated pixels are the two pastes; the cover of the old place mixes grey and colour.
+        pasted = np.ptp(crop, axis=-1) > 120
+        ys, xs = np.nonzero(pasted)
+        in_box = (np.abs(xs + 0.5 - cx) < w / 2 + 2) & (np.abs(ys + 0.5 - cy) < h / 2 + 2)
+        assert in_box.sum() > 0.5 * side ** 2 and (~in_box).sum() > 0.3 * side ** 2
+        dx, dy = xs[~in_box].mean() + 0.5, ys[~in_box].mean() + 0.5  # the look-alike's centroid
+        look_alike_colours.add(tuple(np.round(crop[int(dy), int(dx)] / 50)))
+        t_vec, d_vec = np.array([cx, cy]) - 128, np.array([dx, dy]) - 128
+        # Equally far from the crop centre, up to the +-0.1 side move of the crop
+        # (2 x 0.1 x sqrt(2) sides) and 2 px for the resampled edge; on opposite sides.
+        assert abs(np.hypot(*t_vec) - np.hypot(*d_vec)) < 0.29 * side + 2
+        assert np.dot(t_vec, d_vec) < 0 and np.hypot(*t_vec) > 0.5 * side
+        directions.add(int(np.sign(t_vec[0])))
+    assert directions == {-1, 1} and len(look_alike_colours) == 2  # directions and look-alikes vary
+    with pytest.raises(ValueError, match=r"distractor_prob must be in \[0, 1\]"):
+        data.PairDataset([("blobs", seqs)], distractor_prob=2.0)
+
+
 def test_pairs_respect_visibility_and_gap(tmp_path):
     frames = []
     for k in range(6):

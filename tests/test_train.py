@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import fast  # noqa: E402
 import hit  # noqa: E402
+import levit  # noqa: E402
 import synth  # noqa: E402
 import train  # noqa: E402
 
@@ -503,6 +504,45 @@ def test_synth_mix_option():
     r = subprocess.run([sys.executable, "train.py", "--synth-mix", "objects:x"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "--synth-mix" in r.stderr and "objects:x" in r.stderr
+
+
+def test_distractor_pairs_option():
+    assert train.parse_args(["--distractor-pairs", "0.5"]).distractor_pairs == 0.5
+    assert train.parse_args([]).distractor_pairs == 0.0
+    for bad in ("-0.1", "1.5"):
+        with pytest.raises(ValueError, match=r"--distractor-pairs must be in \[0, 1\], got " + bad):
+            train.parse_args(["--distractor-pairs", bad])
+
+
+def _queries_and_keys(attn, x):
+    """q and k of one LeViT attention for tokens x (B, N, C), BN in eval mode."""
+    if isinstance(attn, levit.Attention):
+        qkv = attn.qkv(x).view(*x.shape[:2], attn.heads, -1)  # (B, N, heads, 2D + Dv)
+        return qkv[..., :attn.key_dim], qkv[..., attn.key_dim:2 * attn.key_dim]
+    q = attn.q[1](x).view(*x.shape[:2], attn.heads, -1)  # (B, N, heads, D), before subsampling
+    k = attn.kv(x).view(*x.shape[:2], attn.heads, -1)[..., :attn.key_dim]  # (B, N, heads, D)
+    return q, k
+
+
+def test_tied_qk_init_makes_keys_equal_queries():
+    torch.manual_seed(0)
+    model = hit.build_hit("tiny").eval()  # BN at its initial statistics: the same map for q and k
+    attentions = [m for m in model.modules() if isinstance(m, (levit.Attention, levit.ShrinkAttention))]
+    assert len(attentions) == 11  # HiT-Tiny (LeViT-128S): 2 + 3 + 4 attention blocks, 2 shrink attentions
+    x = torch.randn(2, 5, attentions[0].qkv.c.in_features)
+    q, k = _queries_and_keys(attentions[0], x)
+    assert (q - k).abs().max() > 0.01  # independent at random initialisation
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    assert train.tie_query_key_init(model) == 11
+    for attn in attentions:
+        x = torch.randn(2, 5, (attn.qkv if isinstance(attn, levit.Attention) else attn.kv).c.in_features)
+        q, k = _queries_and_keys(attn, x)
+        assert torch.equal(q, k)
+    # Only the key rows change, inside the 11 qkv / kv weights; everything else keeps its draw.
+    changed = sorted(n for n, p in model.named_parameters() if not torch.equal(p, before[n]))
+    assert len(changed) == 11 and all(n.endswith(("qkv.c.weight", "kv.c.weight")) for n in changed)
+    args = train.parse_args(["--tied-qk-init"])
+    assert args.tied_qk_init and not train.parse_args([]).tied_qk_init
 
 
 def test_synth_dir_not_made_by_train_is_never_deleted(tmp_path):
