@@ -691,7 +691,8 @@ class PairDataset(torch.utils.data.Dataset):
         if not len(usable):
             return None
         k = int(rng.choice(usable))
-        look_alike, target_patch = _box_pixels(read_image(other.frames[k]), other.gt[k]), _box_pixels(image, target_xywh)
+        look_alike = _box_pixels(read_image(other.frames[k]), other.gt[k])
+        target_patch = _box_pixels(image, target_xywh)
         if look_alike is None or target_patch is None:
             return None
         target = np.asarray(target_xywh, np.float64)
@@ -715,7 +716,7 @@ class PairDataset(torch.utils.data.Dataset):
         out = paste_patch(out, look_alike, np.concatenate([centre - 0.5 * offset - 0.5 * d_size, d_size]))
         moved = np.concatenate([centre + 0.5 * offset - 0.5 * size, size])
         if (moved[:2] < 0).any() or (moved[:2] + moved[2:] > [image.shape[1], image.shape[0]]).any():
-            return None  # the moved target would leave the frame
+            return None  # the moved target would leave the frame (after d_size's draw: the measured pairs)
         out = paste_patch(out, target_patch, moved)
         search_wh = np.asarray(search_size_wh, np.float64)
         return out, moved, np.concatenate([crop_centre - 0.5 * search_wh, search_wh])
