@@ -558,6 +558,14 @@ def paste_patch(image: np.ndarray, patch: np.ndarray, box_xywh) -> np.ndarray:
     return out
 
 
+def _usable_frames(seq: Sequence) -> np.ndarray:
+    """Indices of the frames with a visible target and a valid box (the released sampler
+    draws only these)."""
+    n = min(len(seq.gt), len(seq.frames))
+    visible = np.ones(n, bool) if seq.visible is None else seq.visible[:n]
+    return np.flatnonzero(visible & _box_ok(seq.gt[:n]))
+
+
 def _box_pixels(image: np.ndarray, box_xywh):
     """The pixels of image inside box (x, y, w, h), rounded and clipped to the image; None
     when fewer than 2 x 2 remain."""
@@ -632,8 +640,7 @@ class PairDataset(torch.utils.data.Dataset):
     def _frames(self, seq: Sequence, rng):
         """(template, search) frame indices, released causal order, or None to redraw."""
         n = min(len(seq.gt), len(seq.frames))
-        visible = np.ones(n, bool) if seq.visible is None else seq.visible[:n]
-        usable = np.flatnonzero(visible & _box_ok(seq.gt[:n]))
+        usable = _usable_frames(seq)
         if n == 1:
             return (0, 0) if len(usable) else None
         if len(usable) < 2:
@@ -685,9 +692,7 @@ class PairDataset(torch.utils.data.Dataset):
         candidates look pasted and sit as far from the crop centre, so neither the centre
         prior nor the paste's edge tells them apart: only the template does."""
         other = source[rng.integers(len(source))]
-        n = min(len(other.gt), len(other.frames))
-        usable = np.flatnonzero(_box_ok(other.gt[:n]) & (np.ones(n, bool) if other.visible is None
-                                                         else other.visible[:n]))
+        usable = _usable_frames(other)
         if not len(usable):
             return None
         k = int(rng.choice(usable))
@@ -705,13 +710,14 @@ class PairDataset(torch.utils.data.Dataset):
         offset = reach * direction / np.abs(direction).max() * size
         crop_centre = centre + size * rng.uniform(-0.1, 0.1, 2)
         cover = 1.8 * size  # an ellipse this big holds the whole box at full opacity
-        blur = _box_pixels(image, np.concatenate([centre - 0.5 * cover, cover]))
+        cover_box = np.concatenate([centre - 0.5 * cover, cover])
+        blur = _box_pixels(image, cover_box)
         if blur is None:
             return None
         blur = np.asarray(Image.fromarray(blur).resize((3, 3), Image.BOX), np.float64)  # (3, 3, 3)
         blur[1, 1] = (blur.sum((0, 1)) - blur[1, 1]) / 8  # the ring's colours, not the target's
         blur = np.round(blur).astype(np.uint8)
-        out = paste_patch(image, blur, np.concatenate([centre - 0.5 * cover, cover]))
+        out = paste_patch(image, blur, cover_box)
         d_size = size * rng.uniform(0.8, 1.25)
         out = paste_patch(out, look_alike, np.concatenate([centre - 0.5 * offset - 0.5 * d_size, d_size]))
         moved = np.concatenate([centre + 0.5 * offset - 0.5 * size, size])

@@ -331,7 +331,8 @@ def tie_query_key_init(model) -> int:
     """Start every attention with its key projection equal to its query projection (not in
     the paper; trained apart afterwards). Then q . k = |q|^2 > 0 between tokens of the same
     content, so from the first step a search token leans towards the template tokens that
-    look like it, where independent random projections give it no preference. Returns the number of attentions changed."""
+    look like it, where independent random projections give it no preference. Returns the
+    number of attentions changed."""
     changed = 0
     for m in model.modules():
         if isinstance(m, levit.Attention):  # qkv rows per head: [q (D), k (D), v]
