@@ -752,6 +752,88 @@ class PairDataset(torch.utils.data.Dataset):
                            f"(seed {self.seed}, epoch {self.epoch}, index {index})")
 
 
+def crop_to_crop(inner_xyxy, inner_size: int, outer_xyxy, outer_size: int) -> np.ndarray:
+    """(a, bx, by): pixel (u, v) of one crop is pixel (a u + bx, a v + by) of another crop
+    of the same image. Both from crop_resize, whose resize maps crop pixel u to image
+    x = x1 + (u + 0.5) * sz / out - 0.5 (OpenCV's pixel-centre rule)."""
+    s_in = (inner_xyxy[2] - inner_xyxy[0]) / inner_size  # image pixels per crop pixel
+    s_out = (outer_xyxy[2] - outer_xyxy[0]) / outer_size
+    shift = np.asarray(inner_xyxy[:2], np.float64) - np.asarray(outer_xyxy[:2], np.float64)
+    b = (shift + 0.5 * s_in) / s_out - 0.5
+    return np.array([s_in / s_out, b[0], b[1]])
+
+
+class ViewPairDataset(torch.utils.data.Dataset):
+    """Two crops of one frame for train.py's backbone pre-training (--pretrain-minutes; not
+    in the paper, which starts from ImageNet LeViT): a template crop (factor 2, 128) and a
+    search crop (factor 4, 256) around a jittered box, as PairDataset cuts them, and the
+    map between their pixels (crop_to_crop), so that every template token has a known
+    search token showing the same content.
+
+    The box is the annotated target with probability 1 - random_box_prob, else a box of
+    about the target's size anywhere in the frame, so that matching is learned on
+    backgrounds and textures too. Per crop brightness U(0.8, 1.2), joint grayscale p 0.05;
+    no flip. Sample i depends only on (seed, i). Returns {"template", "search"} normalised
+    float32 and "view_map" (3,) float32 (a, bx, by): template pixel (u, v) is search pixel
+    (a u + bx, a v + by).
+    """
+
+    def __init__(self, sources, samples=10**9, seed=0, template_size=128, search_size=256,
+                 template_factor=2.0, search_factor=4.0, center_jitter=1.0, scale_jitter=0.25,
+                 random_box_prob=0.5, gray_prob=0.05, brightness=0.2):
+        self.sequences = [s for _, seqs in sources for s in seqs if s.gt is not None and len(_usable_frames(s))]
+        if not self.sequences:
+            raise ValueError("view pairs need at least one sequence with a visible, valid box")
+        self.samples, self.seed = int(samples), int(seed)
+        self.sizes = (int(template_size), int(search_size))
+        self.factors = (float(template_factor), float(search_factor))
+        self.jitter = (float(center_jitter), float(scale_jitter))
+        self.random_box_prob, self.gray_prob, self.brightness = float(random_box_prob), float(gray_prob), float(brightness)
+
+    def __len__(self) -> int:
+        return self.samples
+
+    @staticmethod
+    def _random_box(image_hw, size_wh, rng) -> np.ndarray:
+        """A box of size_wh x exp(N(0, 0.5)) (at most half the frame), uniformly inside the frame."""
+        frame = np.array(image_hw[::-1], np.float64)  # (W, H)
+        size = np.minimum(np.asarray(size_wh, np.float64) * np.exp(0.5 * rng.standard_normal(2)), frame / 2)
+        size = np.maximum(size, 4.0)
+        return np.concatenate([rng.random(2) * (frame - size), size])
+
+    def _try(self, rng):
+        seq = self.sequences[rng.integers(len(self.sequences))]
+        k = int(rng.choice(_usable_frames(seq)))
+        image = read_image(seq.frames[k])
+        box = np.asarray(seq.gt[k], np.float64)
+        if rng.random() < self.random_box_prob:
+            box = self._random_box(image.shape[:2], box[2:], rng)
+        search_box = jitter_box(box, rng, self.jitter[1], self.jitter[0])
+        (t_size, s_size), (t_factor, s_factor) = self.sizes, self.factors
+        draws = rng.random(3)  # grayscale, brightness of template, of search
+        try:
+            template, _, t_xyxy = crop_resize(image, box, t_factor, t_size)
+            search, _, s_xyxy = crop_resize(image, search_box, s_factor, s_size)
+        except ValueError:
+            return None  # a degenerate jittered box: redraw
+        if draws[0] < self.gray_prob:
+            template, search = _to_gray(template), _to_gray(search)
+        factors = 1.0 - self.brightness + 2.0 * self.brightness * draws[1:]
+        view_map = crop_to_crop(t_xyxy, t_size, s_xyxy, s_size)
+        return {"template": normalize(template, float(factors[0])), "search": normalize(search, float(factors[1])),
+                "view_map": torch.from_numpy(view_map.astype(np.float32))}
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
+        rng = np.random.default_rng([self.seed, int(index)])
+        for _ in range(100):
+            sample = self._try(rng)
+            if sample is not None:
+                return sample
+        raise RuntimeError(f"no valid view pair after 100 draws (seed {self.seed}, index {index})")
+
+
 # ----------------------------------------------------------------------------- CLI
 
 

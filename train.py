@@ -157,6 +157,12 @@ def build_parser():
                    help="fraction of pairs whose target and another sequence's target are both pasted, "
                         "on opposite sides of the crop centre, so only the template tells them apart "
                         "(not released; 0: off)")
+    p.add_argument("--pretrain-minutes", type=float, default=0.0, metavar="MIN",
+                   help="first train the backbone alone for MIN minutes to match the content of two crops "
+                        "of one frame, token to token (not in the paper; counts in --time-budget; 0: off)")
+    p.add_argument("--backbone-lr-scale", type=float, default=1.0, metavar="F",
+                   help="the backbone's lr is --lr times F (not in the paper, which trains every parameter "
+                        "at --lr; e.g. 0.1 after --pretrain-minutes)")
     p.add_argument("--synth-dir", default="data_cache/synth_v1")
     p.add_argument("--synth-sequences", type=int, default=300)
     p.add_argument("--synth-frames", type=int, default=100)
@@ -187,6 +193,10 @@ def parse_args(argv):
         raise ValueError(f"--time-budget must be >= 0 minutes, got {args.time_budget}")
     if not 0.0 <= args.distractor_pairs <= 1.0:  # checked here, before any data is generated
         raise ValueError(f"--distractor-pairs must be in [0, 1], got {args.distractor_pairs}")
+    if args.backbone_lr_scale <= 0:
+        raise ValueError(f"--backbone-lr-scale must be > 0, got {args.backbone_lr_scale}")
+    if args.pretrain_minutes < 0:
+        raise ValueError(f"--pretrain-minutes must be >= 0, got {args.pretrain_minutes}")
     return args
 
 
@@ -347,6 +357,18 @@ def tie_query_key_init(model) -> int:
     return changed
 
 
+def param_groups(model, lr, backbone_scale=1.0):
+    """Every parameter at lr (the paper), or with backbone_scale != 1 two groups: the
+    backbone at lr * backbone_scale, the rest at lr (not in the paper: to keep what
+    --pretrain-minutes taught the backbone while the Bridge and head learn)."""
+    if backbone_scale == 1.0:
+        return [{"params": list(model.parameters())}]
+    backbone = list(model.backbone.parameters())
+    ids = {id(p) for p in backbone}
+    return [{"params": backbone, "lr": lr * backbone_scale},
+            {"params": [p for p in model.parameters() if id(p) not in ids]}]
+
+
 def make_training(args, device, steps):
     """HiT (LeViT ImageNet weights in the backbone if given), AdamW on every parameter
     alike, and the lr schedule stepped once per optimizer step."""
@@ -359,7 +381,8 @@ def make_training(args, device, steps):
     elif args.tied_qk_init:
         tie_query_key_init(model)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.backbone_lr_scale), lr=args.lr,
+                                  weight_decay=args.weight_decay)
     # A closure, so its state_dict is just the step count; it reads args.epochs each step,
     # which --time-budget may lower.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, steps, args))
@@ -503,6 +526,115 @@ def resume(run, args, pace, out, rank, log):
     return ckpt["epoch"]
 
 
+# ----------------------------------------------------------------------------- backbone pre-training (not in the paper)
+# The paper's backbone starts from ImageNet LeViT weights. Without them, --pretrain-minutes
+# first trains the backbone alone to *match*: two crops of one frame (data.ViewPairDataset)
+# go through it as template and search, and every template token must pick, among the search
+# tokens, the one showing the same content (a cross-entropy over cosine similarities, at each
+# of the three stages). Why: the tracking loss alone barely teaches a randomly initialised
+# HiT to use its template (TRAINING.md, section 8).
+PRETRAIN_DIM = 64  # width of the per-stage projection the similarities are taken in
+PRETRAIN_TAU = 0.1  # temperature of the softmax over search tokens
+PRETRAIN_WARMUP = 20  # steps of linear lr warm-up
+
+
+def token_targets(view_map, t_side: int, s_side: int, stride: int):
+    """(B, t_side^2) index of the search token (row-major s_side x s_side grid) nearest to
+    where each template token's centre lands in the search crop, -100 where it lands
+    outside. view_map (B, 3) = (a, bx, by) maps template pixels to search pixels
+    (data.crop_to_crop). Token j of a stage with this stride is centred on pixel
+    stride * j + 7.5: the patch embedding's first 16-pixel cell, and every subsampling keeps
+    tokens 0, 2, 4, ... (levit.Subsample)."""
+    centre = 7.5
+    grid = torch.arange(t_side, dtype=torch.float32, device=view_map.device) * stride + centre  # (t,)
+    a, bx, by = view_map.float().unbind(-1)  # 3 x (B,)
+    col = torch.floor((a[:, None] * grid + bx[:, None] - centre) / stride + 0.5).long()  # (B, t)
+    row = torch.floor((a[:, None] * grid + by[:, None] - centre) / stride + 0.5).long()  # (B, t)
+    index = row[:, :, None] * s_side + col[:, None, :]  # (B, t, t): template row i, column j
+    inside = ((row >= 0) & (row < s_side))[:, :, None] & ((col >= 0) & (col < s_side))[:, None, :]
+    return torch.where(inside, index, torch.full_like(index, -100)).flatten(1)  # (B, t*t)
+
+
+def correspondence_loss(stages, heads, view_map, cfg):
+    """Mean over the three stages of the cross-entropy of each template token's true search
+    token, among all search tokens; and the top-1 accuracy per stage (a list of floats).
+    stages: the backbone's outputs, (B, N_k, C_k) with tokens [search; template]."""
+    s_side, t_side = cfg.search_size // cfg.stride, cfg.template_size // cfg.stride
+    losses, accuracy = [], []
+    for k, (x, head) in enumerate(zip(stages, heads)):
+        s, t = s_side >> k, t_side >> k  # grids halve at each stage
+        f = torch.nn.functional.normalize(head(x.float()), dim=-1)  # (B, s*s + t*t, PRETRAIN_DIM)
+        logits = f[:, s * s:] @ f[:, :s * s].transpose(1, 2) / PRETRAIN_TAU  # (B, t*t, s*s)
+        target = token_targets(view_map, t, s, cfg.stride << k)  # (B, t*t)
+        losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100))
+        hit_ = (logits.argmax(-1) == target)[target >= 0]
+        accuracy.append(hit_.float().mean().item() if hit_.numel() else float("nan"))
+    return torch.stack(losses).mean(), accuracy
+
+
+def pretrain_lr(base_lr, step, elapsed_s, budget_s):
+    """Linear warm-up over PRETRAIN_WARMUP steps, then a half cosine over the time budget."""
+    return base_lr * min(1.0, (step + 1) / PRETRAIN_WARMUP) * 0.5 * (1.0 + math.cos(math.pi * elapsed_s / budget_s))
+
+
+def pretrain_step(model, heads, batch, optimizer, device, grad_clip=0.1, amp_dtype=None):
+    """One optimizer step of correspondence_loss on the backbone and the projections.
+    Returns (loss, top-1 per stage) as floats."""
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        stages = model.backbone(batch["template"].to(device), batch["search"].to(device))
+    loss, accuracy = correspondence_loss(stages, heads, batch["view_map"].to(device), model.cfg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
+    optimizer.step()
+    return loss.item(), accuracy
+
+
+def pretrain(model, args, sources, device, out, log, amp_dtype=None):
+    """--pretrain-minutes: train model.backbone on view pairs (data.ViewPairDataset) for that
+    many minutes, save it to OUT/pretrained.pth and return the record logged (steps, pairs,
+    loss and top-1 per stage over the last 50 steps). A run that finds OUT/pretrained.pth
+    loads it instead: a restart after a crash in the first epoch does not pre-train again."""
+    path = out / "pretrained.pth"
+    if path.is_file():
+        saved = hit.safe_load(path)
+        model.backbone.load_state_dict(saved["backbone"])
+        log(f"pre-trained backbone loaded from {path} ({saved['record']['pairs']} view pairs)")
+        return saved["record"]
+    dataset = data.ViewPairDataset(sources, seed=args.seed, center_jitter=args.center_jitter,
+                                   scale_jitter=args.scale_jitter)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
+                                         pin_memory=device.type == "cuda")
+    dims = levit.SPECS[model.cfg.levit].embed_dim
+    heads = torch.nn.ModuleList(torch.nn.Linear(c, PRETRAIN_DIM) for c in dims).to(device)
+    optimizer = torch.optim.AdamW([*model.backbone.parameters(), *heads.parameters()], lr=args.lr,
+                                  weight_decay=args.weight_decay)
+    budget, t0, steps, recent = 60.0 * args.pretrain_minutes, time.time(), 0, []
+    model.backbone.train()
+    bar = tqdm(total=round(budget), unit="s", desc="pre-training the backbone", dynamic_ncols=True, leave=False)
+    for batch in loader:
+        if time.time() - t0 >= budget:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = pretrain_lr(args.lr, steps, time.time() - t0, budget)
+        loss, accuracy = pretrain_step(model, heads, batch, optimizer, device, args.grad_clip, amp_dtype)
+        steps += 1
+        recent = (recent + [[loss] + accuracy])[-50:]
+        bar.set_postfix(loss=f"{loss:.3f}", top1="/".join(f"{a:.2f}" for a in accuracy))
+        bar.update(round(time.time() - t0) - bar.n)
+    bar.close()
+    mean = np.nanmean(np.array(recent), axis=0) if recent else [float("nan")] * 4
+    record = {"steps": steps, "pairs": steps * args.batch_size, "seconds": time.time() - t0,
+              "loss": float(mean[0]), "top1_per_stage": [float(v) for v in mean[1:]]}
+    # The projections are kept only to probe the matching later; tracking does not use them.
+    save_atomic({"backbone": model.backbone.state_dict(), "heads": heads.state_dict(), "record": record}, path)
+    log(f"pre-training: {steps} steps ({record['pairs']} view pairs) in {record['seconds']:.0f} s; last 50 "
+        f"steps: loss {record['loss']:.3f}, top-1 match per stage "
+        + " / ".join(f"{v:.3f}" for v in record["top1_per_stage"]))
+    return record
+
+
 # ----------------------------------------------------------------------------- wall-clock time
 def epochs_within(budget_s, elapsed_s, epoch_s, done, max_epochs):
     """--time-budget: how many epochs the run gets. `done` epochs have run in `elapsed_s`
@@ -625,7 +757,7 @@ def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, de
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0,
                dynamic_ncols=True, leave=False)
     for step, batch in enumerate(loader):
-        lr = run.optimizer.param_groups[0]["lr"]
+        lr = run.optimizer.param_groups[-1]["lr"]  # --lr times the schedule (group 0 may be the backbone)
         m = train_step(run.net, batch, run.optimizer, device, args.grad_clip, run.scaler, run.amp_dtype,
                        args.corner_loss)
         run.scheduler.step()
@@ -702,6 +834,9 @@ def main(argv=None):
     pace = Pace(args.time_budget, t_launch)
     rank, world, device = setup_distributed(args.device)
     args.workers = resolve_workers(args.workers, device, world)
+    if args.pretrain_minutes and world > 1 and not args.resume:
+        raise ValueError("--pretrain-minutes runs in one process: start the run without torchrun "
+                         "(--stop-after 1), then --resume it under torchrun")
     log = tqdm.write if rank == 0 else (lambda *a, **k: None)
     out = Path(args.out)
 
@@ -714,6 +849,8 @@ def main(argv=None):
     steps = math.ceil(len(indices) / args.batch_size)
     run = make_training(args, device, steps)
     first = resume(run, args, pace, out, rank, log)
+    if args.pretrain_minutes and first == 0:
+        pretrain(run.model, args, dataset.sources, device, out, log, run.amp_dtype)
     run.net = wrap(run.model, world, device, args.compile)
     log(f"HiT-{args.variant}: {hit.count_params(run.model):,} params on {device} x{world}; "
         f"{len(dataset.sources)} source(s); {steps} steps/epoch of {args.batch_size}x{world} pairs; "

@@ -545,6 +545,95 @@ def test_tied_qk_init_makes_keys_equal_queries():
     assert args.tied_qk_init and not train.parse_args([]).tied_qk_init
 
 
+def test_token_targets_closed_form():
+    # The same box for both crops: template pixel u is search pixel u + 64 (data.crop_to_crop),
+    # so template token (r, c) of stage 1 shows search token (r + 4, c + 4); stage 2 (r + 2,
+    # c + 2) of an 8 x 8 grid; stage 3 (r + 1, c + 1) of 4 x 4.
+    same = torch.tensor([[1.0, 64.0, 64.0]])
+    t1 = train.token_targets(same, 8, 16, 16)
+    assert t1.shape == (1, 64) and t1[0, 0] == 4 * 16 + 4 and t1[0, 63] == 11 * 16 + 11 and t1[0, 9] == 5 * 16 + 5
+    assert train.token_targets(same, 4, 8, 32)[0].tolist()[:5] == [18, 19, 20, 21, 26]
+    assert train.token_targets(same, 2, 4, 64)[0].tolist() == [5, 6, 9, 10]
+    # A template twice as zoomed, shifted left: half the columns land outside the search crop.
+    half = train.token_targets(torch.tensor([[0.5, -16.0, 100.0]]), 8, 16, 16).view(8, 8)
+    # Column c's centre 16 c + 7.5 lands on 8 c - 12.25: search column round((8 c - 19.75) / 16)
+    # = -1, -1, 0, 0, 1, 1, 2, 2; row 0's centre 7.5 on 103.75: search row 6.
+    assert half[0].tolist() == [-100, -100, 96, 96, 97, 97, 98, 98]
+
+
+def test_pretrain_lr_warms_up_then_follows_a_half_cosine_of_the_time():
+    assert train.pretrain_lr(1e-3, 0, 0.0, 100.0) == pytest.approx(1e-3 / train.PRETRAIN_WARMUP)
+    assert train.pretrain_lr(1e-3, train.PRETRAIN_WARMUP - 1, 0.0, 100.0) == pytest.approx(1e-3)
+    assert train.pretrain_lr(1e-3, 500, 50.0, 100.0) == pytest.approx(0.5e-3)
+    assert train.pretrain_lr(1e-3, 500, 75.0, 100.0) == pytest.approx(1e-3 * (1 - math.sqrt(0.5)) / 2)
+    assert train.pretrain_lr(1e-3, 500, 100.0, 100.0) == pytest.approx(0.0, abs=1e-18)
+
+
+def test_correspondence_loss_rewards_matching_tokens():
+    torch.manual_seed(0)
+    cfg = hit.build_hit("tiny").cfg
+    same = torch.tensor([[1.0, 64.0, 64.0], [1.0, 64.0, 64.0]])
+    stages, shuffled = [], []
+    for k, dim in enumerate((128, 256, 384)):
+        s, t = 16 >> k, 8 >> k
+        search = torch.randn(2, s * s, dim)
+        target = train.token_targets(same, t, s, 16 << k)  # every template token inside here
+        template = search.gather(1, target[:, :, None].expand(-1, -1, dim))  # the true tokens
+        stages.append(torch.cat([search, template], 1))
+        shuffled.append(torch.cat([search, template.roll(1, 1)], 1))
+    heads = [torch.nn.Identity()] * 3
+    loss, accuracy = train.correspondence_loss(stages, heads, same, cfg)
+    assert accuracy == [1.0, 1.0, 1.0] and loss.item() < 0.01
+    loss_bad, accuracy_bad = train.correspondence_loss(shuffled, heads, same, cfg)
+    assert max(accuracy_bad) < 0.2 and loss_bad.item() > 5
+
+
+def test_pretrain_trains_the_backbone_and_a_restart_loads_it(synth_dir, tmp_path, capsys):
+    out = tmp_path / "pre"
+    torch.manual_seed(0)
+    fresh = hit.build_hit("tiny").backbone.state_dict()
+    train.main(tiny_args(synth_dir, out, "--pretrain-minutes", "0.03", "--stop-after", "1"))
+    saved = hit.safe_load(out / "pretrained.pth")
+    assert saved["record"]["steps"] >= 1 and len(saved["record"]["top1_per_stage"]) == 3
+    assert set(saved["backbone"]) == set(fresh)  # the backbone only: no Bridge, no head
+    assert any(not torch.equal(saved["backbone"][k], fresh[k]) for k in fresh if k.endswith("weight"))
+    assert "pre-training:" in capsys.readouterr().out
+    # A crash before the first checkpoint: the restart loads the pre-trained backbone.
+    (out / "last.pth").unlink()
+    (out / "log.jsonl").unlink()
+    model = train.main(tiny_args(synth_dir, out, "--pretrain-minutes", "0.03", "--stop-after", "1", "--lr", "0"))
+    assert all(torch.equal(v, saved["backbone"][k]) for k, v in model.backbone.state_dict().items()
+               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert "pre-trained backbone loaded" in capsys.readouterr().out
+
+
+def test_backbone_lr_scale_gives_the_backbone_its_own_lr(synth_dir, tmp_path):
+    model = hit.build_hit("tiny")
+    assert len(train.param_groups(model, 1e-3)) == 1  # the paper: one lr for every parameter
+    groups = train.param_groups(model, 1e-3, 0.1)
+    assert groups[0]["lr"] == pytest.approx(1e-4) and "lr" not in groups[1]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.backbone.parameters()}
+    assert sum(p.numel() for g in groups for p in g["params"]) == hit.count_params(model)  # each once
+    args = train.parse_args(tiny_args(synth_dir, tmp_path / "x", "--backbone-lr-scale", "0.1", "--warmup", "1"))
+    run = train.make_training(args, torch.device("cpu"), 4)
+    for _ in range(2):  # the schedule scales both groups alike
+        run.optimizer.step()
+        run.scheduler.step()
+    backbone_lr, rest_lr = (g["lr"] for g in run.optimizer.param_groups)
+    assert rest_lr == pytest.approx(args.lr * 3 / 4) and backbone_lr == pytest.approx(0.1 * rest_lr)
+    with pytest.raises(ValueError, match="--backbone-lr-scale must be > 0, got 0"):
+        train.parse_args(["--backbone-lr-scale", "0"])
+
+
+def test_pretrain_option_checks(synth_dir, tmp_path, monkeypatch):
+    assert train.parse_args(["--pretrain-minutes", "5"]).pretrain_minutes == 5.0
+    with pytest.raises(ValueError, match="--pretrain-minutes must be >= 0, got -1"):
+        train.parse_args(["--pretrain-minutes", "-1"])
+    monkeypatch.setattr(train, "setup_distributed", lambda device: (0, 2, torch.device("cpu")))
+    with pytest.raises(ValueError, match="runs in one process"):
+        train.main(tiny_args(synth_dir, tmp_path / "ddp", "--pretrain-minutes", "1"))
+
+
 def test_synth_dir_not_made_by_train_is_never_deleted(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "precious.txt").write_text("keep")
