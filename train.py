@@ -22,6 +22,7 @@ gives the tracker network.
 import argparse
 import copy
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -160,6 +161,10 @@ def build_parser():
     p.add_argument("--pretrain-minutes", type=float, default=0.0, metavar="MIN",
                    help="first train the backbone alone for MIN minutes to match the content of two crops "
                         "of one frame, token to token (not in the paper; counts in --time-budget; 0: off)")
+    p.add_argument("--match-loss", type=float, default=0.0, metavar="W",
+                   help="add W times the pre-training's matching loss (on raw tokens, no projection) "
+                        "on --batch-size/4 view pairs per step, so tracking keeps what matching taught "
+                        "(not in the paper; 0: off)")
     p.add_argument("--backbone-lr-scale", type=float, default=1.0, metavar="F",
                    help="the backbone's lr is --lr times F (not in the paper, which trains every parameter "
                         "at --lr; e.g. 0.1 after --pretrain-minutes)")
@@ -193,6 +198,8 @@ def parse_args(argv):
         raise ValueError(f"--time-budget must be >= 0 minutes, got {args.time_budget}")
     if not 0.0 <= args.distractor_pairs <= 1.0:  # checked here, before any data is generated
         raise ValueError(f"--distractor-pairs must be in [0, 1], got {args.distractor_pairs}")
+    if args.match_loss < 0:
+        raise ValueError(f"--match-loss must be >= 0, got {args.match_loss}")
     if args.backbone_lr_scale <= 0:
         raise ValueError(f"--backbone-lr-scale must be > 0, got {args.backbone_lr_scale}")
     if args.pretrain_minutes < 0:
@@ -536,6 +543,7 @@ def resume(run, args, pace, out, rank, log):
 PRETRAIN_DIM = 64  # width of the per-stage projection the similarities are taken in
 PRETRAIN_TAU = 0.1  # temperature of the softmax over search tokens
 PRETRAIN_WARMUP = 20  # steps of linear lr warm-up
+RAW_TOKENS = [torch.nn.Identity()] * 3  # --match-loss: similarities of the tokens themselves
 
 
 def token_targets(view_map, t_side: int, s_side: int, stride: int):
@@ -718,9 +726,11 @@ class Pace:
 
 # ----------------------------------------------------------------------------- one step and one epoch
 def train_step(model, batch, optimizer, device, grad_clip=0.1, scaler=None, amp_dtype=None,
-               corner_weight=0.0):
-    """Forward, Eq. 4 (+ corner_weight * corner_loss), backward, clip, AdamW step.
-    Returns floats {loss, giou, l1} (+ corner)."""
+               corner_weight=0.0, views=None, match_weight=0.0, plain=None):
+    """Forward, Eq. 4 (+ corner_weight * corner_loss, + match_weight * the matching loss of
+    `views`, a ViewPairDataset batch, through plain.backbone: `plain` is the HiT that
+    `model` wraps), backward, clip, AdamW step. Returns floats {loss, giou, l1} (+ corner,
+    match)."""
     template = batch["template"].to(device, non_blocking=True)
     search = batch["search"].to(device, non_blocking=True)
     target = batch["search_box"].to(device, non_blocking=True)
@@ -730,6 +740,11 @@ def train_step(model, batch, optimizer, device, grad_clip=0.1, scaler=None, amp_
     if corner_weight > 0:
         parts["corner"] = corner_loss(out["score_maps"], target)
         loss = loss + corner_weight * parts["corner"]
+    if views is not None:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            stages = plain.backbone(views["template"].to(device), views["search"].to(device))
+        parts["match"], _ = correspondence_loss(stages, RAW_TOKENS, views["view_map"].to(device), plain.cfg)
+        loss = loss + match_weight * parts["match"]
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -746,6 +761,18 @@ def train_step(model, batch, optimizer, device, grad_clip=0.1, scaler=None, amp_
     return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
 
+def view_batches(pairs, epoch, steps, args):
+    """--match-loss: the view pairs of each step of `epoch`, batch_size // 4 per step, drawn
+    from the pair sampler's sequences; sample indices follow (epoch, step), so a resumed
+    run draws the same views."""
+    views = data.ViewPairDataset(pairs.sources, seed=pairs.seed + 1, center_jitter=args.center_jitter,
+                                 scale_jitter=args.scale_jitter)
+    per_step = max(1, args.batch_size // 4)
+    first = epoch * steps * per_step
+    return iter(torch.utils.data.DataLoader(views, batch_size=per_step, num_workers=args.workers,
+                                            sampler=range(first, first + steps * per_step)))
+
+
 def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, device, log):
     """One epoch of steps; returns its log record (losses averaged over every rank's pairs)."""
     dataset.set_epoch(epoch)
@@ -753,16 +780,19 @@ def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, de
                                          num_workers=args.workers, pin_memory=device.type == "cuda")
     run.net.train()
     sums, n_seen = torch.zeros(4, dtype=torch.float64), 0  # loss, giou, l1 (pair-weighted), pairs
+    match = []  # --match-loss: its value per step
     pace.start_epoch()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0,
                dynamic_ncols=True, leave=False)
+    views = view_batches(dataset, epoch, steps, args) if args.match_loss else itertools.repeat(None)
     for step, batch in enumerate(loader):
         lr = run.optimizer.param_groups[-1]["lr"]  # --lr times the schedule (group 0 may be the backbone)
         m = train_step(run.net, batch, run.optimizer, device, args.grad_clip, run.scaler, run.amp_dtype,
-                       args.corner_loss)
+                       args.corner_loss, next(views), args.match_loss, run.model)
         run.scheduler.step()
         b = len(batch["search_box"])
         sums += torch.tensor([m["loss"] * b, m["giou"] * b, m["l1"] * b, b], dtype=torch.float64)
+        match += [m["match"]] if "match" in m else []
         n_seen += b
         steps_left = (args.epochs - epoch) * steps - step - 1
         pace.step_done(step, steps, steps_left, log)
@@ -777,9 +807,10 @@ def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, de
         dist.all_reduce(sums)
         sums = sums.cpu()
     seconds = pace.end_epoch()
-    return {"epoch": epoch + 1, "loss": (sums[0] / sums[3]).item(), "giou": (sums[1] / sums[3]).item(),
-            "l1": (sums[2] / sums[3]).item(), "lr": lr,  # lr of the epoch's last step
-            "samples_per_s": sums[3].item() / seconds, "seconds": seconds}
+    record = {"epoch": epoch + 1, "loss": (sums[0] / sums[3]).item(), "giou": (sums[1] / sums[3]).item(),
+              "l1": (sums[2] / sums[3]).item(), "lr": lr,  # lr of the epoch's last step
+              "samples_per_s": sums[3].item() / seconds, "seconds": seconds}
+    return record | ({"match": float(np.mean(match))} if match else {})
 
 
 def finish_epoch(run, record, args, out, device, log):
@@ -837,6 +868,8 @@ def main(argv=None):
     if args.pretrain_minutes and world > 1 and not args.resume:
         raise ValueError("--pretrain-minutes runs in one process: start the run without torchrun "
                          "(--stop-after 1), then --resume it under torchrun")
+    if args.match_loss and world > 1:  # its backbone pass runs outside DDP's synchronised forward
+        raise ValueError("--match-loss runs in one process only")
     log = tqdm.write if rank == 0 else (lambda *a, **k: None)
     out = Path(args.out)
 

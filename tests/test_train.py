@@ -625,13 +625,37 @@ def test_backbone_lr_scale_gives_the_backbone_its_own_lr(synth_dir, tmp_path):
         train.parse_args(["--backbone-lr-scale", "0"])
 
 
+def test_match_loss_adds_the_matching_term_and_resumes_exactly(synth_dir, tmp_path):
+    torch.manual_seed(0)
+    model = hit.build_hit("tiny").train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    views = data.ViewPairDataset([("synth", data.read_got10k(synth_dir, "train"))], seed=1)
+    views = torch.utils.data.default_collate([views[i] for i in range(2)])
+    m = train.train_step(model, fixed_batch(synth_dir), optimizer, torch.device("cpu"), views=views,
+                         match_weight=0.5, plain=model)
+    assert m["match"] > 0 and m["loss"] == pytest.approx(2 * m["giou"] + 5 * m["l1"] + 0.5 * m["match"], rel=1e-5)
+    runs = {}
+    for name, extra in (("straight", []), ("resumed", ["--stop-after", "1"])):
+        args = tiny_args(synth_dir, tmp_path / name, "--epochs", "2", "--match-loss", "0.5", "--batch-size", "4")
+        train.main(args + extra)
+        if extra:
+            train.main(args + ["--resume"])
+        runs[name] = [json.loads(s) for s in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+    assert len(runs["straight"]) == 2 and all(r["match"] > 0 for r in runs["straight"])
+    assert [(r["loss"], r["match"]) for r in runs["straight"]] == [(r["loss"], r["match"]) for r in runs["resumed"]]
+
+
 def test_pretrain_option_checks(synth_dir, tmp_path, monkeypatch):
     assert train.parse_args(["--pretrain-minutes", "5"]).pretrain_minutes == 5.0
     with pytest.raises(ValueError, match="--pretrain-minutes must be >= 0, got -1"):
         train.parse_args(["--pretrain-minutes", "-1"])
+    with pytest.raises(ValueError, match="--match-loss must be >= 0, got -1"):
+        train.parse_args(["--match-loss", "-1"])
     monkeypatch.setattr(train, "setup_distributed", lambda device: (0, 2, torch.device("cpu")))
     with pytest.raises(ValueError, match="runs in one process"):
         train.main(tiny_args(synth_dir, tmp_path / "ddp", "--pretrain-minutes", "1"))
+    with pytest.raises(ValueError, match="--match-loss runs in one process only"):
+        train.main(tiny_args(synth_dir, tmp_path / "ddp", "--match-loss", "1"))
 
 
 def test_synth_dir_not_made_by_train_is_never_deleted(tmp_path):
