@@ -377,8 +377,9 @@ def param_groups(model, lr, backbone_scale=1.0):
 
 
 def make_training(args, device, steps):
-    """HiT (LeViT ImageNet weights in the backbone if given), AdamW on every parameter
-    alike, and the lr schedule stepped once per optimizer step."""
+    """HiT (LeViT ImageNet weights in the backbone if given), AdamW (every parameter at one
+    lr unless --backbone-lr-scale, see param_groups), and the lr schedule stepped once per
+    optimizer step."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -571,7 +572,7 @@ def correspondence_loss(stages, heads, view_map, cfg):
     losses, accuracy = [], []
     for k, (x, head) in enumerate(zip(stages, heads)):
         s, t = s_side >> k, t_side >> k  # grids halve at each stage
-        f = torch.nn.functional.normalize(head(x.float()), dim=-1)  # (B, s*s + t*t, PRETRAIN_DIM)
+        f = torch.nn.functional.normalize(head(x.float()), dim=-1)  # (B, s*s + t*t, width of the head)
         logits = f[:, s * s:] @ f[:, :s * s].transpose(1, 2) / PRETRAIN_TAU  # (B, t*t, s*s)
         target = token_targets(view_map, t, s, cfg.stride << k)  # (B, t*t)
         losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100))
