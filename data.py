@@ -781,7 +781,9 @@ class ViewPairDataset(torch.utils.data.Dataset):
     def __init__(self, sources, samples=10**9, seed=0, template_size=128, search_size=256,
                  template_factor=2.0, search_factor=4.0, center_jitter=1.0, scale_jitter=0.25,
                  random_box_prob=0.5, gray_prob=0.05, brightness=0.2):
-        self.sequences = [s for _, seqs in sources for s in seqs if s.gt is not None and len(_usable_frames(s))]
+        annotated = [s for _, seqs in sources for s in seqs if s.gt is not None]
+        # (sequence, its usable frame indices), worked out once rather than per sample
+        self.sequences = [(s, u) for s, u in ((s, _usable_frames(s)) for s in annotated) if len(u)]
         if not self.sequences:
             raise ValueError("view pairs need at least one sequence with a visible, valid box")
         self.samples, self.seed = int(samples), int(seed)
@@ -802,8 +804,8 @@ class ViewPairDataset(torch.utils.data.Dataset):
         return np.concatenate([rng.random(2) * (frame - size), size])
 
     def _try(self, rng):
-        seq = self.sequences[rng.integers(len(self.sequences))]
-        k = int(rng.choice(_usable_frames(seq)))
+        seq, usable = self.sequences[rng.integers(len(self.sequences))]
+        k = int(rng.choice(usable))
         image = read_image(seq.frames[k])
         box = np.asarray(seq.gt[k], np.float64)
         if rng.random() < self.random_box_prob:
