@@ -588,14 +588,24 @@ def int8_cpu(model):
     return q
 
 
+def openvino_available():
+    """Whether the optional packages of the OpenVINO path (the exporter's onnx, openvino) import."""
+    return all(importlib.util.find_spec(p) is not None for p in ("onnx", "openvino"))
+
+
 def fast_cpu(model, batch=1):
     """The fastest CPU model we found (mode `fast`), from a FastHiT. On CPUs with native
-    bfloat16 (AVX512-BF16, AMX): compiled by Inductor under bf16 autocast (`Compiled`:
-    Linears, attention GEMMs and convolutions in bf16 with float32 accumulation, as
-    autocast chooses; the soft-argmax and the outputs in float32). Elsewhere, or where
-    Inductor cannot build (no C++ compiler), the eager int8 path `int8_cpu`. Its `path`
-    attribute says which of the two runs (the tracker and bench.py print it)."""
+    bfloat16 (AVX512-BF16, AMX): where the optional openvino package is installed, this
+    project's ONNX export in OpenVINO at bfloat16 (what mode `openvino` runs: OpenVINO's
+    graph compiler picks kernels and layouts for the whole graph, and beat Inductor's
+    kernels on every variant, SPEED.md); without it, compiled by Inductor under bf16
+    autocast (`Compiled`: Linears, attention GEMMs and convolutions in bf16 with float32
+    accumulation, as autocast chooses; the soft-argmax and the outputs in float32).
+    Elsewhere, or where Inductor cannot build (no C++ compiler), the eager int8 path
+    `int8_cpu`. Its `path` attribute says which runs (the tracker and bench.py print it)."""
     reason = "this CPU has no native bfloat16"
+    if cpu_has_bf16() and openvino_available():
+        return onnx_runtime_mode(model, "openvino", "cpu", batch)  # it picks bf16 on such CPUs
     if cpu_has_bf16():
         try:
             fn = Compiled(model, torch.bfloat16, batch, autotune=True)
@@ -857,6 +867,85 @@ def require(module, package=None):
                           f"(or {EXTRAS})") from e
 
 
+def attend_graph(q, k, v, bias, scale):
+    """levit.attend as the op sequence ONNX runtimes look for: MatMul with k transposed,
+    Mul, Add, Softmax, MatMul, all on the 4-D (B, heads, N, D) tensors. The same formula
+    (Eq. 1); levit.attend's baddbmm on (B*heads, N, D) is faster in PyTorch, but exported
+    it becomes reshapes and explicit transposes of k that ONNX Runtime and OpenVINO run as
+    separate copies (SPEED.md)."""
+    attn = (q @ k.transpose(-2, -1)) * scale  # (B, heads, Nq, Nk)
+    if bias is not None:
+        attn = attn + bias  # (heads, Nq, Nk) broadcast over B
+    return attn.softmax(dim=-1) @ v  # (B, heads, Nq, Dv)
+
+
+def head_part(linear, heads, widths, i):
+    """The Linear computing part i alone of a per-head projection whose outputs are laid out
+    heads x [part 0 | part 1 | ...] of `widths` (levit's qkv: q D, k D, v 2D per head):
+    its rows of every head, in head order. A copy, row-major."""
+    per, start = sum(widths), sum(widths[:i])
+    rows = torch.cat([torch.arange(h * per + start, h * per + start + widths[i]) for h in range(heads)])
+    part = nn.Linear(linear.in_features, len(rows))
+    with torch.no_grad():
+        part.weight.copy_(linear.weight[rows])
+        part.bias.copy_(linear.bias[rows])
+    return part
+
+
+class GraphAttention(nn.Module):
+    """A FrozenAttention (MHA) for the ONNX graph: q, k and v from three Linears (head_part
+    of qkv) instead of one Linear whose output is split per head, and attend_graph. The
+    same function; exported, the per-head split and its copies are gone (SPEED.md)."""
+
+    def __init__(self, attn):
+        super().__init__()
+        self.heads, self.key_dim, self.scale = attn.heads, attn.key_dim, attn.scale
+        widths = [attn.key_dim, attn.key_dim, attn.v_dim]
+        self.q, self.k, self.v = (head_part(attn.qkv, attn.heads, widths, i) for i in range(3))
+        self.proj = attn.proj
+        self.register_buffer("frozen_bias", attn.frozen_bias)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = (p(x).view(B, N, self.heads, -1).transpose(1, 2) for p in (self.q, self.k, self.v))  # (B, heads, N, *)
+        x = attend_graph(q, k, v, self.frozen_bias, self.scale)  # (B, heads, N, 2D)
+        return self.proj(x.transpose(1, 2).reshape(B, N, -1))  # (B, N, heads*2D)
+
+
+class GraphShrinkAttention(nn.Module):
+    """A FrozenShrinkAttention for the ONNX graph: k and v from two Linears (head_part of
+    kv), queries as before, attend_graph."""
+
+    def __init__(self, attn):
+        super().__init__()
+        self.heads, self.key_dim, self.scale = attn.heads, attn.key_dim, attn.scale
+        widths = [attn.key_dim, attn.v_dim]
+        self.k, self.v = (head_part(attn.kv, attn.heads, widths, i) for i in range(2))
+        self.q, self.proj = attn.q, attn.proj  # Subsample + Linear; Hardswish + Linear
+        self.register_buffer("frozen_bias", attn.frozen_bias)
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        k, v = (p(x).view(B, N, self.heads, -1).transpose(1, 2) for p in (self.k, self.v))  # (B, heads, N, *)
+        q = self.q(x)  # (B, N', heads*D)
+        Nq = q.shape[1]
+        q = q.view(B, Nq, self.heads, self.key_dim).transpose(1, 2)  # (B, heads, N', D)
+        x = attend_graph(q, k, v, self.frozen_bias, self.scale)  # (B, heads, N', 4D)
+        return self.proj(x.transpose(1, 2).reshape(B, Nq, -1))  # (B, N', heads*4D)
+
+
+def graph_attentions(module):
+    """Replace every FrozenBias attention in `module` (in place) by its Graph twin."""
+    for name, child in module.named_children():
+        if isinstance(child, FrozenAttention):
+            setattr(module, name, GraphAttention(child))
+        elif isinstance(child, FrozenShrinkAttention):
+            setattr(module, name, GraphShrinkAttention(child))
+        else:
+            graph_attentions(child)
+    return module
+
+
 class BoxesAndScore(nn.Module):
     """The (pred_boxes, score) tuple of a model's output dict: ONNX graphs return tuples."""
 
@@ -871,19 +960,21 @@ class BoxesAndScore(nn.Module):
 
 def export_onnx(model, path, opset=ONNX_OPSET):
     """Write `model` as one ONNX graph: inputs template (B, 3, 128, 128) and search
-    (B, 3, 256, 256), outputs pred_boxes (B, 4) and score (B,), B dynamic. A HiT is
-    exported as its FastHiT rewrite (a copy; every BN folded, merged towers, folded proj1,
-    frozen biases), so every runtime gains from those too; any other module returning the
-    same dict (bench.Released) is exported as it is (a copy: the model is left as it
-    was). Uses PyTorch's TorchScript-based
-    exporter (`dynamo=False`: the dynamo exporter fixed the batch size in the reshapes);
-    the exporter, opset and HiT config are written into the file's metadata and
-    onnx.checker must pass. Returns `path`."""
+    (B, 3, 256, 256), outputs pred_boxes (B, 4) and score (B,), B dynamic. A HiT or
+    FastHiT is exported as the FastHiT rewrite (a copy; every BN folded, merged towers,
+    folded proj1, frozen biases) with its attentions as graph_attentions makes them, so
+    every runtime gains from those too; any other module returning the same dict
+    (bench.Released) is exported as it is (a copy: the model is left as it was). Uses
+    PyTorch's TorchScript-based exporter (`dynamo=False`: the dynamo exporter fixed the
+    batch size in the reshapes); the exporter, opset and HiT config are written into the
+    file's metadata and onnx.checker must pass. Returns `path`."""
     onnx = require("onnx")
     # A copy: the exporter folds BNs into convs by writing the shared weight tensors.
     model = copy.deepcopy(model).cpu().eval()
     if isinstance(model, hit.HiT):
         model = FastHiT(model)
+    if isinstance(model, FastHiT):
+        graph_attentions(model)
     cfg = model.cfg
     inputs = example_inputs(cfg, 1)
     batch = {0: "batch"}
@@ -915,6 +1006,9 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle worker threads sleep instead of spinning: spinning ones take the cores from
+        # whatever runs between two calls (the tracker's crops, bench's other modes).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         provider = "CUDAExecutionProvider" if self.device.type == "cuda" else "CPUExecutionProvider"
         self.session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
         self.path = f"ONNX Runtime {ort.__version__}, {provider}, float32"

@@ -586,17 +586,31 @@ def pretrain_lr(base_lr, step, elapsed_s, budget_s):
     return base_lr * min(1.0, (step + 1) / PRETRAIN_WARMUP) * 0.5 * (1.0 + math.cos(math.pi * elapsed_s / budget_s))
 
 
+def optimizer_step(loss, optimizer, params, grad_clip, scaler=None):
+    """Backward, clip the gradient norm of `params` to grad_clip (0: no clipping), AdamW
+    step; through the loss scaler where there is one (float16 autocast on a GPU)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients
+    else:
+        loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def pretrain_step(model, heads, batch, optimizer, device, grad_clip=0.1, amp_dtype=None):
     """One optimizer step of correspondence_loss on the backbone and the projections.
     Returns (loss, top-1 per stage) as floats."""
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         stages = model.backbone(batch["template"].to(device), batch["search"].to(device))
     loss, accuracy = correspondence_loss(stages, heads, batch["view_map"].to(device), model.cfg)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], grad_clip)
-    optimizer.step()
+    optimizer_step(loss, optimizer, [p for group in optimizer.param_groups for p in group["params"]], grad_clip)
     return loss.item(), accuracy
 
 
@@ -746,19 +760,7 @@ def train_step(model, batch, optimizer, device, grad_clip=0.1, scaler=None, amp_
             stages = plain.backbone(views["template"].to(device), views["search"].to(device))
         parts["match"], _ = correspondence_loss(stages, RAW_TOKENS, views["view_map"].to(device), plain.cfg)
         loss = loss + match_weight * parts["match"]
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    optimizer_step(loss, optimizer, model.parameters(), grad_clip, scaler)
     return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
 

@@ -127,7 +127,8 @@ def test_random_model_makes_errors_visible(tiny):
 
 
 @pytest.mark.parametrize("mode", ["released", "eager", "fused", "int8", "fast", "bf16", "compile"])
-def test_every_cpu_mode_agrees_with_eager(tiny, mode):
+def test_every_cpu_mode_agrees_with_eager(tiny, mode, monkeypatch):
+    monkeypatch.setattr(fast, "openvino_available", lambda: False)  # fast: Inductor (OpenVINO: test_onnx.py)
     if mode == "bf16" and not fast.cpu_has_bf16():
         assert bench.skip_reason(mode, "cpu") is not None
         pytest.skip("this CPU has no native bfloat16")
@@ -205,8 +206,9 @@ def test_int8_fast_path_layers(monkeypatch):
 
 
 def test_fast_mode_picks_compiled_bf16_or_int8(monkeypatch):
-    """fast = Inductor-compiled bf16 autocast where the CPU has native bf16; the eager
-    int8 path without it, or (with a warning naming the reason) where compiling fails."""
+    """Without OpenVINO, fast = Inductor-compiled bf16 autocast where the CPU has native
+    bf16; the eager int8 path without it, or (with a warning naming the reason) where
+    compiling fails."""
     model = hit.build_hit("tiny").eval()
     made = []
 
@@ -217,6 +219,7 @@ def test_fast_mode_picks_compiled_bf16_or_int8(monkeypatch):
                 raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(fast, "Compiled", FakeCompiled)
+    monkeypatch.setattr(fast, "openvino_available", lambda: False)
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: True)
     assert isinstance(fast.prepare(copy.deepcopy(model), "fast", "cpu", batch=3), FakeCompiled)
     assert made == [(torch.bfloat16, 3, True)]

@@ -16,6 +16,7 @@ import torch
 import bench
 import fast
 import hit
+import levit
 import track
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +71,10 @@ def test_export_every_variant_and_ablation(tmp_path, variant, layout, stages):
     assert hit.config_from_dict(__import__("json").loads(meta["hit_config"])) == model.cfg
     ops = {n.op_type for n in graph.graph.node}
     assert not ops & {"BatchNormalization", "Dropout", "ConvTranspose"}  # folded, nothing training-only
+    blocks = [n for n in graph.graph.node if "/blocks." in n.name]
+    perms = [list(a.ints) for n in blocks if n.op_type == "Transpose" for a in n.attribute if a.name == "perm"]
+    assert [0, 2, 3, 1] in perms and [0, 2, 1] not in perms  # k^T as (B, H, D, N), not attend's (B*H, D, N)
+    assert "Split" not in {n.op_type for n in blocks}  # q, k, v from their own Linears (graph_attentions)
     if variant == "tiny":  # through the dynamic axis
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         z, x = torch.randn(3, 3, 128, 128), torch.randn(3, 3, 256, 256)
@@ -78,6 +83,42 @@ def test_export_every_variant_and_ablation(tmp_path, variant, layout, stages):
             ref = model(z, x)
         assert boxes.shape == (3, 4) and score.shape == (3,)
         assert np.abs(boxes - ref["pred_boxes"].numpy()).max() < EXACT_TOL
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_graph_attention_is_levit_attend(with_bias):
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, 7, 4, generator=g)
+    v, bias = torch.randn(2, 3, 7, 8, generator=g), torch.randn(3, 5, 7, generator=g)
+    bias = bias if with_bias else None
+    got = fast.attend_graph(q, k, v, bias, 0.5)
+    want = levit.attend(q, k, v, bias, 0.5)
+    assert got.shape == (2, 3, 5, 8)
+    assert (got - want).abs().max() < 1e-6  # the same sums: measured 0.0; 1e-6 allows another GEMM order
+    logits = q @ k.transpose(-2, -1) * 0.5 + (0 if bias is None else bias)
+    loop = torch.stack([torch.stack([torch.softmax(logits[b, h], -1) @ v[b, h] for h in range(3)]) for b in range(2)])
+    assert (got - loop).abs().max() < 1e-6  # measured 2.4e-7 (float32 rounding), 4x margin
+
+
+def test_graph_attentions_compute_what_the_frozen_ones_do():
+    torch.manual_seed(0)
+    model = bench.randomize(hit.build_hit("tiny"), 0).eval()
+    frozen = fast.FastHiT(model).backbone
+    graph = fast.graph_attentions(copy.deepcopy(frozen))
+    twins = dict(graph.named_modules())
+    pairs = [(a, twins[name]) for name, a in frozen.named_modules() if isinstance(a, fast.FrozenBias)]
+    assert [type(b).__name__ for _, b in pairs] == (["GraphAttention"] * 2 + ["GraphShrinkAttention"]
+                                                    + ["GraphAttention"] * 3 + ["GraphShrinkAttention"]
+                                                    + ["GraphAttention"] * 4)  # HiT-Tiny's 11 attentions
+    # Measured 0.0 on the CPU (the same GEMMs on the same rows); 1e-6 allows another blocking.
+    with torch.no_grad():
+        for a, b in pairs:
+            x = torch.randn(2, a.frozen_bias.shape[-1], (a.qkv if hasattr(a, "qkv") else a.kv).in_features)
+            assert (a(x) - b(x)).abs().max() < 1e-6
+        inputs = fast.example_inputs(model.cfg, 2)
+        stages = zip(frozen(*inputs), graph(*inputs))
+        assert [tuple(s.shape) for s, _ in stages] == [(2, 320, 128), (2, 80, 256), (2, 20, 384)]
+        assert all((s - t).abs().max() < 1e-6 for s, t in zip(frozen(*inputs), graph(*inputs)))
 
 
 def test_export_command_reads_a_released_checkpoint(fixtures_dir, tmp_path):
@@ -130,6 +171,18 @@ def test_openvino_float32_and_its_own_precision(released):
     assert bf16 == fast.cpu_has_bf16()  # OpenVINO's choice on this CPU
     assert (own(z, x)["pred_boxes"] - want).abs().max() < (OPENVINO_REDUCED_TOL if bf16 else EXACT_TOL)
     assert "openvino" in fast.REDUCED_MODES and "openvino_fp32" in fast.EXACT_MODES  # never called exact
+
+
+def test_fast_mode_is_openvino_bf16_where_the_cpu_has_bf16(released):
+    extra("openvino")
+    model, z, x, want = released
+    fn = fast.prepare(copy.deepcopy(model), "fast", "cpu", batch=2)
+    if fast.cpu_has_bf16():
+        assert isinstance(fn, fast.OpenVINO) and fn.precision == "bf16"
+        assert fast.path_of(fn, "fast").startswith("OpenVINO") and "bf16" in fast.path_of(fn, "fast")
+        assert (fn(z, x)["pred_boxes"] - want).abs().max() < OPENVINO_REDUCED_TOL
+    else:  # without native bf16 OpenVINO would run float32; fast stays the eager int8 path
+        assert not isinstance(fn, fast.OpenVINO) and "int8" in fast.path_of(fn, "fast")
 
 
 def test_tracker_in_onnxruntime_mode_follows_fused():

@@ -141,6 +141,7 @@ def test_tracker_feeds_float32_crops_in_every_mode(monkeypatch):
         raise RuntimeError("no C++ compiler")
 
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: True)
+    monkeypatch.setattr(fast, "openvino_available", lambda: False)
     monkeypatch.setattr(fast, "Compiled", no_compiler)
     with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
         tracker = track.Tracker(hit.build_hit("tiny"), mode="fast")
