@@ -14,9 +14,10 @@ we report median and p90.
 Modes (see fast.prepare): `released` re-runs the released implementation's op sequence on
 the same weights (the baseline for every speed-up claim), `eager` (unfused), `fused`
 (the default), `compile` (Inductor with frozen weights), `cuda_graph`; reduced precision
-`fp16` (GPU), `bf16` (GPU, and CPUs with native bfloat16), `int8` and `fast` (CPU: bf16
-autocast compiled by Inductor where the CPU has native bf16, else int8 Linears and head
-convs) are reported with their output deviation and never presented as exact. The
+`fp16` (GPU), `bf16` (GPU, and CPUs with native bfloat16), `int8` and `fast` (CPU, where
+it has native bf16: this project's ONNX export in OpenVINO at bf16 when openvino is
+installed, else bf16 autocast compiled by Inductor; int8 Linears and head convs without
+bf16) are reported with their output deviation and never presented as exact. The
 compiled modes compile while they are prepared, before any timing. `onnxruntime`,
 `openvino_fp32` (exact) and `openvino` (OpenVINO's own precision) run this project's ONNX
 export (fast.export_onnx). The peers `released_ort`, `released_ov_fp32`, `released_ov` and
@@ -502,7 +503,7 @@ def bench_variant(model, args, device, log=print):
             try:
                 fn = build_mode(model, mode, device, args.batch)
                 paths[mode] = fast.path_of(fn, mode)
-                if paths[mode] != mode:  # `fast` has two paths: say which one is timed
+                if paths[mode] != mode:  # `fast` has several paths: say which one is timed
                     log(f"  [{variant}] mode {mode} runs as: {paths[mode]}")
                 devs[mode] = check(fn, inputs, refs, refs64)
                 fns[mode] = (lambda f: lambda: f(z, x))(fn)

@@ -1131,7 +1131,7 @@ def prepare(model, mode="fused", device=None, batch=1):
 
 
 def path_of(fn, mode):
-    """What runs for `mode`: the mode's name, or for `fast` which of its two paths."""
+    """What runs for `mode`: the mode's name, or for `fast` (and the runtimes) which path."""
     return getattr(fn, "path", mode)
 
 

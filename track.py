@@ -317,7 +317,7 @@ class Tracker:
     mode except "eager" folds BatchNorm first, as the released tracker does). Crops go in
     as float32 in every mode: each prepared model casts to its own precision inside, so
     the input dtype never depends on which parameter a model happens to list first.
-    `path` says what runs (for `fast`, which of its two paths).
+    `path` says what runs (for `fast`, which of its paths).
     """
 
     def __init__(self, model: torch.nn.Module, device=None, mode: str = "fused", batch: int = 1):
@@ -997,7 +997,7 @@ def _make_tracker(args, batch: int = 1) -> Tracker:
     device = _device(args.device)
     model = hit.load_checkpoint(args.checkpoint, device=device)
     tracker = Tracker(model, device=device, mode=args.mode, batch=batch)
-    if tracker.path != args.mode:  # `fast` has two paths: say which one runs
+    if tracker.path != args.mode:  # `fast` has several paths: say which one runs
         print(f"mode {args.mode}: {tracker.path}", file=sys.stderr)
     return tracker
 
