@@ -116,9 +116,9 @@ def test_graph_attentions_compute_what_the_frozen_ones_do():
             x = torch.randn(2, a.frozen_bias.shape[-1], (a.qkv if hasattr(a, "qkv") else a.kv).in_features)
             assert (a(x) - b(x)).abs().max() < 1e-6
         inputs = fast.example_inputs(model.cfg, 2)
-        stages = zip(frozen(*inputs), graph(*inputs))
-        assert [tuple(s.shape) for s, _ in stages] == [(2, 320, 128), (2, 80, 256), (2, 20, 384)]
-        assert all((s - t).abs().max() < 1e-6 for s, t in zip(frozen(*inputs), graph(*inputs)))
+        want, got = frozen(*inputs), graph(*inputs)
+    assert [tuple(s.shape) for s in got] == [(2, 320, 128), (2, 80, 256), (2, 20, 384)]
+    assert all((s - t).abs().max() < 1e-6 for s, t in zip(want, got))
 
 
 def test_export_command_reads_a_released_checkpoint(fixtures_dir, tmp_path):
