@@ -984,8 +984,7 @@ def test_crop_to_crop_maps_template_pixels_onto_the_same_search_pixels():
     template, _, t_xyxy = data.crop_resize(image, box, 2.0, 128)
     search, _, s_xyxy = data.crop_resize(image, search_box, 4.0, 256)
     # Same box for both: template pixel u is search pixel u + 64 (a quarter of the crop).
-    same = data.crop_to_crop(data.crop_resize(image, box, 2.0, 128)[2], 128,
-                             data.crop_resize(image, box, 4.0, 256)[2], 256)
+    same = data.crop_to_crop(t_xyxy, 128, data.crop_resize(image, box, 4.0, 256)[2], 256)
     assert same.tolist() == pytest.approx([1.0, 64.0, 64.0], abs=1e-9)
     view_map = data.crop_to_crop(t_xyxy, 128, s_xyxy, 256)
     # The uint8 rounding of both crops and the fixed-point weights: measured at most 1.0
