@@ -11,6 +11,7 @@ replaces whole submodules or wraps the model, so the paper classes carry no bran
 it. track.py and bench.py import it; the network files never do.
 
     python fast.py export --checkpoint HiT_Tiny.pth.tar --out hit_tiny.onnx
+    python fast.py export --checkpoint HiT_Tiny.pth.tar --out hit_tiny_int8.onnx --int8
 """
 import argparse
 import contextlib
@@ -589,23 +590,27 @@ def int8_cpu(model):
 
 
 def openvino_available():
-    """Whether the optional packages of the OpenVINO path (the exporter's onnx, openvino) import."""
-    return all(importlib.util.find_spec(p) is not None for p in ("onnx", "openvino"))
+    """Whether the optional packages of fast's OpenVINO path import: onnx (the exporter),
+    onnxruntime (its quantisation tool) and openvino."""
+    return all(importlib.util.find_spec(p) is not None for p in ("onnx", "onnxruntime", "openvino"))
 
 
 def fast_cpu(model, batch=1):
     """The fastest CPU model we found (mode `fast`), from a FastHiT. On CPUs with native
-    bfloat16 (AVX512-BF16, AMX): where the optional openvino package is installed, this
-    project's ONNX export in OpenVINO at bfloat16 (what mode `openvino` runs: OpenVINO's
-    graph compiler picks kernels and layouts for the whole graph, and beat Inductor's
-    kernels on every variant, SPEED.md); without it, compiled by Inductor under bf16
-    autocast (`Compiled`: Linears, attention GEMMs and convolutions in bf16 with float32
-    accumulation, as autocast chooses; the soft-argmax and the outputs in float32).
+    bfloat16 (AVX512-BF16, AMX; all of them also have int8 dot-product instructions):
+    where the optional deployment packages are installed (openvino_available), this
+    project's ONNX export in OpenVINO with static int8 GEMMs and convolutions
+    (quantize_onnx) and bfloat16 elsewhere: OpenVINO's graph compiler picks kernels and
+    layouts for the whole graph and beat Inductor's on every variant, and int8 beat its
+    all-bf16 graph (mode `openvino`) on every variant (SPEED.md). Without them, compiled
+    by Inductor under bf16 autocast (`Compiled`: Linears, attention GEMMs and convolutions
+    in bf16 with float32 accumulation, as autocast chooses; the soft-argmax and the
+    outputs in float32).
     Elsewhere, or where Inductor cannot build (no C++ compiler), the eager int8 path
     `int8_cpu`. Its `path` attribute says which runs (the tracker and bench.py print it)."""
     reason = "this CPU has no native bfloat16"
     if cpu_has_bf16() and openvino_available():
-        return onnx_runtime_mode(model, "openvino", "cpu", batch)  # it picks bf16 on such CPUs
+        return onnx_runtime_mode(model, "openvino", "cpu", batch, int8=True)  # bf16 where not int8
     if cpu_has_bf16():
         try:
             fn = Compiled(model, torch.bfloat16, batch, autotune=True)
@@ -1046,13 +1051,91 @@ class OpenVINO:
         return {"pred_boxes": torch.from_numpy(boxes.copy()), "score": torch.from_numpy(score.copy())}
 
 
-def onnx_runtime_mode(model, mode, device, batch=1):
-    """`model` (a HiT or FastHiT) exported to ONNX and loaded in the runtime of `mode`."""
+# ----------------------------------------------------------------------------- int8 graphs
+# Static int8 for the graph runtimes: every GEMM and convolution with constant weights gets
+# int8 weights (one scale per output channel) and int8 inputs (one scale per tensor, fixed
+# in advance from calibration crops), written as ONNX QuantizeLinear / DequantizeLinear
+# pairs that OpenVINO turns into int8 kernels (VNNI / AMX). The attention's own products
+# (q k^T, softmax, A v) keep the runtime's float precision: quantising them too was slower
+# in OpenVINO. Scales are symmetric: OpenVINO 2026.4 rejects the zero points of asymmetric
+# (uint8) activations after a Concat.
+CALIBRATION_PAIRS = 16
+
+
+def calibration_inputs(cfg, count=CALIBRATION_PAIRS, seed=0):
+    """`count` (template, search) input pairs, each (1, 3, S, S) float32 numpy, cut from
+    procedural sequences (synth.py) as the tracker cuts them: the template around the
+    first frame's box at factor 2, the search region of the next frame around that same
+    box at factor 4. Procedural frames stand in for real ones, so that no dataset is
+    needed to prepare a model; the int8 cost was measured on a tracker trained on
+    procedural video (SPEED.md), not on one trained on real video."""
+    import synth  # the procedural generator: only needed to calibrate
+    pairs = []
+    for i in range(count):
+        (first, box, _), (second, _, _) = synth.KINDS["objects"](np.random.default_rng([seed, i]), 2, 320, 240)
+        template, _, _ = data.crop_resize(first, box, 2.0, cfg.template_size)
+        search, _, _ = data.crop_resize(second, box, 4.0, cfg.search_size)
+        pairs.append({"template": data.normalize(template)[None].numpy(),  # (1, 3, 128, 128)
+                      "search": data.normalize(search)[None].numpy()})  # (1, 3, 256, 256)
+    return pairs
+
+
+def weighted_nodes(graph):
+    """Names of the MatMul / Gemm / Conv nodes of an onnx graph whose weights are constant
+    matrices or kernels: the Linears and convolutions, not the soft-argmax's product with
+    a constant coordinate vector (1-D), which stays float."""
+    matrices = {t.name for t in graph.initializer if len(t.dims) >= 2}
+    return [n.name for n in graph.node
+            if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1 and n.input[1] in matrices]
+
+
+def quantize_onnx(src, dst, cfg, count=CALIBRATION_PAIRS):
+    """Write `src` (an export_onnx graph) to `dst` with static int8 GEMMs and convolutions
+    (see above), scales from the min/max over `count` calibration pairs, calibrated in
+    ONNX Runtime (its quantisation tool). Returns `dst`."""
+    onnx = require("onnx")
+    quantization = require("onnxruntime.quantization", "onnxruntime")
+
+    class Pairs(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.pairs = iter(calibration_inputs(cfg, count))
+
+        def get_next(self):
+            return next(self.pairs, None)
+
+    nodes = weighted_nodes(onnx.load(str(src)).graph)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")  # the tool's advice to pre-process first (shape inference: not needed)
+        quantization.quantize_static(
+            str(src), str(dst), Pairs(), quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+            activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
+            nodes_to_quantize=nodes, calibrate_method=quantization.CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    graph = onnx.load(str(dst))  # the export's metadata again, and how it was quantised
+    del graph.metadata_props[:]
+    for prop in onnx.load(str(src), load_external_data=False).metadata_props:
+        graph.metadata_props.add(key=prop.key, value=prop.value)
+    graph.metadata_props.add(key="int8", value=f"QDQ: {len(nodes)} Linears and convolutions, int8 weights per "
+                             f"output channel, int8 inputs per tensor, min/max over {count} procedural "
+                             "crop pairs (fast.quantize_onnx)")
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(dst))
+    return dst
+
+
+def onnx_runtime_mode(model, mode, device, batch=1, int8=False):
+    """`model` (a HiT or FastHiT) exported to ONNX and loaded in the runtime of `mode`;
+    with `int8`, its GEMMs and convolutions quantised first (quantize_onnx: OpenVINO only)."""
     with tempfile.TemporaryDirectory(prefix="hit_onnx_") as tmp:
         path = export_onnx(model, os.path.join(tmp, "hit.onnx"))
         if mode == "onnxruntime":
             return OnnxRuntime(path, model.cfg, device)
-        return OpenVINO(path, model.cfg, "f32" if mode == "openvino_fp32" else None, batch)
+        if int8:
+            path = quantize_onnx(path, os.path.join(tmp, "hit_int8.onnx"), model.cfg)
+        fn = OpenVINO(path, model.cfg, "f32" if mode == "openvino_fp32" else None, batch)
+        if int8:
+            fn.path += " (int8 GEMMs and convolutions, calibrated on procedural crops)"
+        return fn
 
 
 # ----------------------------------------------------------------------------- modes
@@ -1147,13 +1230,20 @@ def main(argv=None):
     src.add_argument("--variant", choices=sorted(hit.VARIANTS), help="random weights instead")
     e.add_argument("--out", required=True, help="the .onnx file to write")
     e.add_argument("--opset", type=int, default=ONNX_OPSET)
+    e.add_argument("--int8", action="store_true",
+                   help="quantise its Linears and convolutions to static int8 (QDQ, calibrated on "
+                        "procedural crops): the graph mode fast runs in OpenVINO; needs onnxruntime")
     args = p.parse_args(argv)
     try:
         model = hit.load_checkpoint(args.checkpoint) if args.checkpoint else hit.build_hit(args.variant).eval()
-        export_onnx(model, args.out, args.opset)
+        with tempfile.TemporaryDirectory(prefix="hit_onnx_") as tmp:
+            path = export_onnx(model, os.path.join(tmp, "hit.onnx") if args.int8 else args.out, args.opset)
+            if args.int8:
+                quantize_onnx(path, args.out, model.cfg)
     except (ValueError, OSError, ImportError) as err:
         sys.exit(f"fast.py export: error: {err}")
-    print(f"wrote {args.out}: HiT-{model.cfg.variant}, opset {args.opset}, dynamic batch")
+    print(f"wrote {args.out}: HiT-{model.cfg.variant}, opset {args.opset}, dynamic batch"
+          + (", int8 Linears and convolutions" if args.int8 else ""))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import bench
+import data
 import fast
 import hit
 import levit
@@ -173,16 +174,95 @@ def test_openvino_float32_and_its_own_precision(released):
     assert "openvino" in fast.REDUCED_MODES and "openvino_fp32" in fast.EXACT_MODES  # never called exact
 
 
-def test_fast_mode_is_openvino_bf16_where_the_cpu_has_bf16(released):
+def test_fast_mode_is_openvino_int8_where_the_cpu_has_bf16(released):
     extra("openvino")
-    model, z, x, want = released
+    extra("onnxruntime")
+    model, z, x, _ = released
     fn = fast.prepare(copy.deepcopy(model), "fast", "cpu", batch=2)
     if fast.cpu_has_bf16():
         assert isinstance(fn, fast.OpenVINO) and fn.precision == "bf16"
-        assert fast.path_of(fn, "fast").startswith("OpenVINO") and "bf16" in fast.path_of(fn, "fast")
-        assert (fn(z, x)["pred_boxes"] - want).abs().max() < OPENVINO_REDUCED_TOL
+        assert fast.path_of(fn, "fast").startswith("OpenVINO") and "int8" in fast.path_of(fn, "fast")
+        # Numbers: a random-init network is chaotic under int8 (its boxes move as much as
+        # they vary between inputs), so int8's accuracy is measured on a trained tracker
+        # (SPEED.md); here the quantised graph's structure and scales are tested above.
+        out = fn(z, x)
+        assert out["pred_boxes"].shape == (2, 4) and out["score"].shape == (2,)
+        assert torch.isfinite(out["pred_boxes"]).all()
     else:  # without native bf16 OpenVINO would run float32; fast stays the eager int8 path
         assert not isinstance(fn, fast.OpenVINO) and "int8" in fast.path_of(fn, "fast")
+
+
+# ----------------------------------------------------------------------------- int8 graphs
+def test_calibration_inputs_are_tracker_crops_and_deterministic():
+    cfg = hit.build_hit("tiny").cfg
+    a, b = fast.calibration_inputs(cfg, 3, seed=1), fast.calibration_inputs(cfg, 3, seed=1)
+    assert len(a) == 3
+    assert a[0]["template"].shape == (1, 3, 128, 128) and a[0]["search"].shape == (1, 3, 256, 256)
+    assert all(np.array_equal(p[k], q[k]) for p, q in zip(a, b) for k in ("template", "search"))
+    other = fast.calibration_inputs(cfg, 1, seed=2)[0]["search"]
+    assert not np.array_equal(a[0]["search"], other)
+    # normalised RGB: (0 - mean) / std .. (1 - mean) / std over the three channels
+    lo = min(-m / s for m, s in zip(data.IMAGENET_MEAN, data.IMAGENET_STD))
+    hi = max((1 - m) / s for m, s in zip(data.IMAGENET_MEAN, data.IMAGENET_STD))
+    for pair in a:
+        for t in pair.values():
+            assert t.dtype == np.float32 and lo - 1e-5 <= t.min() and t.max() <= hi + 1e-5
+            assert t.std() > 0.1  # a real picture, not a blank frame
+
+
+@pytest.fixture(scope="module")
+def int8_graph(tmp_path_factory, fixtures_dir):
+    """The float and the int8 export of the released Tiny fixture, written by the export
+    command. Released weights: a fresh build_hit has zero-initialised residual branches,
+    whose identical folded weights the exporter shares through Identity nodes."""
+    extra("onnxruntime")
+    folder = tmp_path_factory.mktemp("int8")
+    checkpoint = str(fixtures_dir / "HiT_Tiny_ep1500_random7.pth.tar")
+    fast.main(["export", "--checkpoint", checkpoint, "--out", str(folder / "hit.onnx")])
+    fast.main(["export", "--checkpoint", checkpoint, "--out", str(folder / "hit_int8.onnx"), "--int8"])
+    return graph_of(folder / "hit.onnx"), graph_of(folder / "hit_int8.onnx")
+
+
+def test_quantised_graph_has_int8_gemms_and_convs_and_float_attention(int8_graph):
+    numpy_helper = extra("onnx").numpy_helper
+    source, model = int8_graph
+    graph = model.graph
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["opset"] == str(fast.ONNX_OPSET) and "hit_config" in meta and "per output channel" in meta["int8"]
+    producer = {out: node for node in graph.node for out in node.output}
+    constants = {t.name: t for t in graph.initializer}
+    weighted = set(fast.weighted_nodes(source.graph))
+    layers = [n for n in graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    assert {n.name for n in layers} >= weighted and len(weighted) > 50
+    products = 0
+    for node in layers:
+        inputs = [producer.get(name) for name in node.input[:2]]
+        if node.name in weighted:  # int8 activations and int8 weights, one scale per output channel
+            assert [getattr(p, "op_type", None) for p in inputs] == ["DequantizeLinear"] * 2, node.name
+            weight, scale = (numpy_helper.to_array(constants[i]) for i in inputs[1].input[:2])
+            assert weight.dtype == np.int8 and scale.ndim == 1 and scale.size > 1
+        elif node.input[1] in constants:  # FoldedGate's product with proj1's bias (a vector): float
+            assert inputs[1] is None and len(constants[node.input[1]].dims) == 1, node.name
+        else:  # products of two activations: float on both sides
+            assert all(p is None or p.op_type != "DequantizeLinear" for p in inputs), node.name
+            products += 1
+    attentions = sum(isinstance(m, (levit.Attention, levit.ShrinkAttention)) for m in hit.build_hit("tiny").modules())
+    # each attention's q k^T and A v; FoldedGate's O u; the soft-argmax's two expectations
+    assert products == 2 * attentions + 3
+
+
+def test_quantised_inputs_take_their_scale_from_the_calibration_crops(int8_graph):
+    numpy_helper = extra("onnx").numpy_helper
+    graph = int8_graph[1].graph
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    pairs = fast.calibration_inputs(hit.build_hit("tiny").cfg)  # what the export calibrated on
+    for name in ("template", "search"):
+        quantize = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == name]
+        assert len(quantize) == 1
+        scale, zero = (constants[i] for i in quantize[0].input[1:3])
+        # min/max calibration, symmetric int8: the largest magnitude seen maps to 127
+        assert scale == pytest.approx(max(np.abs(p[name]).max() for p in pairs) / 127, rel=1e-6)
+        assert zero == 0 and zero.dtype == np.int8
 
 
 def test_tracker_in_onnxruntime_mode_follows_fused():
@@ -205,6 +285,10 @@ def test_a_missing_runtime_names_its_package(monkeypatch):
     assert "pip install openvino" in fast.unavailable("openvino", "cpu")
     with pytest.raises(ValueError, match="pip install openvino"):
         fast.prepare(hit.build_hit("tiny"), "openvino", "cpu")
+    assert not fast.openvino_available()  # so fast takes its Inductor path
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)
+    with pytest.raises(ImportError, match="pip install onnxruntime"):
+        fast.quantize_onnx("unused.onnx", "unused_int8.onnx", hit.build_hit("tiny").cfg)
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now fails
     with pytest.raises(ImportError, match="pip install onnx"):
         fast.export_onnx(hit.build_hit("tiny"), "unused.onnx")
