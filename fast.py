@@ -1062,22 +1062,43 @@ class OpenVINO:
 CALIBRATION_PAIRS = 16
 
 
-def calibration_inputs(cfg, count=CALIBRATION_PAIRS, seed=0):
-    """`count` (template, search) input pairs, each (1, 3, S, S) float32 numpy, cut from
-    procedural sequences (synth.py) as the tracker cuts them: the template around the
-    first frame's box at factor 2, the search region of the next frame around that same
-    box at factor 4. Procedural frames stand in for real ones, so that no dataset is
+def _pair(cfg, first, first_box, second, prev_box):
+    """One calibration input pair as the tracker cuts it: the template around the first
+    frame's box at factor 2, a later frame's search region around the box before it at 4."""
+    template, _, _ = data.crop_resize(first, first_box, 2.0, cfg.template_size)
+    search, _, _ = data.crop_resize(second, prev_box, 4.0, cfg.search_size)
+    return {"template": data.normalize(template)[None].numpy(),  # (1, 3, 128, 128)
+            "search": data.normalize(search)[None].numpy()}  # (1, 3, 256, 256)
+
+
+def calibration_inputs(cfg, count=CALIBRATION_PAIRS, seed=0, sequences=None):
+    """`count` (template, search) input pairs, each (1, 3, S, S) float32 numpy. By default
+    cut from procedural sequences (synth.py), frames 0 and 1 of each, so that no dataset is
     needed to prepare a model; the int8 cost was measured on a tracker trained on
-    procedural video (SPEED.md), not on one trained on real video."""
+    procedural video (SPEED.md). A tracker trained on real video is better calibrated on
+    real frames: `sequences` (data.Sequence with ground truth) are then used in turn, pair i
+    taking frame 0 and frame 1 + i // len(sequences) of sequence i % len(sequences)."""
+    if sequences:
+        return [_sequence_pair(cfg, sequences[i % len(sequences)], 1 + i // len(sequences))
+                for i in range(count)]
     import synth  # the procedural generator: only needed to calibrate
     pairs = []
     for i in range(count):
         (first, box, _), (second, _, _) = synth.KINDS["objects"](np.random.default_rng([seed, i]), 2, 320, 240)
-        template, _, _ = data.crop_resize(first, box, 2.0, cfg.template_size)
-        search, _, _ = data.crop_resize(second, box, 4.0, cfg.search_size)
-        pairs.append({"template": data.normalize(template)[None].numpy(),  # (1, 3, 128, 128)
-                      "search": data.normalize(search)[None].numpy()})  # (1, 3, 256, 256)
+        pairs.append(_pair(cfg, first, box, second, box))
     return pairs
+
+
+def _sequence_pair(cfg, seq, k):
+    """Calibration pair from frames 0 and k of `seq` (k clamped to its last frame)."""
+    if len(seq.frames) < 2:
+        raise ValueError(f"calibration sequence {seq.name}: needs at least 2 frames")
+    k = min(k, len(seq.frames) - 1)
+    if seq.gt is None or len(seq.gt) < k or not np.isfinite(seq.gt[[0, k - 1]]).all():
+        raise ValueError(f"calibration sequence {seq.name}: needs ground-truth boxes for frames 1 "
+                         f"and {k} (its groundtruth.txt)")
+    first, second = data.read_image(seq.frames[0]), data.read_image(seq.frames[k])
+    return _pair(cfg, first, seq.gt[0], second, seq.gt[k - 1])
 
 
 def weighted_nodes(graph):
@@ -1089,16 +1110,18 @@ def weighted_nodes(graph):
             if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1 and n.input[1] in matrices]
 
 
-def quantize_onnx(src, dst, cfg, count=CALIBRATION_PAIRS):
+def quantize_onnx(src, dst, cfg, count=CALIBRATION_PAIRS, sequences=None):
     """Write `src` (an export_onnx graph) to `dst` with static int8 GEMMs and convolutions
-    (see above), scales from the min/max over `count` calibration pairs, calibrated in
-    ONNX Runtime (its quantisation tool). Returns `dst`."""
+    (see above), scales from the min/max over `count` calibration pairs (calibration_inputs:
+    procedural, or cut from `sequences`), calibrated in ONNX Runtime (its quantisation
+    tool). Returns `dst`."""
     onnx = require("onnx")
     quantization = require("onnxruntime.quantization", "onnxruntime")
+    pairs = calibration_inputs(cfg, count, sequences=sequences)  # bad sequences fail here, first
 
     class Pairs(quantization.CalibrationDataReader):
         def __init__(self):
-            self.pairs = iter(calibration_inputs(cfg, count))
+            self.pairs = iter(pairs)
 
         def get_next(self):
             return next(self.pairs, None)
@@ -1115,9 +1138,10 @@ def quantize_onnx(src, dst, cfg, count=CALIBRATION_PAIRS):
     del graph.metadata_props[:]
     for prop in onnx.load(str(src), load_external_data=False).metadata_props:
         graph.metadata_props.add(key=prop.key, value=prop.value)
+    source = f"{len(sequences)} given sequences" if sequences else "procedural sequences"
     graph.metadata_props.add(key="int8", value=f"QDQ: {len(nodes)} Linears and convolutions, int8 weights per "
-                             f"output channel, int8 inputs per tensor, min/max over {count} procedural "
-                             "crop pairs (fast.quantize_onnx)")
+                             f"output channel, int8 inputs per tensor, min/max over {count} crop pairs "
+                             f"from {source} (fast.quantize_onnx)")
     onnx.checker.check_model(graph)
     onnx.save(graph, str(dst))
     return dst
@@ -1219,7 +1243,7 @@ def path_of(fn, mode):
 
 
 # ----------------------------------------------------------------------------- command line
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Deploy HiT: export it to ONNX (see also bench.py "
                                             "for speed and track.py --mode for tracking).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -1233,13 +1257,34 @@ def main(argv=None):
     e.add_argument("--int8", action="store_true",
                    help="quantise its Linears and convolutions to static int8 (QDQ, calibrated on "
                         "procedural crops): the graph mode fast runs in OpenVINO; needs onnxruntime")
+    e.add_argument("--calibration", metavar="FOLDER",
+                   help="with --int8: calibrate on these sequences instead (a folder of frames with "
+                        "groundtruth.txt, or a folder of such folders), e.g. for weights trained on real video")
+    e.add_argument("--calibration-pairs", type=int, default=CALIBRATION_PAIRS, metavar="N",
+                   help=f"with --int8: template/search pairs to calibrate on (default {CALIBRATION_PAIRS})")
     args = p.parse_args(argv)
+    if (args.calibration or args.calibration_pairs != CALIBRATION_PAIRS) and not args.int8:
+        p.error("--calibration and --calibration-pairs go with --int8")
+    if args.calibration_pairs < 1:
+        p.error(f"--calibration-pairs must be at least 1, got {args.calibration_pairs}")
+    return args
+
+
+def export_command(args):
+    """fast.py export: the checkpoint's (or a random) model to args.out, float or int8."""
+    model = hit.load_checkpoint(args.checkpoint) if args.checkpoint else hit.build_hit(args.variant).eval()
+    sequences = data.read_folder(args.calibration) if args.calibration else None
+    with tempfile.TemporaryDirectory(prefix="hit_onnx_") as tmp:
+        path = export_onnx(model, os.path.join(tmp, "hit.onnx") if args.int8 else args.out, args.opset)
+        if args.int8:
+            quantize_onnx(path, args.out, model.cfg, args.calibration_pairs, sequences)
+    return model
+
+
+def main(argv=None):
+    args = parse_args(argv)
     try:
-        model = hit.load_checkpoint(args.checkpoint) if args.checkpoint else hit.build_hit(args.variant).eval()
-        with tempfile.TemporaryDirectory(prefix="hit_onnx_") as tmp:
-            path = export_onnx(model, os.path.join(tmp, "hit.onnx") if args.int8 else args.out, args.opset)
-            if args.int8:
-                quantize_onnx(path, args.out, model.cfg)
+        model = export_command(args)
     except (ValueError, OSError, ImportError) as err:
         sys.exit(f"fast.py export: error: {err}")
     print(f"wrote {args.out}: HiT-{model.cfg.variant}, opset {args.opset}, dynamic batch"

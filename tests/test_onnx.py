@@ -265,6 +265,35 @@ def test_quantised_inputs_take_their_scale_from_the_calibration_crops(int8_graph
         assert zero == 0 and zero.dtype == np.int8
 
 
+def test_int8_export_calibrates_on_given_sequences(fixtures_dir, tmp_path, capsys):
+    extra("onnxruntime")
+    numpy_helper = extra("onnx").numpy_helper
+    from test_track import make_frames, write_sequence
+    for i in range(2):
+        frames, gt = make_frames(4, seed=i)
+        write_sequence(tmp_path / "calib" / f"seq{i}", frames, gt)
+    checkpoint, out = str(fixtures_dir / "HiT_Tiny_ep1500_random7.pth.tar"), tmp_path / "q.onnx"
+    fast.main(["export", "--checkpoint", checkpoint, "--out", str(out), "--int8",
+               "--calibration", str(tmp_path / "calib"), "--calibration-pairs", "3"])
+    graph = graph_of(out)
+    assert "3 crop pairs from 2 given sequences" in {p.key: p.value for p in graph.metadata_props}["int8"]
+    # pairs: seq0 frames (0, 1), seq1 frames (0, 1), seq0 frames (0, 2)
+    pairs = fast.calibration_inputs(hit.build_hit("tiny").cfg, 3, sequences=data.read_folder(tmp_path / "calib"))
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    quantize = next(n for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "search")
+    assert constants[quantize.input[1]] == pytest.approx(max(np.abs(p["search"]).max() for p in pairs) / 127,
+                                                         rel=1e-6)
+    assert not np.array_equal(pairs[0]["search"], pairs[2]["search"])  # another frame of seq0
+    # bad inputs: no ground truth; the option without --int8
+    write_sequence(tmp_path / "bare" / "seq", make_frames(3)[0])
+    with pytest.raises(SystemExit, match="calibration sequence seq: needs ground-truth"):
+        fast.main(["export", "--checkpoint", checkpoint, "--out", str(out), "--int8",
+                   "--calibration", str(tmp_path / "bare")])
+    with pytest.raises(SystemExit):
+        fast.main(["export", "--variant", "tiny", "--out", str(out), "--calibration", str(tmp_path / "calib")])
+    assert "go with --int8" in capsys.readouterr().err
+
+
 def test_tracker_in_onnxruntime_mode_follows_fused():
     extra("onnxruntime")
     from test_track import make_frames
