@@ -294,6 +294,29 @@ def test_int8_export_calibrates_on_given_sequences(fixtures_dir, tmp_path, capsy
     assert "go with --int8" in capsys.readouterr().err
 
 
+def test_batched_evaluation_in_fast_mode_runs_the_int8_graph(released, tmp_path):
+    """fast (OpenVINO int8, reshaped to one batch size) under run_batched: 3 slots, 4
+    sequences, so the last steps are padded; every frame gets a finite box."""
+    extra("openvino")
+    extra("onnxruntime")
+    if not fast.cpu_has_bf16():
+        pytest.skip("fast is OpenVINO only on CPUs with native bf16")
+    from test_track import make_frames, write_sequence
+    for i in range(4):
+        frames, gt = make_frames(5 + i, seed=i)
+        write_sequence(tmp_path / f"s{i}", frames, gt, ext="jpg")
+    tracker = track.Tracker(copy.deepcopy(released[0]), mode="fast", batch=3)
+    assert "int8" in tracker.path
+    done = {}
+    track.run_batched(tracker, data.read_folder(tmp_path), lambda seq, boxes, times: done.update({seq.name: boxes}),
+                      lambda seq, err: pytest.fail(f"{seq.name}: {err}"))
+    assert sorted(done) == ["s0", "s1", "s2", "s3"]
+    for i in range(4):
+        boxes = done[f"s{i}"]
+        assert boxes.shape == (5 + i, 4) and np.isfinite(boxes).all()
+        assert np.allclose(boxes[0], make_frames(1, seed=i)[1][0])  # frame 0: the init box
+
+
 def test_tracker_in_onnxruntime_mode_follows_fused():
     extra("onnxruntime")
     from test_track import make_frames
