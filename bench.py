@@ -17,8 +17,8 @@ the same weights (the baseline for every speed-up claim), `eager` (unfused), `fu
 `fp16` (GPU), `bf16` (GPU, and CPUs with native bfloat16), `int8` and `fast` (CPU, where
 it has native bf16: this project's ONNX export in OpenVINO, static int8 Linears and
 convolutions and bf16 elsewhere, when the deployment extras are installed, else bf16
-autocast compiled by Inductor; int8 Linears and head convs without bf16) are reported with their output deviation and never presented as exact. The
-compiled modes compile while they are prepared, before any timing. `onnxruntime`,
+autocast compiled by Inductor; int8 Linears and head convs without bf16) are reported
+with their output deviation and never presented as exact. The compiled modes compile while they are prepared, before any timing. `onnxruntime`,
 `openvino_fp32` (exact) and `openvino` (OpenVINO's own precision) run this project's ONNX
 export (fast.export_onnx). The peers `released_ort`, `released_ov_fp32`, `released_ov` and
 `released_ort_int8` run the released op sequence's export in the runtimes a deploying

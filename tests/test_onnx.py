@@ -243,7 +243,7 @@ def test_quantised_graph_has_int8_gemms_and_convs_and_float_attention(int8_graph
             assert weight.dtype == np.int8 and scale.ndim == 1 and scale.size > 1
         elif node.input[1] in constants:  # FoldedGate's product with proj1's bias (a vector): float
             assert inputs[1] is None and len(constants[node.input[1]].dims) == 1, node.name
-        else:  # products of two activations: float on both sides
+        else:  # products with no weight initializer (activations, Constant nodes): float
             assert all(p is None or p.op_type != "DequantizeLinear" for p in inputs), node.name
             products += 1
     attentions = sum(isinstance(m, (levit.Attention, levit.ShrinkAttention)) for m in hit.build_hit("tiny").modules())
