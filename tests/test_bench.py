@@ -339,8 +339,9 @@ def test_cpu_name_reads_cpuinfo(tmp_path):
 
 def test_default_modes_per_device():
     cpu = bench.default_modes("cpu")
-    assert cpu[:5] == ["released", "released_ort", "released_ov_fp32", "released_ov", "released_ort_int8"]
-    assert cpu[5:13] == ["eager", "fused", "compile", "onnxruntime", "openvino_fp32", "int8", "fast", "openvino"]
+    assert cpu[:6] == ["released", "released_ort", "released_ov_fp32", "released_ov", "released_ort_int8",
+                       "released_ov_int8"]
+    assert cpu[6:14] == ["eager", "fused", "compile", "onnxruntime", "openvino_fp32", "int8", "fast", "openvino"]
     assert ("bf16" in cpu) == fast.cpu_has_bf16() and "fp16" not in cpu
     assert all(m in bench.ALL_MODES for m in cpu)
     cuda = bench.default_modes("cuda")
