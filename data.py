@@ -13,6 +13,7 @@ Boxes are (x, y, w, h) in pixels unless a name says otherwise.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import re
@@ -50,11 +51,12 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.array(img)
 
 
-def read_image(path) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, 3) RGB (see pil_to_rgb). EXIF orientation is
-    not applied (dataset annotations refer to the stored pixel grid)."""
+def read_image(path, raw: bytes | None = None) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, 3) RGB (see pil_to_rgb); `raw`: the file's
+    bytes, already read. EXIF orientation is not applied (dataset annotations refer to the
+    stored pixel grid)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(raw) if raw is not None else path) as img:
             img.load()
             return pil_to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:

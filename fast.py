@@ -816,8 +816,20 @@ def normalize_torch(crops: torch.Tensor) -> torch.Tensor:
 _END = object()  # queued after the last image
 
 
-def _decode_into(paths, out: queue.Queue, stop: threading.Event) -> None:
-    """Producer: queue data.read_image(path) for each path in order, then _END. The first
+def _read_ahead(path, decode: bool):
+    """The worker's part for one frame: the decoded image, or only the file's bytes as
+    (path, bytes), or (path, None) where reading failed (read_image then reports it)."""
+    if decode:
+        return data.read_image(path)
+    try:
+        with open(path, "rb") as f:
+            return path, f.read()
+    except OSError:
+        return path, None
+
+
+def _decode_into(paths, out: queue.Queue, stop: threading.Event, decode: bool) -> None:
+    """Producer: queue _read_ahead(path) for each path in order, then _END. The first
     failure is queued in its place, as the exception, and ends the work."""
     def put(item) -> bool:  # a timeout, so that a consumer that stopped frees the thread
         while not stop.is_set():
@@ -830,28 +842,39 @@ def _decode_into(paths, out: queue.Queue, stop: threading.Event) -> None:
 
     try:
         for path in paths:
-            if not put(data.read_image(path)):
+            if not put(_read_ahead(path, decode)):
                 return
         put(_END)
     except Exception as err:  # noqa: BLE001 - handed to the consumer, raised there
         put(err)
 
 
-def prefetch_images(paths, depth: int = 4):
-    """Yield data.read_image(path) for each path, in order, decoded in a background thread up
-    to depth images ahead, so decoding overlaps the network. A file that fails raises its
+def decode_ahead(device) -> bool:
+    """Whether prefetch_images should decode in its thread, not only read files: beside an
+    accelerator (the CPU is otherwise idle), or when the CPU has a core the forward does
+    not use (torch.get_num_threads(), which the runtimes' modes use too, below the usable
+    cores). Where the forward uses every core, a decoding thread takes one from it: mode
+    fast at batch 1 ran 1.2x faster on 2 cores decoding in turn with the forward (SPEED.md)."""
+    return torch.device(device).type != "cpu" or torch.get_num_threads() < usable_cores()
+
+
+def prefetch_images(paths, depth: int = 4, decode: bool = True):
+    """Yield data.read_image(path) for each path, in order. A background thread reads the
+    files up to depth ahead, so the network never waits on the disk, and with `decode`
+    also decodes them there, so decoding overlaps the network (see decode_ahead); without
+    it each image is decoded here, when it is asked for. A file that fails raises its
     error here when the consumer reaches it (not earlier). Closing the generator early
     (close(), or dropping it after a break) stops and joins the thread."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     out, stop = queue.Queue(maxsize=depth), threading.Event()
-    worker = threading.Thread(target=_decode_into, args=(paths, out, stop), daemon=True)
+    worker = threading.Thread(target=_decode_into, args=(paths, out, stop, decode), daemon=True)
     worker.start()
     try:
         while (item := out.get()) is not _END:
             if isinstance(item, Exception):
                 raise item
-            yield item
+            yield data.read_image(*item) if isinstance(item, tuple) else item
     finally:
         stop.set()  # the worker's next put gives up within 0.05 s
         worker.join()

@@ -439,12 +439,13 @@ FIXED_BATCH_MODES = ("compile", "cuda_graph", "fast", "openvino", "openvino_fp32
 
 class _Slot:
     """One sequence in flight in run_batched: its own template and previous box, and its
-    frames 1, 2, ... decoded ahead in a background thread (fast.prefetch_images)."""
+    frames 1, 2, ... read (and, where a core is free, decoded) ahead in a background thread
+    (fast.prefetch_images, fast.decode_ahead)."""
 
-    def __init__(self, seq, boxes, times, box, template):
+    def __init__(self, seq, boxes, times, box, template, decode_ahead=True):
         self.seq, self.boxes, self.times = seq, boxes, times  # (N, 4), (N,) filled as it goes
         self.box, self.template, self.next = box, template, 1  # frame 0 is initialisation
-        self.frames = fast.prefetch_images(seq.frames[1:])
+        self.frames = fast.prefetch_images(seq.frames[1:], decode=decode_ahead)
 
     def close(self):
         self.frames.close()  # stops and joins the decoding thread
@@ -464,7 +465,7 @@ def _start(tracker: Tracker, seq):
                          np.zeros(0)) from err
     boxes, times = np.zeros((n, 4)), np.zeros(n)
     boxes[0], times[0] = box, time.perf_counter() - t0
-    return _Slot(seq, boxes, times, box, template)
+    return _Slot(seq, boxes, times, box, template, fast.decode_ahead(tracker.device))
 
 
 @torch.inference_mode()
@@ -473,7 +474,8 @@ def run_batched(tracker: Tracker, sequences, on_done, on_error):
     each sequence in flight goes through one batched forward; a finished sequence's slot
     takes the next sequence. Each slot keeps its own template and previous box, so a
     sequence's boxes do not depend on its neighbours (up to the float rounding of batched
-    GEMMs). JPEGs are decoded ahead in background threads and the search crops of a step
+    GEMMs). Frames are read ahead in background threads (and decoded there where a core is
+free: fast.decode_ahead) and the search crops of a step
     are cut, resized and normalised together on the model's device (fast.crop_resize_torch:
     the same bits as Tracker's numpy crops). Calls on_done(seq, boxes (N, 4), times (N,))
     per finished sequence, in the order they finish, and on_error(seq, FrameError) for one

@@ -395,18 +395,20 @@ def prefetch_paths(tmp_path, count, broken=None):
     return paths
 
 
-def test_prefetch_images_yields_in_order(tmp_path):
+@pytest.mark.parametrize("decode", [True, False])
+def test_prefetch_images_yields_in_order(tmp_path, decode):
     paths = prefetch_paths(tmp_path, 7)
-    got = list(fast.prefetch_images(paths, depth=2))
+    got = list(fast.prefetch_images(paths, depth=2, decode=decode))
     assert len(got) == 7
     for path, image in zip(paths, got):
         np.testing.assert_array_equal(image, data.read_image(path))
-    assert list(fast.prefetch_images([])) == []
+    assert list(fast.prefetch_images([], decode=decode)) == []
 
 
-def test_prefetch_images_raises_at_the_broken_file(tmp_path):
+@pytest.mark.parametrize("decode", [True, False])
+def test_prefetch_images_raises_at_the_broken_file(tmp_path, decode):
     paths = prefetch_paths(tmp_path, 6, broken=3)
-    images = fast.prefetch_images(paths, depth=4)
+    images = fast.prefetch_images(paths, depth=4, decode=decode)
     first = next(images)  # starts the thread
     time.sleep(0.3)  # it has decoded ahead up to the broken file by now
     assert first.shape == (8, 8, 3) and next(images).shape == (9, 9, 3) and next(images).shape == (10, 10, 3)
@@ -414,6 +416,24 @@ def test_prefetch_images_raises_at_the_broken_file(tmp_path):
         next(images)
     with pytest.raises(StopIteration):
         next(images)
+
+
+def test_prefetch_images_reports_a_missing_file_in_its_turn(tmp_path):
+    paths = prefetch_paths(tmp_path, 3)
+    paths[1] = tmp_path / "gone.jpg"
+    images = fast.prefetch_images(paths, decode=False)  # only the bytes are read ahead
+    assert next(images).shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="cannot read image .*gone.jpg"):
+        next(images)
+
+
+def test_frames_are_decoded_ahead_only_beside_a_free_core(monkeypatch):
+    monkeypatch.setattr(fast, "usable_cores", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not fast.decode_ahead("cpu")  # the forward uses both cores
+    assert fast.decode_ahead("cuda")  # the CPU waits on the GPU anyway
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert fast.decode_ahead("cpu")
 
 
 def test_prefetch_images_stops_when_the_consumer_stops(tmp_path):
