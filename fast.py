@@ -1068,8 +1068,11 @@ class OpenVINO:
         self.path = f"OpenVINO {ov.__version__.split('-')[0]}, CPU, {self.precision}"
 
     def __call__(self, template, search):
-        out = self.request.infer({"template": template.detach().float().cpu().numpy(),
-                                  "search": search.detach().float().cpu().numpy()})
+        inputs = {"template": np.ascontiguousarray(template.detach().float().cpu().numpy()),
+                  "search": np.ascontiguousarray(search.detach().float().cpu().numpy())}
+        # Shared, not copied, both ways: the call is synchronous and the outputs are copied
+        # below before the next call can overwrite them (3 % of Tiny's `fast` forward).
+        out = self.request.infer(inputs, share_inputs=True, share_outputs=True)
         boxes, score = (out[self.compiled.output(name)] for name in ("pred_boxes", "score"))
         return {"pred_boxes": torch.from_numpy(boxes.copy()), "score": torch.from_numpy(score.copy())}
 

@@ -174,6 +174,22 @@ def test_openvino_float32_and_its_own_precision(released):
     assert "openvino" in fast.REDUCED_MODES and "openvino_fp32" in fast.EXACT_MODES  # never called exact
 
 
+def test_openvino_shares_buffers_safely(released):
+    """OpenVINO reads the inputs in place and hands back its own output buffers: a
+    non-contiguous input must read the same, and one call's outputs must survive the next."""
+    extra("openvino")
+    model, z, x, _ = released
+    fn = fast.prepare(copy.deepcopy(model), "openvino_fp32", "cpu", batch=2)
+    first = fn(z, x)
+    kept = {k: v.clone() for k, v in first.items()}
+    transposed = x.transpose(2, 3).contiguous().transpose(2, 3)  # x's values, strides (.., 1, 256)
+    assert not transposed.is_contiguous()
+    again = fn(z, transposed)
+    assert torch.equal(again["pred_boxes"], kept["pred_boxes"])
+    fn(z.flip(0), x.flip(0))  # other outputs into the same buffers
+    assert all(torch.equal(first[k], kept[k]) for k in kept)
+
+
 def test_fast_mode_is_openvino_int8_where_the_cpu_has_bf16(released):
     extra("openvino")
     extra("onnxruntime")
