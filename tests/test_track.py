@@ -131,6 +131,23 @@ def test_tracker_prepares_in_place_and_respects_eager():
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in eager.modules())  # untouched
 
 
+@pytest.mark.parametrize("box", [(40, 30, 24, 18), (2, 1, 30, 20), (100, 80, 19, 15), (10, 5, 90, 70)])
+def test_tracker_crops_are_the_released_crops(box):
+    """Tracker cuts its crops on the device (fast.crop_resize_torch): the same bits as the
+    released rules in numpy (data.crop_resize + data.normalize), padding included."""
+    hit = pytest.importorskip("hit")
+    data = track.data
+    image = make_frames(1)[0][0]  # (96, 120, 3)
+    tracker = track.Tracker(hit.build_hit("tiny"))
+    search, factor = tracker.search_crop(image, box)
+    crop, want_factor, _ = data.crop_resize(image, box, track.SEARCH_FACTOR, track.SEARCH_SIZE)
+    assert search.shape == (1, 3, 256, 256) and search.dtype == torch.float32
+    assert torch.equal(search, data.normalize(crop)[None]) and factor == want_factor
+    _, template = tracker.template_crop(image, box)
+    crop, _, _ = data.crop_resize(image, box, track.TEMPLATE_FACTOR, track.TEMPLATE_SIZE)
+    assert torch.equal(template, data.normalize(crop)[None])
+
+
 def test_tracker_feeds_float32_crops_in_every_mode(monkeypatch):
     """The eager int8 path (fast's fallback) runs its patch embedding in bfloat16, so its
     first parameter is bf16; crops must still go in as float32 (it casts inside)."""
