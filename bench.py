@@ -18,12 +18,12 @@ the same weights (the baseline for every speed-up claim), `eager` (unfused), `fu
 it has native bf16: this project's ONNX export in OpenVINO, static int8 Linears and
 convolutions and bf16 elsewhere, when the deployment extras are installed, else bf16
 autocast compiled by Inductor; int8 Linears and head convs without bf16) are reported
-with their output deviation and never presented as exact. The compiled modes compile while they are prepared, before any timing. `onnxruntime`,
-`openvino_fp32` (exact) and `openvino` (OpenVINO's own precision) run this project's ONNX
-export (fast.export_onnx). The peers `released_ort`, `released_ov_fp32`, `released_ov`,
-`released_ort_int8` and `released_ov_int8` (quantised as `fast` quantises ours) run the
-released op sequence's export in the runtimes a deploying user would pick instead of
-PyTorch: the ratios to beat.
+with their output deviation and never presented as exact. The compiled modes compile
+while they are prepared, before any timing. `onnxruntime`, `openvino_fp32` (exact) and
+`openvino` (OpenVINO's own precision) run this project's ONNX export (fast.export_onnx).
+The peers `released_ort`, `released_ov_fp32`, `released_ov`, `released_ort_int8` and
+`released_ov_int8` (quantised as `fast` quantises ours) run the released op sequence's
+export in the runtimes a deploying user would pick instead of PyTorch: the ratios to beat.
 
 Also measured: each mode's max |output - eager| on the same inputs (an exact mode beyond
 EXACT_TOL is flagged in the table), parameters and GMACs (torch.utils.flop_counter),

@@ -1091,10 +1091,22 @@ CALIBRATION_PAIRS = 16
 def _pair(cfg, first, first_box, second, prev_box):
     """One calibration input pair as the tracker cuts it: the template around the first
     frame's box at factor 2, a later frame's search region around the box before it at 4."""
-    template, _, _ = data.crop_resize(first, first_box, 2.0, cfg.template_size)
-    search, _, _ = data.crop_resize(second, prev_box, 4.0, cfg.search_size)
+    template, _, _ = data.crop_resize(first, first_box, 2.0, cfg.template_size)  # track.TEMPLATE_FACTOR
+    search, _, _ = data.crop_resize(second, prev_box, 4.0, cfg.search_size)  # track.SEARCH_FACTOR
     return {"template": data.normalize(template)[None].numpy(),  # (1, 3, 128, 128)
             "search": data.normalize(search)[None].numpy()}  # (1, 3, 256, 256)
+
+
+def _sequence_pair(cfg, seq, k):
+    """Calibration pair from frames 0 and k of `seq` (k clamped to its last frame)."""
+    if len(seq.frames) < 2:
+        raise ValueError(f"calibration sequence {seq.name}: needs at least 2 frames")
+    k = min(k, len(seq.frames) - 1)
+    if seq.gt is None or len(seq.gt) < k or not np.isfinite(seq.gt[[0, k - 1]]).all():
+        raise ValueError(f"calibration sequence {seq.name}: needs ground-truth boxes for frames 1 "
+                         f"and {k} (its groundtruth.txt)")
+    first, second = data.read_image(seq.frames[0]), data.read_image(seq.frames[k])
+    return _pair(cfg, first, seq.gt[0], second, seq.gt[k - 1])
 
 
 def calibration_inputs(cfg, count=CALIBRATION_PAIRS, seed=0, sequences=None):
@@ -1110,27 +1122,17 @@ def calibration_inputs(cfg, count=CALIBRATION_PAIRS, seed=0, sequences=None):
     import synth  # the procedural generator: only needed to calibrate
     pairs = []
     for i in range(count):
-        (first, box, _), (second, _, _) = synth.KINDS["objects"](np.random.default_rng([seed, i]), 2, 320, 240)
+        frames = synth.KINDS["objects"](np.random.default_rng([seed, i]), 2, 320, 240)
+        (first, box, _), (second, _, _) = frames  # two (frame, box, absent)
         pairs.append(_pair(cfg, first, box, second, box))
     return pairs
 
 
-def _sequence_pair(cfg, seq, k):
-    """Calibration pair from frames 0 and k of `seq` (k clamped to its last frame)."""
-    if len(seq.frames) < 2:
-        raise ValueError(f"calibration sequence {seq.name}: needs at least 2 frames")
-    k = min(k, len(seq.frames) - 1)
-    if seq.gt is None or len(seq.gt) < k or not np.isfinite(seq.gt[[0, k - 1]]).all():
-        raise ValueError(f"calibration sequence {seq.name}: needs ground-truth boxes for frames 1 "
-                         f"and {k} (its groundtruth.txt)")
-    first, second = data.read_image(seq.frames[0]), data.read_image(seq.frames[k])
-    return _pair(cfg, first, seq.gt[0], second, seq.gt[k - 1])
-
-
 def weighted_nodes(graph):
     """Names of the MatMul / Gemm / Conv nodes of an onnx graph whose weights are constant
-    matrices or kernels: the Linears and convolutions, not the soft-argmax's product with
-    a constant coordinate vector (1-D), which stays float."""
+    matrices or kernels (initializers of 2 or more dimensions): the Linears and
+    convolutions. FoldedGate's product with proj1's bias (a vector) and the soft-argmax's
+    products with its coordinate vectors (Constant nodes) stay float."""
     matrices = {t.name for t in graph.initializer if len(t.dims) >= 2}
     return [n.name for n in graph.node
             if n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1 and n.input[1] in matrices]
