@@ -106,6 +106,41 @@ def test_fixed_batch_modes_are_padded(sequences, model, monkeypatch):
     assert set(shapes) == {4}
 
 
+def test_decoding_side_by_side_changes_nothing(sequences, model, tmp_path, monkeypatch):
+    """Where frames are decoded in run_batched's thread (every core runs the forward), a
+    pool decodes each step's frames side by side: the same boxes, and a broken frame still
+    fails only its own sequence, naming the frame and the file."""
+    from test_track import truncate
+    seqs = track.data.read_dataset("folder", sequences)
+    want, _ = run(model, seqs, 3)
+    pools = []
+    real_pool = track._decoding_pool
+    monkeypatch.setattr(track.fast, "decode_ahead", lambda device: False)
+    monkeypatch.setattr(track, "_decoding_pool", lambda tracker: pools.append(real_pool(tracker)) or pools[-1])
+    got, _ = run(model, seqs, 3)
+    assert pools and pools[0] is not None  # the pool ran
+    assert got.keys() == want.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name][0], want[name][0], atol=BOX_TOL)
+    broken = tmp_path / "seqs"  # the same sequences, seq2's frame 4 of 8 cut short
+    for seq in seqs:
+        (broken / seq.name).mkdir(parents=True)
+        for frame in seq.frames:
+            (broken / seq.name / frame.name).write_bytes(frame.read_bytes())
+        (broken / seq.name / "groundtruth.txt").write_bytes((sequences / seq.name / "groundtruth.txt").read_bytes())
+    truncate(broken / "seq2" / "00000004.jpg")
+    done, errors = {}, {}
+    tracker = track.Tracker(copy.deepcopy(model), batch=3)
+    track.run_batched(tracker, track.data.read_dataset("folder", broken),
+                      lambda seq, boxes, times: done.update({seq.name: boxes}),
+                      lambda seq, err: errors.update({seq.name: err}))
+    assert sorted(done) == sorted(n for n in want if n != "seq2") and list(errors) == ["seq2"]
+    err = errors["seq2"]
+    assert "frame 4 of 8" in str(err) and "00000004.jpg" in str(err) and len(err.boxes) == 3
+    for name in done:
+        np.testing.assert_allclose(done[name], want[name][0], atol=BOX_TOL)
+
+
 def write_results(root, out, batch, extra=()):
     return [sys.executable, os.path.join(ROOT, "track.py"), "--checkpoint", str(root / "tiny.pth"),
             "--dataset", "folder", "--root", str(root / "seqs"), "--out", str(out),
