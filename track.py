@@ -478,9 +478,10 @@ def run_batched(tracker: Tracker, sequences, on_done, on_error):
     takes the next sequence. Each slot keeps its own template and previous box, so a
     sequence's boxes do not depend on its neighbours (up to the float rounding of batched
     GEMMs). Frames are read ahead in background threads (and decoded there where a core is
-free: fast.decode_ahead) and the search crops of a step
-    are cut, resized and normalised together on the model's device (fast.crop_resize_torch:
-    the same bits as Tracker's numpy crops). Calls on_done(seq, boxes (N, 4), times (N,))
+    free: fast.decode_ahead; otherwise a step's frames are decoded side by side,
+    _decoding_pool) and the search crops of a step are cut, resized and normalised together
+    on the model's device (fast.crop_resize_torch: the same bits as the released numpy
+    crops, data.crop_resize). Calls on_done(seq, boxes (N, 4), times (N,))
     per finished sequence, in the order they finish, and on_error(seq, FrameError) for one
     that cannot be read. A frame's time is its share of the step's preprocessing and
     forward (decoding excluded); frame 0's is initialisation, as run_sequence records."""
