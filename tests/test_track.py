@@ -557,7 +557,7 @@ def test_cli_dataset_got10k_submission_layout(tmp_path, tiny_checkpoint, monkeyp
 
 def test_analyze_scores_the_static_box_first(tmp_path, capsys):
     root, res = tmp_path / "seqs", tmp_path / "res"
-    sequences, gts = [], []
+    gts = []
     for i in range(3):
         frames, gt = make_frames(4, seed=i)
         write_sequence(root / f"seq{i}", frames, gt)
