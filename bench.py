@@ -338,6 +338,8 @@ def skip_reason(mode, device):
 
 def build_peer(model, mode, device, batch=1):
     """The released op sequence (Released) exported to ONNX and run by a runtime."""
+    if mode == "released_ov_int8":  # exactly what `fast` runs, on the released export
+        return fast.onnx_runtime_mode(Released(model.eval()), "openvino", device, batch, int8=True)
     runtime, precision = PEERS[mode]
     with tempfile.TemporaryDirectory(prefix="hit_peer_") as tmp:
         path = fast.export_onnx(Released(model.eval()), os.path.join(tmp, "released.onnx"))
@@ -345,16 +347,11 @@ def build_peer(model, mode, device, batch=1):
             quantization = fast.require("onnxruntime.quantization", "onnxruntime")
             quantization.quantize_dynamic(path, os.path.join(tmp, "int8.onnx"))
             path = os.path.join(tmp, "int8.onnx")
-        if mode == "released_ov_int8":
-            path = fast.quantize_onnx(path, os.path.join(tmp, "int8.onnx"), model.cfg)
         if runtime == "onnxruntime":
             fn = fast.OnnxRuntime(path, model.cfg, device)
             fn.path = fn.path.replace("float32", precision)
             return fn
-        fn = fast.OpenVINO(path, model.cfg, "f32" if runtime == "openvino_fp32" else None, batch)
-        if mode == "released_ov_int8":
-            fn.path += f" ({precision})"
-        return fn
+        return fast.OpenVINO(path, model.cfg, "f32" if runtime == "openvino_fp32" else None, batch)
 
 
 def build_mode(model, mode, device, batch=1):

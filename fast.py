@@ -1154,7 +1154,8 @@ def quantize_onnx(src, dst, cfg, count=CALIBRATION_PAIRS, sequences=None):
         def get_next(self):
             return next(self.pairs, None)
 
-    nodes = weighted_nodes(onnx.load(str(src)).graph)
+    source = onnx.load(str(src))  # read once: its nodes to quantise, its metadata to keep
+    nodes = weighted_nodes(source.graph)
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")  # the tool's advice to pre-process first (shape inference: not needed)
         quantization.quantize_static(
@@ -1164,12 +1165,12 @@ def quantize_onnx(src, dst, cfg, count=CALIBRATION_PAIRS, sequences=None):
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     graph = onnx.load(str(dst))  # the export's metadata again, and how it was quantised
     del graph.metadata_props[:]
-    for prop in onnx.load(str(src), load_external_data=False).metadata_props:
+    for prop in source.metadata_props:
         graph.metadata_props.add(key=prop.key, value=prop.value)
-    source = f"{len(sequences)} given sequences" if sequences else "procedural sequences"
+    origin = f"{len(sequences)} given sequences" if sequences else "procedural sequences"
     graph.metadata_props.add(key="int8", value=f"QDQ: {len(nodes)} Linears and convolutions, int8 weights per "
                              f"output channel, int8 inputs per tensor, min/max over {count} crop pairs "
-                             f"from {source} (fast.quantize_onnx)")
+                             f"from {origin} (fast.quantize_onnx)")
     onnx.checker.check_model(graph)
     onnx.save(graph, str(dst))
     return dst

@@ -445,7 +445,7 @@ class _Slot:
     frames 1, 2, ... read (and, where a core is free, decoded) ahead in a background thread
     (fast.prefetch_images, fast.decode_ahead)."""
 
-    def __init__(self, seq, boxes, times, box, template, decode_ahead=True):
+    def __init__(self, seq, boxes, times, box, template, decode_ahead: bool):
         self.seq, self.boxes, self.times = seq, boxes, times  # (N, 4), (N,) filled as it goes
         self.box, self.template, self.next = box, template, 1  # frame 0 is initialisation
         self.frames = fast.prefetch_images(seq.frames[1:], decode=decode_ahead)
@@ -454,7 +454,7 @@ class _Slot:
         self.frames.close()  # stops and joins the decoding thread
 
 
-def _start(tracker: Tracker, seq):
+def _start(tracker: Tracker, seq, decode_ahead: bool):
     """Read and initialise frame 0 of `seq` -> its _Slot (FrameError if it cannot)."""
     n = len(seq.frames)
     if seq.gt is None or len(seq.gt) == 0:
@@ -468,7 +468,7 @@ def _start(tracker: Tracker, seq):
                          np.zeros(0)) from err
     boxes, times = np.zeros((n, 4)), np.zeros(n)
     boxes[0], times[0] = box, time.perf_counter() - t0
-    return _Slot(seq, boxes, times, box, template, fast.decode_ahead(tracker.device))
+    return _Slot(seq, boxes, times, box, template, decode_ahead)
 
 
 @torch.inference_mode()
@@ -486,12 +486,13 @@ def run_batched(tracker: Tracker, sequences, on_done, on_error):
     that cannot be read. A frame's time is its share of the step's preprocessing and
     forward (decoding excluded); frame 0's is initialisation, as run_sequence records."""
     queue, slots = iter(sequences), [None] * tracker.batch
+    ahead = fast.decode_ahead(tracker.device)  # frames decoded in the readers, or here
 
     def refill(i):
         slots[i] = None
         for seq in queue:
             try:
-                slot = _start(tracker, seq)
+                slot = _start(tracker, seq, ahead)
             except ValueError as err:
                 on_error(seq, err)
                 continue
@@ -513,7 +514,7 @@ def run_batched(tracker: Tracker, sequences, on_done, on_error):
         on_error(slots[i].seq, err)
         refill(i)
 
-    pool = _decoding_pool(tracker)
+    pool = None if ahead else _decoding_pool(tracker.batch)
     for i in range(len(slots)):
         refill(i)
     try:
@@ -530,13 +531,13 @@ def run_batched(tracker: Tracker, sequences, on_done, on_error):
             pool.shutdown()
 
 
-def _decoding_pool(tracker: Tracker):
-    """Threads that decode one step's frames side by side, one per usable core, where
-    frames are decoded in run_batched's thread (not fast.decode_ahead) and a step has
-    several: PIL lets go of the GIL while it decodes, so between two forwards the decoding
-    takes every core instead of one (fast 1.17x at batch 16 on 2 cores, SPEED.md). None
-    otherwise."""
-    if tracker.batch == 1 or fast.decode_ahead(tracker.device):
+def _decoding_pool(batch: int):
+    """For run_batched where frames are decoded in its own thread (not fast.decode_ahead):
+    threads that decode one step's frames side by side, one per usable core, where a step
+    has several. PIL lets go of the GIL while it decodes, so between two forwards the
+    decoding takes every core instead of one (fast 1.17x at batch 16 on 2 cores,
+    SPEED.md). None at batch 1."""
+    if batch == 1:
         return None
     return ThreadPoolExecutor(max_workers=fast.usable_cores(), thread_name_prefix="hit_decode")
 

@@ -116,7 +116,7 @@ def test_decoding_side_by_side_changes_nothing(sequences, model, tmp_path, monke
     pools = []
     real_pool = track._decoding_pool
     monkeypatch.setattr(track.fast, "decode_ahead", lambda device: False)
-    monkeypatch.setattr(track, "_decoding_pool", lambda tracker: pools.append(real_pool(tracker)) or pools[-1])
+    monkeypatch.setattr(track, "_decoding_pool", lambda batch: pools.append(real_pool(batch)) or pools[-1])
     got, _ = run(model, seqs, 3)
     assert pools and pools[0] is not None  # the pool ran
     assert got.keys() == want.keys()
