@@ -42,9 +42,9 @@ def token_positions(grids, layout="diagonal"):
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown position layout {layout!r}; expected one of {LAYOUTS}")
-    side = grids[0][0]  # Rx: the search grid side; the template is placed past it
-    origins = {"diagonal": (side, side), "separate": (0, 0), "absolute": (0, 0),
-               "vertical": (side, 0), "horizontal": (0, side)}[layout]
+    rows, cols = grids[0]  # Rx: the search grid's sides; the template is placed past them
+    origins = {"diagonal": (rows, cols), "separate": (0, 0), "absolute": (0, 0),
+               "vertical": (rows, 0), "horizontal": (0, cols)}[layout]
     out = []
     for i, (h, w) in enumerate(grids):
         r, c = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")

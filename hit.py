@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+import attention_bias
 import levit
 from bridge import Bridge
 
@@ -41,8 +42,21 @@ class HiTConfig:
     bridge_stages: tuple = ("max", "mid", "min")  # Table 5
     template_size: int = 128  # crop factor 2
     search_size: int = 256  # crop factor 4
-    hidden_dim: int = 256  # width of the bridge projections and the head input
-    stride: int = 16  # patch-embedding stride
+    hidden_dim: int = 256  # C_h: width of the bridge projections and the head input
+    stride: int = 16  # patch-embedding stride (levit.patch_embed: four stride-2 convs)
+
+    def __post_init__(self):  # configs also arrive from checkpoints (config_from_dict)
+        if self.levit not in levit.SPECS:
+            raise ValueError(f"unknown LeViT spec {self.levit!r}; expected one of {sorted(levit.SPECS)}")
+        if self.pos_layout not in attention_bias.LAYOUTS:
+            raise ValueError(f"unknown pos_layout {self.pos_layout!r}; expected one of {attention_bias.LAYOUTS}")
+        if self.stride != 16:
+            raise ValueError(f"stride must be 16 (the LeViT patch embedding), got {self.stride}")
+        # The search grid halves exactly twice (16 -> 8 -> 4 for 256), as the Bridge's 2x
+        # upsamplings need; the template only needs whole tokens.
+        if self.search_size <= 0 or self.search_size % 64 or self.template_size <= 0 or self.template_size % 16:
+            raise ValueError(f"search_size must be a multiple of 64 and template_size of 16, got "
+                             f"{self.search_size} and {self.template_size}")
 
 
 VARIANTS = {
@@ -54,10 +68,7 @@ VARIANTS = {
 
 # ----------------------------------------------------------------------------- head
 def autocast_on(device_type):
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4: one query per device type
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    return torch.is_autocast_enabled(device_type)
 
 
 def conv_bn_relu(c_in, c_out):
@@ -130,9 +141,9 @@ class Backbone(nn.Module):
 
 def reweight(e, g):
     """The head's input (released STARK-style head): every token of E re-weighted by its
-    dot product with the global vector, e' = e * (e . g), no softmax. e (B, N, D), g (B, D)."""
+    dot product with the global vector, e' = e * (e . g), no softmax. e (B, N, C_h), g (B, C_h)."""
     att = torch.bmm(e, g.unsqueeze(2))  # (B, N, 1): e . g per token
-    return e * att  # (B, N, D)
+    return e * att  # (B, N, C_h)
 
 
 class HiT(nn.Module):
@@ -148,20 +159,31 @@ class HiT(nn.Module):
 
     def forward_features(self, template, search):
         """The outputs and every intermediate the released fixtures check."""
+        self.check_inputs(template, search)
         s1, s2, s3 = self.backbone(template, search)  # (B, N_i, C_i), tokens [search; template]
         side = self.cfg.search_size // self.cfg.stride  # 16: the search grid at stage 1
         n = side * side  # search tokens at stage 1 (256); 64 and 16 at stages 2, 3
         g = s3.mean(dim=1)  # (B, C3): G, mean over all last-stage tokens (search and template)
         o = self.bottleneck(s1[:, :n], s2[:, :n // 4], s3[:, :n // 16])  # (B, 256, C1): O of Eq. 3
-        e, g_p = self.bottleneck.proj1(o), self.bottleneck.proj2(g)  # (B, 256, D), (B, D)
-        x = reweight(e, g_p)  # (B, 256, D)
-        fmap = x.transpose(1, 2).reshape(x.shape[0], -1, side, side)  # (B, D, 16, 16)
+        e, g_p = self.bottleneck.proj1(o), self.bottleneck.proj2(g)  # (B, 256, C_h), (B, C_h)
+        x = reweight(e, g_p)  # (B, 256, C_h)
+        fmap = x.transpose(1, 2).reshape(x.shape[0], -1, side, side)  # (B, C_h, 16, 16)
         maps = self.box_head.score_maps(fmap)  # (B, 2, 16, 16) corner logits
         box, score = self.box_head.from_maps(maps)
-        tokens = torch.cat([g_p.unsqueeze(1), e], dim=1).transpose(0, 1)  # (257, B, D) as released
-        return {"stage_features": [s1, s2, torch.cat([g.unsqueeze(1), s3], dim=1)],
+        tokens = torch.cat([g_p.unsqueeze(1), e], dim=1).transpose(0, 1)  # (257, B, C_h) as released
+        s3_g = torch.cat([g.unsqueeze(1), s3], dim=1)  # (B, 1 + N_3, C3): G first, as released
+        return {"stage_features": [s1, s2, s3_g],
                 "bridge_tokens": tokens, "score_maps": maps,
                 "pred_boxes": xyxy_to_cxcywh(box), "score": score}
+
+    def check_inputs(self, template, search):
+        """Clear errors for inputs that would otherwise fail deep inside the backbone, or
+        not at all: a swapped template and search make as many tokens."""
+        z, x = (3, self.cfg.template_size, self.cfg.template_size), (3, self.cfg.search_size, self.cfg.search_size)
+        if template.dim() != 4 or search.dim() != 4 or tuple(template.shape[1:]) != z \
+                or tuple(search.shape[1:]) != x or template.shape[0] != search.shape[0]:
+            raise ValueError(f"expected template (B, *{z}) and search (B, *{x}), got "
+                             f"{tuple(template.shape)} and {tuple(search.shape)}")
 
     def forward(self, template, search, maps=False):
         """template (B,3,128,128), search (B,3,256,256), ImageNet-normalised.
@@ -182,6 +204,8 @@ class HiT(nn.Module):
 
 
 def build_hit(variant, pos_layout="diagonal", bridge_stages=("max", "mid", "min")):
+    if isinstance(bridge_stages, str):  # tuple("max") would be ('m', 'a', 'x')
+        raise ValueError(f"bridge_stages must be a sequence of stage names, got the string {bridge_stages!r}")
     if variant not in VARIANTS:
         raise ValueError(f"unknown HiT variant {variant!r}; expected one of {sorted(VARIANTS)}")
     cfg = dataclasses.replace(VARIANTS[variant], pos_layout=pos_layout,
@@ -335,15 +359,14 @@ def count_params(model):
 def count_macs(model, batch=1):
     """Multiply-accumulates of one forward (torch FlopCounterMode FLOPs / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
-    cfg = model.cfg
-    z = torch.randn(batch, 3, cfg.template_size, cfg.template_size)
-    x = torch.randn(batch, 3, cfg.search_size, cfg.search_size)
-    device = next(model.parameters()).device
+    cfg, p = model.cfg, next(model.parameters())
+    z = torch.randn(batch, 3, cfg.template_size, cfg.template_size, dtype=p.dtype, device=p.device)
+    x = torch.randn(batch, 3, cfg.search_size, cfg.search_size, dtype=p.dtype, device=p.device)
     counter, training = FlopCounterMode(display=False), model.training
     model.eval()  # a train-mode forward would update the BN running statistics
     try:
         with counter, torch.no_grad():
-            model(z.to(device), x.to(device))
+            model(z, x)
     finally:
         model.train(training)
     return counter.get_total_flops() / 2

@@ -148,7 +148,7 @@ class Residual(nn.Module):
 
     def forward(self, x):
         if self.training and self.drop > 0:
-            keep = torch.rand(x.size(0), 1, 1, device=x.device).ge_(self.drop)  # (B, 1, 1)
+            keep = torch.rand(x.size(0), 1, 1, device=x.device, dtype=x.dtype).ge_(self.drop)  # (B, 1, 1)
             return x + self.m(x) * keep.div(1 - self.drop)
         return x + self.m(x)
 
@@ -291,8 +291,8 @@ class LeViT(nn.Module):
         super().__init__()
         self.spec, self.grids, self.layout = spec, [tuple(g) for g in grids], layout
         C, D = spec.embed_dim, spec.key_dim
-        mha_idx, sa_idx = attention_bias.stage_indices(self.grids, layout)
         relative = layout != "absolute"
+        mha_idx, sa_idx = attention_bias.stage_indices(self.grids, layout) if relative else (None, None)
         self.patch_embed = patch_embed(C[0])
         if not relative:  # Table 6 ablation: learned absolute position, no attention bias
             n_tokens = sum(h * w for h, w in self.grids)
@@ -315,8 +315,21 @@ class LeViT(nn.Module):
             self.head = BN_Linear(C[2], num_classes)
             self.head_dist = BN_Linear(C[2], num_classes)
 
+    def check_images(self, images):
+        """Each image must be (B, 3, 16h, 16w) for its grid (h, w), in the grids' order, and
+        all of one batch: the token sequence would otherwise still fit the attention biases
+        (a swapped template and search make as many tokens) or fail deep inside a block."""
+        if len(images) != len(self.grids):
+            raise ValueError(f"expected {len(self.grids)} images for grids {self.grids}, got {len(images)}")
+        want = [(3, 16 * h, 16 * w) for h, w in self.grids]  # (C, H, W) per image
+        batch = images[0].shape[0]
+        if any(im.dim() != 4 or tuple(im.shape[1:]) != w or im.shape[0] != batch for im, w in zip(images, want)):
+            raise ValueError(f"images must be (B, C, H, W) with one B and (C, H, W) = {want} in that "
+                             f"order; got {[tuple(im.shape) for im in images]}")
+
     def tokens(self, images):
         """Patch-embed every image separately and concatenate: (B, sum(h*w), C1)."""
+        self.check_images(images)
         parts = [self.patch_embed(im).flatten(2).transpose(1, 2) for im in images]  # (B, hw, C)
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if hasattr(self, "pos_embed"):
@@ -333,6 +346,9 @@ class LeViT(nn.Module):
         return outs
 
     def forward(self, x):
+        if not hasattr(self, "head") or len(self.grids) != 1:
+            raise ValueError("this LeViT has no classifier (num_classes=0 or several images, as "
+                             "in HiT's backbone): call forward_stages")
         x = self.forward_stages([x])[-1].mean(1)  # (B, C3): global average over tokens
         a, b = self.head(x), self.head_dist(x)
         return (a, b) if self.training else (a + b) / 2
@@ -487,8 +503,8 @@ def load_imagenet_weights(model, path):
     target = model.state_dict()
     multi = len(model.grids) > 1
 
-    def dropped(k):
-        return (multi and ("attention_bias" in k or k.startswith("head")))
+    def dropped(k):  # the "absolute" layout's position embedding is not in any LeViT file
+        return (multi and ("attention_bias" in k or k.startswith("head"))) or k == "pos_embed"
 
     src_idx = {k: v for k, v in sd.items() if k.endswith("attention_bias_idxs")}
     src = {k: v for k, v in sd.items() if not dropped(k) and k not in src_idx}

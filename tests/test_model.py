@@ -66,6 +66,14 @@ def test_diagonal_table_sizes_and_index_shapes():
     assert [tuple(i.shape) for i, _ in sa] == [(80, 320), (20, 80)]
 
 
+def test_template_origin_follows_both_sides_of_a_non_square_search_grid():
+    grids = [(2, 4), (2, 2)]  # search 2 rows x 4 columns
+    want = {"diagonal": (2, 4), "vertical": (2, 0), "horizontal": (0, 4), "separate": (0, 0)}
+    for layout, (r, c) in want.items():
+        pos = attention_bias.token_positions(grids, layout)
+        assert pos[8:].tolist() == [[r, c], [r, c + 1], [r + 1, c], [r + 1, c + 1]], layout
+
+
 def test_unknown_layout_raises():
     with pytest.raises(ValueError, match="diagonal"):
         attention_bias.token_positions(GRIDS, "spiral")
@@ -181,6 +189,40 @@ def test_bad_bridge_stages_and_variant_raise():
         hit.build_hit("large")
     with pytest.raises(ValueError, match="unknown LeViT arch"):
         levit.build_levit("LeViT_999")
+
+
+def test_bad_inputs_and_configs_raise_clearly():
+    model = hit.build_hit("tiny").eval()
+    z, x = torch.randn(2, 3, 128, 128), torch.randn(2, 3, 256, 256)
+    for args in [(x, z), (z[:1], x), (z, torch.randn(2, 3, 320, 320)), (z[0], x)]:
+        with pytest.raises(ValueError, match=r"expected template \(B, \*\(3, 128, 128\)\)"):
+            model(*args)  # swapped images would otherwise run: 256 + 64 tokens either way
+    with pytest.raises(ValueError, match="one B"):
+        model.backbone.body.forward_stages([x, z[:1]])
+    with pytest.raises(ValueError, match="string 'max'"):
+        hit.build_hit("tiny", bridge_stages="max")
+    tiny = hit.VARIANTS["tiny"]
+    for change, msg in [({"search_size": 288}, "multiple of 64"), ({"template_size": 100}, "multiple of 64"),
+                        ({"stride": 8}, "stride must be 16"), ({"levit": "LeViT_1"}, "unknown LeViT spec"),
+                        ({"pos_layout": "diag"}, "unknown pos_layout")]:
+        with pytest.raises(ValueError, match=msg):
+            hit.config_from_dict({**hit.dataclasses.asdict(tiny), **change})  # as from a checkpoint
+    with pytest.raises(ValueError, match="no classifier"):
+        model.backbone.body(x)
+
+
+def test_drop_path_keeps_the_input_dtype():
+    block = levit.Residual(torch.nn.Identity(), drop=0.5).train()
+    x = torch.ones(64, 3, 4, dtype=torch.bfloat16)
+    y = block(x)
+    assert y.dtype == torch.bfloat16
+    kept = (y[:, 0, 0] != 1).sum().item()  # kept samples: 1 + 1 / (1 - 0.5) = 3, dropped: 1
+    assert set(y[:, 0, 0].tolist()) == {1.0, 3.0} and 10 < kept < 54
+
+
+def test_count_macs_follows_the_model_dtype():
+    model = hit.build_hit("tiny")
+    assert hit.count_macs(model.to(torch.bfloat16)) == hit.count_macs(model.float())
 
 
 def test_fused_upsample_equals_transposed_conv():
@@ -349,6 +391,11 @@ def test_levit_weights_feed_the_hit_backbone(fixtures_dir):
     assert torch.equal(after["backbone.body.patch_embed.0.bn.running_var"], src["patch_embed.0.bn.running_var"])
     assert not after["backbone.body.blocks.0.m.attention_biases"].any()  # tables dropped, start at 0
     assert torch.equal(after["box_head.conv1_tl.0.weight"], before["box_head.conv1_tl.0.weight"])
+    absolute = hit.build_hit("tiny", pos_layout="absolute")  # Table 6's Abs: its embedding starts random
+    pos = absolute.backbone.body.pos_embed.detach().clone()
+    levit.load_imagenet_weights(absolute.backbone.body, fixtures_dir / "LeViT_128S_random11.pth")
+    assert torch.equal(absolute.backbone.body.pos_embed, pos)
+    assert torch.equal(absolute.state_dict()["backbone.body.blocks.4.kv.c.weight"], src["blocks.4.kv.c.weight"])
     with pytest.raises(ValueError, match="shape mismatch"):  # LeViT-128S does not fit HiT-Base
         levit.load_imagenet_weights(hit.build_hit("base").backbone.body,
                                     fixtures_dir / "LeViT_128S_random11.pth")
