@@ -48,7 +48,9 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -79,15 +81,17 @@ class Released(torch.nn.Module):
     def attention(self, blk, x):
         B, N, _ = x.shape
         if hasattr(blk, "qkv"):  # MHA
+            # (B, N, h*(2D + Dv)) -> (B, N, h, 2D + Dv) -> q, k (B, N, h, D), v (B, N, h, Dv)
             q, k, v = blk.qkv(x).view(B, N, blk.heads, -1).split([blk.key_dim, blk.key_dim, blk.v_dim], dim=3)
-            q = q.permute(0, 2, 1, 3)
+            q = q.permute(0, 2, 1, 3)  # (B, h, N, D)
         else:  # shrink attention
+            # (B, N, h*(D + Dv)) -> (B, N, h, D + Dv) -> k (B, N, h, D), v (B, N, h, Dv)
             k, v = blk.kv(x).view(B, N, blk.heads, -1).split([blk.key_dim, blk.v_dim], dim=3)
-            q = blk.q(x)
-            q = q.view(B, q.shape[1], blk.heads, blk.key_dim).permute(0, 2, 1, 3)
-        k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
-        attn = (q @ k.transpose(-2, -1)) * blk.scale + self.biases[blk]
-        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, q.shape[2], -1)
+            q = blk.q(x)  # (B, N', h*D): queries of the subsampled tokens
+            q = q.view(B, q.shape[1], blk.heads, blk.key_dim).permute(0, 2, 1, 3)  # (B, h, N', D)
+        k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)  # (B, h, N, D), (B, h, N, Dv)
+        attn = (q @ k.transpose(-2, -1)) * blk.scale + self.biases[blk]  # (B, h, N', N)
+        x = (attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(B, q.shape[2], -1)  # (B, N', h*Dv)
         return blk.proj(x)
 
     def forward(self, template, search):
@@ -765,7 +769,8 @@ def build_parser():
                    help="real weights (released or ours); default: seeded random weights with "
                    "random BN statistics and attention biases")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-track", action="store_true", help="skip end-to-end tracking")
+    p.add_argument("--no-track", action="store_true",
+                   help="skip end-to-end tracking of one sequence (--dataset-batches still runs)")
     p.add_argument("--track-frames", type=int, default=100)
     p.add_argument("--track-modes", default="fused",
                    help="comma list of modes to track in (default fused)")
@@ -800,12 +805,15 @@ def parse_args(argv=None):
         p.error("--dataset-batches: batch sizes must be >= 1")
     if any(m == "released" or m in PEERS for m in args.track_modes):
         p.error("--track-modes: the tracker runs fast.prepare modes, not the released baseline")
-    if min(args.batch, args.iters, args.track_frames) < 1 or args.warmup < 0:
-        p.error("--batch, --iters and --track-frames must be >= 1, --warmup >= 0")
+    if min(args.batch, args.iters, args.track_frames, args.train_steps) < 1 or args.warmup < 0:
+        p.error("--batch, --iters, --track-frames and --train-steps must be >= 1, --warmup >= 0")
+    if (args.threads is not None and args.threads < 1) or (args.train_batch is not None and args.train_batch < 1):
+        p.error("--threads and --train-batch must be >= 1 (or left out for their defaults)")
     if args.track_frames < 2 and not args.no_track:
         p.error("--track-frames must be >= 2 (the first frame initialises)")
-    args.threads = args.threads or fast.usable_cores()
-    args.train_batch = args.train_batch or (8 if device.type == "cpu" else 32)
+    args.threads = fast.usable_cores() if args.threads is None else args.threads
+    if args.train_batch is None:
+        args.train_batch = 8 if device.type == "cpu" else 32
     return args, device
 
 
@@ -890,6 +898,7 @@ def report(records, tracking, training, skipped, datasets=()):
 
 def main(argv=None):
     args, device = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill unwinds: no temporary folder left
     torch.set_num_threads(args.threads)
     machine = machine_info(device, args.threads)
     print(f"HiT bench on {machine['device_name']} ({device.type}), torch {torch.__version__}, "

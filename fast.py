@@ -24,12 +24,15 @@ import io
 import json
 import os
 import queue
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
 import threading
 import time
 import warnings
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -469,9 +472,9 @@ class CastInputs(nn.Module):
 @contextlib.contextmanager
 def no_tf32():
     """CUDA convolutions and matmuls in true float32 inside the block, flags restored after.
-    PyTorch lets cuDNN convolutions use TF32 (a 10-bit mantissa) by default; on an H100
-    that moved HiT-Tiny's boxes by 1.6e-3 from the CPU's, where the exact modes promise
-    1e-4. The exact modes run under it on CUDA (CudaGraph's capture, track.Tracker)."""
+    PyTorch lets cuDNN convolutions use TF32 (a 10-bit mantissa) by default, which moves
+    the boxes by far more than the 1e-4 the exact modes promise (SPEED.md). The exact
+    modes run under it on CUDA (CudaGraph's capture, track.Tracker, bench.py)."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -561,7 +564,7 @@ def quantize_int8(model):
     quantised per call) of every backbone Linear: most of the MACs of Base, ~40 % of
     Small/Tiny. The convolutions stay float here; int8_cpu adds int8 head convs. PyTorch's
     own dynamic Conv2d (7-bit activations, per-tensor weights) was tried for the head
-    first and cost 6 AUC points on the procedural val split (SPEED.md)."""
+    first and cost AUC (SPEED.md)."""
     from torch.ao.quantization import quantize_dynamic
     if any(isinstance(m, PackedLinear) for m in model.modules()):
         raise ValueError("this model was prepared for mode fused already; quantise a fresh one")
@@ -589,10 +592,17 @@ def int8_cpu(model):
     return q
 
 
+def missing_packages(packages):
+    """The optional packages (import names) of `packages` that are not installed."""
+    return [p for p in packages if importlib.util.find_spec(p) is None]
+
+
+OPENVINO_PATH_PACKAGES = ("onnx", "onnxruntime", "openvino")  # exporter, quantisation tool, runtime
+
+
 def openvino_available():
-    """Whether the optional packages of fast's OpenVINO path import: onnx (the exporter),
-    onnxruntime (its quantisation tool) and openvino."""
-    return all(importlib.util.find_spec(p) is not None for p in ("onnx", "onnxruntime", "openvino"))
+    """Whether the optional packages of fast's OpenVINO path are installed."""
+    return not missing_packages(OPENVINO_PATH_PACKAGES)
 
 
 def fast_cpu(model, batch=1):
@@ -614,7 +624,9 @@ def fast_cpu(model, batch=1):
     if cpu_has_bf16():
         try:
             fn = Compiled(model, torch.bfloat16, batch, autotune=True)
-            fn.path = "bf16 autocast compiled by Inductor"
+            missing = missing_packages(OPENVINO_PATH_PACKAGES)
+            fn.path = "bf16 autocast compiled by Inductor" + (
+                f" (without {', '.join(missing)}: {EXTRAS} for the faster OpenVINO int8 path)" if missing else "")
             return fn
         except Exception as e:  # Inductor's failures have no common base class
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -829,8 +841,9 @@ def _read_ahead(path, decode: bool):
 
 
 def _decode_into(paths, out: queue.Queue, stop: threading.Event, decode: bool) -> None:
-    """Producer: queue _read_ahead(path) for each path in order, then _END. The first
-    failure is queued in its place, as the exception, and ends the work."""
+    """Producer: queue _read_ahead(path) for each path in order, then _END. A decoding
+    failure is queued in its place, as the exception, and ends the work (a file that
+    cannot be read is queued as (path, None), for read_image to report)."""
     def put(item) -> bool:  # a timeout, so that a consumer that stopped frees the thread
         while not stop.is_set():
             try:
@@ -853,8 +866,8 @@ def decode_ahead(device) -> bool:
     """Whether prefetch_images should decode in its thread, not only read files: beside an
     accelerator (the CPU is otherwise idle), or when the CPU has a core the forward does
     not use (torch.get_num_threads(), which the runtimes' modes use too, below the usable
-    cores). Where the forward uses every core, a decoding thread takes one from it: mode
-    fast at batch 1 ran 1.2x faster on 2 cores decoding in turn with the forward (SPEED.md)."""
+    cores). Where the forward uses every core, a decoding thread takes one from it: decoding
+    in turn with the forward was measured faster there (SPEED.md)."""
     return torch.device(device).type != "cpu" or torch.get_num_threads() < usable_cores()
 
 
@@ -882,6 +895,7 @@ def prefetch_images(paths, depth: int = 4, decode: bool = True):
 
 # ----------------------------------------------------------------------------- ONNX export and runtimes
 ONNX_OPSET = 17  # runs in every ONNX Runtime and OpenVINO release we target
+OPSETS = range(10, 23)  # the ones that export (tests); int8's per-channel DequantizeLinear needs 13
 EXTRAS = "pip install -r requirements-deploy.txt"
 
 
@@ -997,6 +1011,8 @@ def export_onnx(model, path, opset=ONNX_OPSET):
     batch size in the reshapes); the exporter, opset and HiT config are written into the
     file's metadata and onnx.checker must pass. Returns `path`."""
     onnx = require("onnx")
+    if any(isinstance(m, PackedLinear) for m in model.modules()):
+        raise ValueError("this model was prepared for mode fused (packed GEMMs): export the HiT itself")
     # A copy: the exporter folds BNs into convs by writing the shared weight tensors.
     model = copy.deepcopy(model).cpu().eval()
     if isinstance(model, hit.HiT):
@@ -1038,7 +1054,9 @@ class OnnxRuntime:
         # whatever runs between two calls (the tracker's crops, bench's other modes).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         provider = "CUDAExecutionProvider" if self.device.type == "cuda" else "CPUExecutionProvider"
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
+        # The CUDA provider uses TF32 by default (like cuDNN under PyTorch): not float32.
+        settings = {"use_tf32": "0"} if provider == "CUDAExecutionProvider" else {}
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=[(provider, settings)])
         self.path = f"ONNX Runtime {ort.__version__}, {provider}, float32"
 
     def __call__(self, template, search):
@@ -1071,7 +1089,7 @@ class OpenVINO:
         inputs = {"template": np.ascontiguousarray(template.detach().float().cpu().numpy()),
                   "search": np.ascontiguousarray(search.detach().float().cpu().numpy())}
         # Shared, not copied, both ways: the call is synchronous and the outputs are copied
-        # below before the next call can overwrite them (3 % of Tiny's `fast` forward).
+        # below before the next call can overwrite them (SPEED.md: a few % of `fast`).
         out = self.request.infer(inputs, share_inputs=True, share_outputs=True)
         boxes, score = (out[self.compiled.output(name)] for name in ("pred_boxes", "score"))
         return {"pred_boxes": torch.from_numpy(boxes.copy()), "score": torch.from_numpy(score.copy())}
@@ -1223,8 +1241,8 @@ def unavailable(mode, device):
 
 def runtime_unavailable(mode, device):
     package = RUNTIMES[mode]
-    if importlib.util.find_spec(package) is None:
-        return f"{mode} needs the optional package {package!r}: pip install {package} (or {EXTRAS})"
+    for missing in missing_packages(["onnx", package]):  # onnx: every runtime mode exports first
+        return f"{mode} needs the optional package {missing!r}: pip install {missing} (or {EXTRAS})"
     if package == "openvino" and device.type != "cpu":
         return f"{mode} runs on the CPU here"
     if package == "onnxruntime" and device.type not in ("cpu", "cuda"):
@@ -1282,7 +1300,8 @@ def parse_args(argv=None):
     src.add_argument("--checkpoint", help="a released .pth.tar or one of train.py's checkpoints")
     src.add_argument("--variant", choices=sorted(hit.VARIANTS), help="random weights instead")
     e.add_argument("--out", required=True, help="the .onnx file to write")
-    e.add_argument("--opset", type=int, default=ONNX_OPSET)
+    e.add_argument("--opset", type=int, default=ONNX_OPSET,
+                   help=f"ONNX opset, {OPSETS.start}-{OPSETS.stop - 1} (13 or more with --int8; default {ONNX_OPSET})")
     e.add_argument("--int8", action="store_true",
                    help="quantise its Linears and convolutions to static int8 (QDQ, calibrated on "
                         "procedural crops): the graph mode fast runs in OpenVINO; needs onnxruntime")
@@ -1296,6 +1315,9 @@ def parse_args(argv=None):
         p.error("--calibration and --calibration-pairs go with --int8")
     if args.calibration_pairs < 1:
         p.error(f"--calibration-pairs must be at least 1, got {args.calibration_pairs}")
+    if args.opset not in OPSETS or (args.int8 and args.opset < 13):
+        p.error(f"--opset {args.opset}: expected {13 if args.int8 else OPSETS.start}-{OPSETS.stop - 1}"
+                + (" with --int8" if args.int8 else ""))
     return args
 
 
@@ -1304,14 +1326,18 @@ def export_command(args):
     model = hit.load_checkpoint(args.checkpoint) if args.checkpoint else hit.build_hit(args.variant).eval()
     sequences = data.read_folder(args.calibration) if args.calibration else None
     with tempfile.TemporaryDirectory(prefix="hit_onnx_") as tmp:
-        path = export_onnx(model, os.path.join(tmp, "hit.onnx") if args.int8 else args.out, args.opset)
+        path = export_onnx(model, os.path.join(tmp, "hit.onnx"), args.opset)
         if args.int8:
-            quantize_onnx(path, args.out, model.cfg, args.calibration_pairs, sequences)
+            path = quantize_onnx(path, os.path.join(tmp, "hit_int8.onnx"), model.cfg, args.calibration_pairs,
+                                 sequences)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, args.out)  # only a graph that passed onnx.checker reaches --out
     return model
 
 
 def main(argv=None):
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill unwinds: no temporary folder left
     try:
         model = export_command(args)
     except (ValueError, OSError, ImportError) as err:

@@ -136,6 +136,25 @@ def test_export_command_reads_a_released_checkpoint(fixtures_dir, tmp_path):
     assert bad.returncode != 0 and "missing.pth.tar" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_export_command_checks_the_opset_and_writes_only_a_checked_graph(tmp_path, capsys, monkeypatch):
+    onnx = extra("onnx")
+    out = tmp_path / "new" / "x.onnx"
+    for argv, msg in [(["--opset", "9"], "expected 10-22"), (["--opset", "11", "--int8"], "expected 13-22 with --int8")]:
+        with pytest.raises(SystemExit):
+            fast.main(["export", "--variant", "tiny", "--out", str(out), *argv])
+        assert msg in capsys.readouterr().err
+    with pytest.raises(ValueError, match="prepared for mode fused"):  # packed GEMMs do not export
+        fast.export_onnx(fast.prepare(hit.build_hit("tiny"), "fused", "cpu"), tmp_path / "p.onnx")
+
+    def refuse(graph):
+        raise ValueError("graph refused")
+
+    monkeypatch.setattr(onnx.checker, "check_model", refuse)  # a failure after the graph is written
+    with pytest.raises(SystemExit, match="graph refused"):
+        fast.main(["export", "--variant", "tiny", "--out", str(out)])
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- runtimes as modes
 @pytest.fixture(scope="module")
 def released(fixtures_dir):
@@ -353,13 +372,19 @@ def test_a_missing_runtime_names_its_package(monkeypatch):
     assert "pip install openvino" in fast.unavailable("openvino", "cpu")
     with pytest.raises(ValueError, match="pip install openvino"):
         fast.prepare(hit.build_hit("tiny"), "openvino", "cpu")
-    assert not fast.openvino_available()  # so fast takes its Inductor path
+    assert not fast.openvino_available()  # so fast takes its Inductor path, and says why
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(fast, "Compiled", lambda *a, **k: type("Stub", (), {})())  # no compile here
+    assert "without openvino: pip install -r requirements-deploy.txt" in fast.fast_cpu(None).path
     monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         fast.quantize_onnx("unused.onnx", "unused_int8.onnx", hit.build_hit("tiny").cfg)
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now fails
     with pytest.raises(ImportError, match="pip install onnx"):
         fast.export_onnx(hit.build_hit("tiny"), "unused.onnx")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    for mode in ("onnxruntime", "openvino_fp32"):  # every runtime mode exports with onnx first
+        assert "pip install onnx " in fast.unavailable(mode, "cpu")
 
 
 def test_runtimes_refuse_devices_they_do_not_run_on():
