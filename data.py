@@ -104,7 +104,7 @@ def _vertical_pass(h0: np.ndarray, h1: np.ndarray, cy0: np.ndarray, cy1: np.ndar
     path needs int64.
     """
     n = h0.shape[1]
-    b0, b1 = cy0[:, None], cy1[:, None]
+    b0, b1 = cy0[:, None], cy1[:, None]  # (out,) -> (out, 1): one weight per output row
     vec = SIMD_LANES * (n // SIMD_LANES)
     t, t1 = h0[:, :vec] >> 4, h1[:, :vec] >> 4  # in-place from here: this runs every frame
     t *= b0
@@ -230,7 +230,7 @@ def normalize(crop: np.ndarray, brightness: float = 1.0) -> torch.Tensor:
     else:
         t = t.mul_(brightness / 255.0).clamp_(0.0, 1.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)  # (3,) -> (3,1,1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)  # (3,) -> (3,1,1)
     return t.sub_(mean).div_(std)
 
 
@@ -239,8 +239,8 @@ def normalize(crop: np.ndarray, brightness: float = 1.0) -> torch.Tensor:
 
 @dataclass
 class Sequence:
-    """One video (or one still-image object). gt rows may be fewer than frames only for
-    first-frame-only annotation files (test splits, or a folder with just an init box)."""
+    """One video (or one still-image object). gt has a row per frame, or only the first
+    frame's (test splits, or a folder with just an init box)."""
     name: str
     frames: list
     gt: np.ndarray | None = None
@@ -294,8 +294,12 @@ def read_flags(path, count: int) -> np.ndarray:
 
 
 def _frame_key(path: Path):
-    # Numeric stems sort numerically (TrackingNet names frames 0.jpg, 1.jpg, ..., 10.jpg).
-    return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.name)
+    # Natural order: runs of digits compare as numbers, so 2.jpg comes before 10.jpg
+    # (TrackingNet's 0.jpg ... 10.jpg) and frame_2.jpg before frame_10.jpg; zero-padded
+    # names (GOT-10k, LaSOT) keep their order. re.split with a group alternates text and
+    # digits, so every position compares str with str or int with int.
+    parts = re.split(r"(\d+)", path.name)
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)], path.name
 
 
 def list_frames(folder) -> list:
@@ -324,15 +328,37 @@ def read_folder(folder) -> list:
     folder = Path(folder)
     frame_dir = folder / "img" if (folder / "img").is_dir() else folder
     frames = list_frames(frame_dir)
-    if not frames:
-        subs = [d for d in sorted(folder.iterdir()) if d.is_dir()]
-        seqs = [s for d in subs for s in read_folder(d) if s.frames]
-        if not seqs:
-            raise ValueError(f"{folder}: no image frames ({', '.join(IMAGE_EXTS)}) found")
-        return seqs
     gt_path = folder / "groundtruth.txt"
-    gt = read_boxes(gt_path) if gt_path.is_file() else None
-    return [_sequence(folder.name, frames, gt, None, gt_path)]
+    if frames:
+        gt = read_boxes(gt_path) if gt_path.is_file() else None
+        if gt is not None and len(gt) not in (1, len(frames)):  # scoring would pair the wrong rows
+            raise ValueError(f"{gt_path}: {len(gt)} boxes for {len(frames)} frames in {frame_dir} "
+                             f"(expected one per frame, or only the first)")
+        return [_sequence(folder.name, frames, gt, None, gt_path)]
+    if gt_path.is_file():
+        raise ValueError(f"{gt_path}: ground truth but no image frames ({', '.join(IMAGE_EXTS)}) in {frame_dir}")
+    seqs = [s for d in sorted(folder.iterdir()) if d.is_dir() and _holds_frames(d) for s in read_folder(d)]
+    if not seqs:
+        raise ValueError(f"{folder}: no image frames ({', '.join(IMAGE_EXTS)}) found")
+    _check_unique_names(seqs)
+    return seqs
+
+
+def _holds_frames(folder: Path) -> bool:
+    """Whether a folder or one below it holds frames or a groundtruth.txt: read_folder
+    skips the others (a results folder written under the root, for example)."""
+    return any(p.name == "groundtruth.txt" or p.suffix.lower() in IMAGE_EXTS for p in folder.rglob("*"))
+
+
+def _check_unique_names(seqs) -> None:
+    """Results files are named by sequence: two sequences of one name would share one."""
+    seen = {}
+    for seq in seqs:
+        where = Path(seq.frames[0]).parent
+        if seq.name in seen:
+            raise ValueError(f"two sequences named {seq.name!r} ({seen[seq.name]} and {where}): "
+                             f"their results would share one file; rename one folder")
+        seen[seq.name] = where
 
 
 def _names_from_list(list_path: Path) -> list:
@@ -463,10 +489,12 @@ def read_otb(root) -> list:
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         frame_dir = d / "img" if (d / "img").is_dir() else d
         frames = list_frames(frame_dir)
-        if not frames:
-            continue
         gt_path = next((d / n for n in ("groundtruth_rect.txt", "groundtruth.txt", f"{d.name}.txt")
                         if (d / n).is_file()), None)
+        if not frames and gt_path is not None:  # a sequence whose frames are missing
+            raise ValueError(f"{gt_path}: ground truth but no image frames in {frame_dir}")
+        if not frames:
+            continue
         if gt_path is None:
             raise ValueError(f"{d}: no groundtruth_rect.txt, groundtruth.txt or {d.name}.txt")
         seqs.append(_sequence(d.name, frames, read_boxes(gt_path), None, gt_path))
@@ -850,7 +878,10 @@ def main(argv=None) -> None:
     s.add_argument("root", help="dataset root folder")
     s.add_argument("split", nargs="?", default=None, help="split (train/val/test, COCO: train2017)")
     args = parser.parse_args(argv)
-    seqs = read_dataset(args.dataset, args.root, args.split)
+    try:
+        seqs = read_dataset(args.dataset, args.root, args.split)
+    except ValueError as err:  # bad input: one line naming the file, not a traceback
+        raise SystemExit(f"error: {err}") from None
     n_frames = sum(len(q.frames) for q in seqs)
     n_visible = sum(int(q.visible.sum()) for q in seqs if q.visible is not None)
     print(f"{args.dataset} {args.split or ''}: {len(seqs)} sequences, {n_frames} frames, {n_visible} visible boxes")

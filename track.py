@@ -59,7 +59,7 @@ def _boxes(a, name: str) -> np.ndarray:
     """Any array-like of (N, 4) x, y, w, h boxes -> float64 copy; shape errors are ValueError."""
     a = np.array(a, dtype=np.float64, copy=True)
     if a.ndim == 1 and a.size == 4:
-        a = a[None]
+        a = a[None]  # (4,) -> (1, 4)
     if a.ndim != 2 or a.shape[1] != 4:
         raise ValueError(f"{name}: expected (N, 4) x,y,w,h boxes, got shape {a.shape}")
     return a
@@ -335,8 +335,8 @@ class Tracker:
 
     def _crop_tensor(self, image: np.ndarray, box, factor: float, size: int):
         # data.crop_resize + data.normalize (the released rules), cut on the model's device
-        # by run_batched's crop: the same bits, faster than numpy on the CPU (0.9 against 1.6
-        # ms per 256-pixel search crop) and no CPU crop to copy over beside a GPU.
+        # by run_batched's crop: the same bits, faster than numpy on the CPU (SPEED.md) and
+        # no CPU crop to copy over beside a GPU.
         crops, resize_factors, _ = fast.crop_resize_torch([image], [box], factor, size, self.device)
         return fast.normalize_torch(crops).to(self.dtype), resize_factors[0]  # (1, 3, S, S)
 
@@ -525,18 +525,17 @@ def run_batched(tracker: Tracker, sequences, on_done, on_error):
                 for i in live:
                     finish(i)
     finally:  # an error or an interrupt: no decoding thread outlives the run
+        if pool is not None:  # first: a reader still in use by a pool thread could not be closed
+            pool.shutdown(cancel_futures=True)
         for slot in filter(None, slots):
             slot.close()
-        if pool is not None:
-            pool.shutdown()
 
 
 def _decoding_pool(batch: int):
     """For run_batched where frames are decoded in its own thread (not fast.decode_ahead):
     threads that decode one step's frames side by side, one per usable core, where a step
     has several. PIL lets go of the GIL while it decodes, so between two forwards the
-    decoding takes every core instead of one (fast 1.17x at batch 16 on 2 cores,
-    SPEED.md). None at batch 1."""
+    decoding takes every core instead of one (SPEED.md). None at batch 1."""
     if batch == 1:
         return None
     return ThreadPoolExecutor(max_workers=fast.usable_cores(), thread_name_prefix="hit_decode")
@@ -633,6 +632,7 @@ def draw_gif(frames, pred, gt=None, path="track.gif", max_side: int = 480, fps: 
         images.append(image.convert("P", palette=Image.ADAPTIVE))
     if not images:
         raise ValueError("draw_gif: no frames")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:],
                    duration=round(1000 / fps), loop=0)
 
@@ -918,7 +918,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="released *.pth.tar or a checkpoint of this project")
     p.add_argument("--sequence", help="folder of frames (optional groundtruth.txt)")
-    p.add_argument("--init", type=parse_box, help="initial box x,y,w,h in pixels")
+    p.add_argument("--init", type=parse_box,
+                   help="initial box x,y,w,h in pixels (a negative x: --init=-5,3,30,30)")
     p.add_argument("--gif", help="write an animated GIF of the boxes (with --sequence)")
     p.add_argument("--video", help="video file to track, any format FFmpeg reads (needs --init "
                                    "and PyAV: pip install av); frames go in as RGB")
@@ -952,25 +953,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What each command uses (argparse dests): any other flag given with it is an error, not
+# silently ignored. It needs the ones in REQUIRED.
+RUN = {"checkpoint", "device", "mode", "threads", "out"}
+COMMANDS = {"sequence": RUN | {"init", "gif"},
+            "video": RUN | {"init", "out_video"},
+            "dataset": RUN | {"root", "split", "batch"},
+            "analyze": {"dataset", "root", "split", "results", "json", "plots", "static_box", "uav"}}
+REQUIRED = {"sequence": ["checkpoint"], "video": ["checkpoint", "init"],
+            "dataset": ["checkpoint", "root", "out"], "analyze": ["dataset", "root", "results"]}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
 def _check_args(p: argparse.ArgumentParser, args) -> None:
-    if args.out_video and not args.video:
-        p.error("--out-video needs --video")
-    if args.video and (args.analyze or args.sequence or args.dataset):
-        p.error("--video goes alone, without --analyze, --sequence or --dataset")
-    if args.analyze:
-        if not (args.dataset and args.root and args.results):
-            p.error("--analyze needs --dataset, --root and --results")
-    elif args.sequence:
-        if not args.checkpoint:
-            p.error("--sequence needs --checkpoint")
-    elif args.video:
-        if not (args.checkpoint and args.init):
-            p.error("--video needs --checkpoint and --init")
-    elif args.dataset:
-        if not (args.checkpoint and args.root and args.out):
-            p.error("--dataset needs --checkpoint, --root and --out")
-    else:
-        p.error("give --sequence, --video, --dataset or --analyze (see --help)")
+    given = [c for c in ("sequence", "video", "analyze") if getattr(args, c)]
+    given += ["dataset"] if args.dataset and not args.analyze else []
+    if len(given) != 1:
+        p.error("give one of --sequence, --video, --dataset or --analyze (see --help)"
+                + (f"; got {', '.join(map(_flag, given))}" if given else ""))
+    command = given[0]
+    stray = [d for d, v in vars(args).items()
+             if d != command and d not in COMMANDS[command] and v != p.get_default(d)]
+    if stray:
+        p.error(f"{', '.join(map(_flag, stray))} {'does' if len(stray) == 1 else 'do'} not go with {_flag(command)}")
+    missing = [d for d in REQUIRED[command] if not getattr(args, d)]
+    if missing:
+        p.error(f"{_flag(command)} needs {', '.join(map(_flag, missing))}")
+    if command == "analyze" and len({Path(f).resolve() for f in args.results}) != len(args.results):
+        p.error("--results: a folder is given twice")
 
 
 def format_boxes(boxes) -> str:
@@ -978,17 +991,30 @@ def format_boxes(boxes) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
+    """Write via a temporary file, flushed to the disk, then renamed: a crash or a power
+    cut leaves the old file or the whole new one, never part of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_boxes(path) -> np.ndarray:
-    """Result file with comma-, tab- or space-separated x,y,w,h lines -> (N, 4)."""
+    """Result file with comma-, tab- or space-separated x,y,w,h lines -> (N, 4). Every box
+    must be finite with w, h >= 0, as the toolkits require of a tracker's output."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:  # e.g. UTF-16, as PowerShell's > writes
+        raise ValueError(f"cannot read results file {path}: {err}") from None
     rows = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         parts = line.replace(",", " ").split()
         if not parts:
             continue
@@ -998,7 +1024,9 @@ def load_boxes(path) -> np.ndarray:
             raise ValueError(f"{path}:{i}: not numbers: {line!r}") from None
         if len(parts) != 4:
             raise ValueError(f"{path}:{i}: expected 4 values x,y,w,h, got {len(parts)}")
-    return np.array(rows, dtype=np.float64).reshape(-1, 4)
+        if not all(math.isfinite(v) for v in rows[-1]) or min(rows[-1][2:]) < 0:
+            raise ValueError(f"{path}:{i}: invalid box (NaN, infinite, or negative width/height): {line!r}")
+    return np.array(rows, dtype=np.float64).reshape(-1, 4)  # (N, 4); an empty file's (0,) -> (0, 4)
 
 
 def result_path(folder, seq_name: str, dataset: str) -> Path:
@@ -1047,9 +1075,22 @@ def _stop_keeping_boxes(err, boxes, out: Path):
     raise SystemExit(f"error: {err} (the {len(boxes)} boxes before it are written to {out})")
 
 
+def _read_sequence(folder: Path, init):
+    """--sequence's folder as data.Sequences; with --init its ground truth is only drawn
+    and scored, so an unreadable one is left out with a warning instead of stopping."""
+    try:
+        return data.read_folder(folder)
+    except ValueError as err:
+        frames = data.list_frames(folder / "img" if (folder / "img").is_dir() else folder)
+        if init is None or not frames:
+            raise
+        print(f"warning: {err}; tracking from --init without it", file=sys.stderr)
+        return [data.Sequence(folder.name, frames)]
+
+
 def cmd_sequence(args) -> None:
     folder = Path(args.sequence)
-    sequences = data.read_folder(folder)
+    sequences = _read_sequence(folder, args.init)
     if len(sequences) != 1:
         raise SystemExit(f"error: {folder} holds {len(sequences)} sequences; "
                          "use --dataset folder --root for a folder of sequences")
@@ -1131,13 +1172,23 @@ def write_result(out: Path, dataset: str, seq, boxes, times) -> None:
     write_atomic(target, format_boxes(boxes))
 
 
+def _finished(out: Path, seq, dataset: str) -> bool:
+    """Whether a resumed run can skip `seq`: its box file holds a valid box per frame (a
+    file cut short or damaged some other way is tracked again and replaced)."""
+    path = result_path(out, seq.name, dataset)
+    try:
+        return path.exists() and len(load_boxes(path)) == len(seq.frames)
+    except ValueError:
+        return False
+
+
 def cmd_dataset(args) -> None:
     from tqdm import tqdm
 
     sequences = data.read_dataset(args.dataset, args.root, args.split)
     rank, world = _shard()
     out, mine = Path(args.out), sequences[rank::world]  # each rank writes its own sequences
-    todo = [s for s in mine if not result_path(out, s.name, args.dataset).exists()]  # resumable
+    todo = [s for s in mine if not _finished(out, s, args.dataset)]  # resumable
     args.device = str(_rank_device(args, rank))
     tracker = _make_tracker(args, batch=args.batch)
     failed, frames, t0 = {}, [0], time.perf_counter()

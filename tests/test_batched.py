@@ -141,6 +141,30 @@ def test_decoding_side_by_side_changes_nothing(sequences, model, tmp_path, monke
         np.testing.assert_allclose(done[name], want[name][0], atol=BOX_TOL)
 
 
+def test_an_interrupt_mid_decoding_leaves_no_thread(sequences, model, monkeypatch):
+    """An exception (here a RuntimeError, as Ctrl-C would be) that reaches run_batched while
+    another slot's frame is still being decoded in the pool: that exception comes out, and
+    no reading thread or pool thread outlives the run."""
+    import threading
+    seqs = track.data.read_dataset("folder", sequences)
+    real_read = track.data.read_image
+
+    def read(path, raw=None):
+        if path.parent.name == "seq0" and path.name == "00000002.jpg":
+            raise RuntimeError("interrupted")
+        if path.parent.name == "seq1":
+            time.sleep(0.5)  # still decoding, inside seq1's reader, when seq0's error comes out
+        return real_read(path, raw)
+
+    monkeypatch.setattr(track.fast, "decode_ahead", lambda device: False)
+    monkeypatch.setattr(track.data, "read_image", read)
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(model, seqs, 3)
+    time.sleep(0.2)  # a stopped reader gives up within 0.05 s
+    assert not set(threading.enumerate()) - before
+
+
 def write_results(root, out, batch, extra=()):
     return [sys.executable, os.path.join(ROOT, "track.py"), "--checkpoint", str(root / "tiny.pth"),
             "--dataset", "folder", "--root", str(root / "seqs"), "--out", str(out),

@@ -483,11 +483,46 @@ def test_read_folder_malformed(tmp_path):
     with pytest.raises(ValueError, match=r"groundtruth\.txt, line 2: non-numeric"):
         data.read_folder(tmp_path / "s")
     write(tmp_path / "s" / "groundtruth.txt", "1,2,3,4\n1,2,3,4\n1,2,3,4\n")
-    with pytest.raises(ValueError, match=r"groundtruth\.txt: 3 boxes but only 2 frames"):
+    with pytest.raises(ValueError, match=r"groundtruth\.txt: 3 boxes for 2 frames"):
         data.read_folder(tmp_path / "s")
+    save_jpg(tmp_path / "s" / "3.jpg")  # fewer boxes than frames, but more than the first
+    write(tmp_path / "s" / "groundtruth.txt", "1,2,3,4\n1,2,3,4\n")
+    with pytest.raises(ValueError, match=r"groundtruth\.txt: 2 boxes for 3 frames .*or only the first"):
+        data.read_folder(tmp_path / "s")
+    write(tmp_path / "s" / "groundtruth.txt", "1,2,3,4\n")  # an init box alone is fine
+    assert data.read_folder(tmp_path / "s")[0].gt.shape == (1, 4)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no image frames"):
         data.read_folder(tmp_path / "empty")
+    write(tmp_path / "noframes" / "groundtruth.txt", "1,2,3,4\n")
+    with pytest.raises(ValueError, match=r"groundtruth\.txt: ground truth but no image frames"):
+        data.read_folder(tmp_path / "noframes")
+
+
+def test_frames_sort_in_natural_order(tmp_path):
+    names = ["frame_10.jpg", "frame_2.jpg", "frame_1.jpg", "frame_11.jpg"]
+    for name in names:
+        save_jpg(tmp_path / "a" / name)
+    assert [p.name for p in data.list_frames(tmp_path / "a")] == ["frame_1.jpg", "frame_2.jpg",
+                                                                  "frame_10.jpg", "frame_11.jpg"]
+    for name in ["10.jpg", "9.jpg", "0.jpg"]:  # TrackingNet
+        save_jpg(tmp_path / "b" / name)
+    assert [p.name for p in data.list_frames(tmp_path / "b")] == ["0.jpg", "9.jpg", "10.jpg"]
+
+
+def test_folder_of_sequences_skips_folders_without_frames_and_refuses_twins(tmp_path):
+    for seq in ["day1/cam", "day2/cam", "solo"]:
+        save_jpg(tmp_path / "root" / seq / "1.jpg")
+    write(tmp_path / "root" / "results" / "solo.txt", "1,2,3,4\n")  # results written under the root
+    with pytest.raises(ValueError, match=r"two sequences named 'cam' \(.*day1/cam and .*day2/cam\)"):
+        data.read_folder(tmp_path / "root")
+    (tmp_path / "root" / "day2" / "cam").rename(tmp_path / "root" / "day2" / "cam2")
+    assert [s.name for s in data.read_folder(tmp_path / "root")] == ["cam", "cam2", "solo"]
+    write(tmp_path / "otb" / "Bolt" / "groundtruth_rect.txt", "1,2,3,4\n")  # its img/ is missing
+    save_jpg(tmp_path / "otb" / "Basketball" / "img" / "0001.jpg")
+    write(tmp_path / "otb" / "Basketball" / "groundtruth_rect.txt", "1,2,3,4\n")
+    with pytest.raises(ValueError, match=r"Bolt/groundtruth_rect\.txt: ground truth but no image frames"):
+        data.read_otb(tmp_path / "otb")
 
 
 def _got10k_layout(root: Path, split="train"):

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -324,6 +325,24 @@ def test_cli_argument_errors():
     assert track.parse_box("1, 2.5,3,4") == (1, 2.5, 3, 4)
 
 
+def test_cli_refuses_flags_of_another_command(capsys):
+    run = ["--checkpoint", "c", "--sequence", "x"]
+    cases = [(run + ["--dataset", "folder", "--root", "r"], "give one of .*got --sequence, --dataset"),
+             (run + ["--video", "v.mp4"], "got --sequence, --video"),
+             (["--checkpoint", "c", "--dataset", "folder", "--root", "r", "--out", "o", "--gif", "g.gif",
+               "--init", "1,1,20,20"], "--init, --gif do not go with --dataset"),
+             (["--analyze", "--dataset", "folder", "--root", "r", "--results", "a", "--checkpoint", "c"],
+              "--checkpoint does not go with --analyze"),
+             (run + ["--batch", "8", "--static-box"], "--static-box, --batch do not go with --sequence"),
+             (["--analyze", "--dataset", "folder", "--root", "r", "--results", "a", "./a"], "given twice"),
+             (["--dataset", "folder", "--root", "r", "--out", "o"], "--dataset needs --checkpoint")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            track.main(argv)
+        assert exc.value.code == 2
+        assert re.search(message, capsys.readouterr().err), (argv, message)
+
+
 def test_load_and_write_boxes(tmp_path):
     path = tmp_path / "r.txt"
     track.write_atomic(path, track.format_boxes([[1, 2, 3, 4], [5.5, 6, 7, 8]]))
@@ -334,6 +353,16 @@ def test_load_and_write_boxes(tmp_path):
     path.write_text("1,2,3,4\n1,2,x,4\n")
     with pytest.raises(ValueError, match="r.txt:2"):
         track.load_boxes(path)
+    for bad in ("nan,2,3,4", "1,2,inf,4", "1,2,-3,4"):
+        path.write_text(f"1,2,3,4\n\n{bad}\n")
+        with pytest.raises(ValueError, match=f"r.txt:3: invalid box .*{bad}"):
+            track.load_boxes(path)
+    path.write_text("1,2,3,4\n", encoding="utf-16")  # as Windows PowerShell's > writes
+    with pytest.raises(ValueError, match="cannot read results file .*r.txt"):
+        track.load_boxes(path)
+    with pytest.raises(IsADirectoryError):  # a failed write leaves no temporary behind
+        track.write_atomic(tmp_path, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.txt"]
 
 
 def test_cli_single_sequence_and_gif(tmp_path, tiny_checkpoint, capsys, monkeypatch):
@@ -353,6 +382,12 @@ def test_cli_single_sequence_and_gif(tmp_path, tiny_checkpoint, capsys, monkeypa
     track.main(["--checkpoint", str(tiny_checkpoint), "--sequence", str(tmp_path / "nogt"),
                 "--init", "40,30,24,18", "--out", str(tmp_path / "o.txt")])
     assert track.load_boxes(tmp_path / "o.txt").shape == (4, 4)
+    # with --init, a broken ground truth (only drawn) is left out with a warning
+    (tmp_path / "nogt" / "groundtruth.txt").write_text("")
+    track.main(["--checkpoint", str(tiny_checkpoint), "--sequence", str(tmp_path / "nogt"),
+                "--init", "40,30,24,18", "--out", str(tmp_path / "o2.txt"), "--gif", str(tmp_path / "new" / "o.gif")])
+    assert "groundtruth.txt: no boxes; tracking from --init without it" in capsys.readouterr().err
+    assert track.load_boxes(tmp_path / "o2.txt").shape == (4, 4) and (tmp_path / "new" / "o.gif").exists()
 
 
 def test_cli_dataset_resume_and_analyze(tmp_path, tiny_checkpoint, capsys):
@@ -367,9 +402,9 @@ def test_cli_dataset_resume_and_analyze(tmp_path, tiny_checkpoint, capsys):
     files = sorted(p.name for p in out.iterdir())
     assert files == ["seq0.txt", "seq1.txt"]
     stamp = (out / "seq0.txt").stat().st_mtime_ns
-    (out / "seq1.txt").unlink()
+    (out / "seq1.txt").write_text("")  # as a power cut before the data reached the disk could leave it
     track.main(argv)  # resume: seq0 skipped, seq1 redone
-    assert (out / "seq0.txt").stat().st_mtime_ns == stamp and (out / "seq1.txt").exists()
+    assert (out / "seq0.txt").stat().st_mtime_ns == stamp and track.load_boxes(out / "seq1.txt").shape == (3, 4)
     assert "1 already done" in capsys.readouterr().out
 
     report = tmp_path / "summary.json"
