@@ -1257,7 +1257,9 @@ def runtime_unavailable(mode, device):
 def prepare(model, mode="fused", device=None, batch=1):
     """A HiT ready for inference in `mode` (see MODES) on `device`: a callable
     f(template, search) -> {"pred_boxes", "score"} on float32 inputs, with a `cfg`
-    attribute. Every mode but `eager` rewrites the model in place (FastHiT) first."""
+    attribute. Every mode but `eager` rewrites the model in place (FastHiT) first. On CUDA
+    PyTorch lets cuDNN convolutions use TF32 by default: run an exact mode inside no_tf32()
+    to keep its 1e-4 (track.Tracker and bench.py do; cuda_graph captures under it)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     reason = unavailable(mode, device)
     if reason:

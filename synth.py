@@ -513,10 +513,10 @@ def _write_one(task) -> None:
 
 
 def check_mix(mix: dict) -> dict:
-    """`mix` (kind -> weight) checked: known kinds, weights >= 0, some weight > 0."""
+    """`mix` (kind -> weight) checked: known kinds, finite weights >= 0, some weight > 0."""
     unknown = sorted(set(mix) - set(KINDS))
-    if unknown or any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
-        raise ValueError(f"mix {mix}: expected weights >= 0 (some > 0) for kinds among {sorted(KINDS)}")
+    if unknown or not all(math.isfinite(v) and v >= 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(f"mix {mix}: expected finite weights >= 0 (some > 0) for kinds among {sorted(KINDS)}")
     return {k: float(v) for k, v in mix.items() if v > 0}
 
 
@@ -526,9 +526,12 @@ def parse_mix(text: str) -> dict:
     for item in text.split(","):
         name, sep, weight = item.partition(":")
         try:
-            mix[name.strip()] = float(weight) if sep else 1.0
+            value = float(weight) if sep else 1.0
         except ValueError:
             raise ValueError(f"mix item {item!r}: expected kind:weight, e.g. objects:0.4") from None
+        if not (math.isfinite(value) and value >= 0):  # float() accepts nan and inf
+            raise ValueError(f"mix item {item!r}: the weight must be a finite number >= 0")
+        mix[name.strip()] = value
     return check_mix(mix)
 
 
@@ -577,6 +580,24 @@ def synth(out, sequences: int = 300, frames: int = 100, seed: int = 0, size=(320
 
 
 # ----------------------------------------------------------------------------- CLI
+# The target's side is drawn from [18, 0.3 * the frame's shorter side] pixels (objects,
+# patch), so a shorter side under 60 leaves no range to draw from.
+MIN_SIDE = 60
+
+
+def check_args(p, args) -> None:
+    """argparse errors for values that would otherwise fail deep inside generation, or
+    write a set mixed with an earlier one's files."""
+    for flag, value in (("--sequences", args.sequences), ("--frames", args.frames), ("--workers", args.workers)):
+        if value < 1:
+            p.error(f"{flag} {value}: expected 1 or more")
+    if min(args.size) < MIN_SIDE:
+        p.error(f"--size {args.size[0]} {args.size[1]}: each side must be >= {MIN_SIDE} pixels")
+    if not 0 <= args.val_fraction <= 1:
+        p.error(f"--val-fraction {args.val_fraction}: expected a number in [0, 1]")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # stale sequences would mix with new ones
+        p.error(f"--out {out} exists and is not an empty folder: pick another --out, or remove it first")
 
 
 def main(argv=None) -> None:
@@ -586,15 +607,17 @@ def main(argv=None) -> None:
     p.add_argument("--sequences", type=int, default=300, help="number of sequences (train + val)")
     p.add_argument("--frames", type=int, default=100, help="frames per sequence")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of sequences in val/")
-    p.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"), help="frame size")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of sequences in val/, in [0, 1]; at least one sequence stays in train/ "
+                        "(so 1 puts all but one in val/)")
+    p.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"),
+                   help=f"frame size, each side >= {MIN_SIDE}")
     p.add_argument("--workers", type=int, default=1, help="processes (same bytes for any number)")
     p.add_argument("--mix", type=mix_arg, default=dict(MIX),
                    help="kinds of sequence and their weights (objects, patch, region); "
                         "objects:1 is the set made before the other kinds existed")
     args = p.parse_args(argv)
-    if args.workers < 1:
-        p.error(f"--workers {args.workers}: expected 1 or more")
+    check_args(p, args)
     synth(args.out, args.sequences, args.frames, args.seed, tuple(args.size), args.val_fraction,
           workers=args.workers, mix=args.mix)
 

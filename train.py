@@ -123,10 +123,13 @@ def build_parser():
     p.add_argument("--schedule", default="step", choices=("step", "cosine"),
                    help="step: lr x0.1 after --lr-drop of the epochs (paper); cosine: lr decays to 0 "
                         "along a half cosine, step by step (not in the paper; for short runs)")
-    p.add_argument("--lr-drop", type=float, default=0.8, help="lr x0.1 after this fraction of the epochs")
+    p.add_argument("--lr-drop", type=float, default=0.8,
+                   help="--schedule step only: lr x0.1 after this fraction of the epochs, in (0, 1] "
+                        "(rounded to a whole epoch, at least the first; 1: no drop)")
     p.add_argument("--warmup", type=float, default=0.0,
                    help="epochs of linear lr warm-up from 0 (not in the paper)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto", type=device_arg,
+                   help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--out", default="runs/hit", help="folder for last.pth and log.jsonl")
     p.add_argument("--resume", nargs="?", const="last", default=None,
                    help="continue from OUT/last.pth, or from the checkpoint path given")
@@ -175,7 +178,9 @@ def build_parser():
     p.add_argument("--synth-mix", type=synth.mix_arg, default=dict(synth.MIX),
                    help="kinds of procedural sequence and their weights, e.g. objects:0.4,patch:0.3,region:0.3 "
                         "(synth.py --help; objects:1 is the set made before the other kinds existed)")
-    p.add_argument("--val-every", type=int, default=0, help="track the procedural val split every K epochs")
+    p.add_argument("--val-every", type=int, default=0,
+                   help="track the procedural val split every K epochs (and after the first with "
+                        "--time-budget, whose pace counts validation)")
     p.add_argument("--val-sequences", type=int, default=20, help="at most this many val sequences")
     p.add_argument("--baseline-only", action="store_true",
                    help="print the static-box baseline AUC on the procedural val split and exit")
@@ -187,13 +192,60 @@ def build_parser():
     p.add_argument("--time-budget", type=float, default=0.0, metavar="MIN",
                    help="fit the run into MIN minutes of wall time from the start of train.py (data "
                         "generation included): after the first epoch, --epochs is lowered (never raised) "
-                        "to what fits at that epoch's pace and stored in the checkpoint, so --resume "
-                        "continues exactly; the schedule spans the lowered count (not in the paper; 0: off)")
+                        "to what fits at that epoch's pace (validation and checkpoint included) and stored "
+                        "in the checkpoint, so --resume continues exactly (give it when the run starts, "
+                        "not on --resume); the schedule spans the lowered count (not in the paper; 0: off)")
     return p
+
+
+def device_arg(text):
+    """--device for argparse's `type=`: a device torch knows and this machine has."""
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: expected auto, cpu, cuda, cuda:N or mps") from None
+    usable = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= usable:
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {usable} usable CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: train.py runs on cpu, cuda or mps")
+    return text
+
+
+def check_counts(args):
+    """Counts that must be positive (0 would divide by zero or generate an empty set) or
+    non-negative (0 means off)."""
+    for flag in ("batch_size", "synth_sequences", "synth_frames"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    for flag in ("epochs", "stop_after", "grad_clip", "corner_loss"):
+        if not getattr(args, flag) >= 0:  # also refuses nan
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+
+
+def given(argv, dest):
+    """Whether the command line sets `dest` itself: argparse fills in defaults silently."""
+    p, unset = build_parser(), object()
+    p.set_defaults(**{dest: unset})
+    return getattr(p.parse_args(argv), dest) is not unset
+
+
+def check_lr_drop(args, argv):
+    """--lr-drop belongs to the step schedule: given with cosine it would go unused, silently."""
+    if args.schedule != "step" and given(argv, "lr_drop"):
+        raise ValueError(f"--lr-drop {args.lr_drop:g} applies to --schedule step only, not {args.schedule}")
+    if not 0 < args.lr_drop <= 1:
+        raise ValueError(f"--lr-drop must be a fraction of the epochs in (0, 1], got {args.lr_drop:g}")
 
 
 def parse_args(argv):
     args = build_parser().parse_args(argv)
+    check_counts(args)
+    check_lr_drop(args, argv)
     if args.time_budget < 0:
         raise ValueError(f"--time-budget must be >= 0 minutes, got {args.time_budget}")
     if not 0.0 <= args.distractor_pairs <= 1.0:  # checked here, before any data is generated
@@ -279,8 +331,9 @@ def read_sources(items):
 def ensure_synth(folder, sequences, frames, seed, log=print, mix=None):
     """Generate the procedural set (synth.py) once into `folder`. It is written to
     folder.partial and renamed when complete, with SYNTH_MARKER (its parameters) written
-    last: an interrupted generation is redone, a folder without the marker is not ours
-    and is never deleted."""
+    last: an interrupted generation is redone. A complete set is never deleted: one made
+    with other parameters is refused (it may be another run's data), and a folder without
+    the marker is not ours."""
     mix = synth.check_mix(synth.MIX if mix is None else mix)
     folder, want = Path(folder), {"sequences": sequences, "frames": frames, "seed": seed}
     if mix != {"objects": 1.0}:  # markers written before kinds existed stay valid for objects-only sets
@@ -292,8 +345,8 @@ def ensure_synth(folder, sequences, frames, seed, log=print, mix=None):
         raise ValueError(f"--synth-dir {folder} exists but was not made by train.py (no {SYNTH_MARKER}); "
                          f"remove it, pick another --synth-dir, or train on it with --data got10k:{folder}")
     if folder.exists():
-        log(f"{folder}: made with {json.loads(marker.read_text())}, not {want}; generating it again")
-        shutil.rmtree(folder)
+        raise ValueError(f"--synth-dir {folder} was made with {json.loads(marker.read_text())}, not the {want} "
+                         f"asked for: pass another --synth-dir for these --synth-* settings")
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     log(f"generating the procedural set ({sequences} sequences x {frames} frames) in {folder}")
@@ -500,19 +553,33 @@ def trim_log(path, last_epoch):
     path.write_text("".join(keep))
 
 
-def resume(run, args, pace, out, rank, log):
-    """0 for a new run in OUT (never over an existing one); with --resume, load the
-    checkpoint into `run` and return the epochs it holds."""
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+def check_out(args):
+    """Right after the arguments, before any data or model: refuse to start a new run over
+    the one in --out, and read the --resume checkpoint. Returns (path, checkpoint), or
+    None for a new run."""
+    if args.baseline_only:  # writes nothing and resumes nothing
+        return None
+    out = Path(args.out)
     if not args.resume:
         if (out / "last.pth").exists():
             raise ValueError(f"{out / 'last.pth'} exists: pass --resume to continue it, or another --out")
-        return 0
+        return None
     path = out / "last.pth" if args.resume == "last" else Path(args.resume)
     if not path.is_file():
         raise FileNotFoundError(f"--resume: checkpoint {path} does not exist")
-    ckpt = hit.safe_load(path)
+    ckpt = hit.safe_load(path)  # a corrupt file: a ValueError naming it
+    Pace.resumed(args, path, ckpt["args"])
+    return path, ckpt
+
+
+def resume(run, args, out, rank, log, loaded):
+    """0 for a new run in OUT; with --resume, load the checkpoint that check_out read
+    (`loaded`) into `run` and return the epochs it holds."""
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    if loaded is None:
+        return 0
+    path, ckpt = loaded
     if hit.config_from_dict(ckpt["config"]) != run.model.cfg:
         raise ValueError(f"--resume: {path} holds {ckpt['config']}, this run builds {run.model.cfg}")
     run.model.load_state_dict(ckpt["model"])
@@ -523,7 +590,6 @@ def resume(run, args, pace, out, rank, log):
     if run.scaler is not None and ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
-    pace.resumed(args, ckpt["args"])
     changed = {k: (v, getattr(args, k, None)) for k, v in ckpt["args"].items()
                if k not in RUN_ONLY_ARGS and plain(getattr(args, k, None)) != v}
     if changed:
@@ -614,6 +680,30 @@ def pretrain_step(model, heads, batch, optimizer, device, grad_clip=0.1, amp_dty
     return loss.item(), accuracy
 
 
+def pretrain_settings(args):
+    """What OUT/pretrained.pth depends on; saved in it, so a run with other settings refuses it."""
+    source = args.data or {"synth_sequences": args.synth_sequences, "synth_frames": args.synth_frames,
+                           "synth_seed": args.synth_seed, "synth_mix": args.synth_mix}
+    return plain({"variant": args.variant, "pos_layout": args.pos_layout, "pretrain_minutes": args.pretrain_minutes,
+                  "seed": args.seed, "data": source})
+
+
+def load_pretrained(model, path, args, log):
+    """A restart's OUT/pretrained.pth into model.backbone, if it was made with this run's
+    settings; returns its record."""
+    saved, want = hit.safe_load(path), pretrain_settings(args)
+    if saved.get("settings", want) != want:  # a file older than its settings reaches the shape check only
+        raise ValueError(f"{path} was pre-trained with {saved['settings']}, not this run's {want}: "
+                         f"use another --out, or remove {path} to pre-train again")
+    try:
+        model.backbone.load_state_dict(saved["backbone"])
+    except RuntimeError as e:  # shapes of another variant or layout
+        raise ValueError(f"{path} does not fit this run's HiT-{args.variant} backbone (--pos-layout "
+                         f"{args.pos_layout}): use another --out, or remove {path} to pre-train again") from e
+    log(f"pre-trained backbone loaded from {path} ({saved['record']['pairs']} view pairs)")
+    return saved["record"]
+
+
 def pretrain(model, args, sources, device, out, log, amp_dtype=None):
     """--pretrain-minutes: train model.backbone on view pairs (data.ViewPairDataset) for that
     many minutes, save it to OUT/pretrained.pth and return the record logged (steps, pairs,
@@ -621,10 +711,7 @@ def pretrain(model, args, sources, device, out, log, amp_dtype=None):
     loads it instead: a restart after a crash in the first epoch does not pre-train again."""
     path = out / "pretrained.pth"
     if path.is_file():
-        saved = hit.safe_load(path)
-        model.backbone.load_state_dict(saved["backbone"])
-        log(f"pre-trained backbone loaded from {path} ({saved['record']['pairs']} view pairs)")
-        return saved["record"]
+        return load_pretrained(model, path, args, log)
     dataset = data.ViewPairDataset(sources, seed=args.seed, center_jitter=args.center_jitter,
                                    scale_jitter=args.scale_jitter)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers,
@@ -651,7 +738,8 @@ def pretrain(model, args, sources, device, out, log, amp_dtype=None):
     record = {"steps": steps, "pairs": steps * args.batch_size, "seconds": time.time() - t0,
               "loss": float(mean[0]), "top1_per_stage": [float(v) for v in mean[1:]]}
     # The projections are kept only to probe the matching later; tracking does not use them.
-    save_atomic({"backbone": model.backbone.state_dict(), "heads": heads.state_dict(), "record": record}, path)
+    save_atomic({"backbone": model.backbone.state_dict(), "heads": heads.state_dict(), "record": record,
+                 "settings": pretrain_settings(args)}, path)
     log(f"pre-training: {steps} steps ({record['pairs']} view pairs) in {record['seconds']:.0f} s; last 50 "
         f"steps: loss {record['loss']:.3f}, top-1 match per stage "
         + " / ".join(f"{v:.3f}" for v in record["top1_per_stage"]))
@@ -670,8 +758,9 @@ def epochs_within(budget_s, elapsed_s, epoch_s, done, max_epochs):
 class Pace:
     """The run's wall-clock pace and the two things train.py does with it (not in the paper):
 
-    - --time-budget MIN: after the first epoch, --epochs is lowered (never raised) to what
-      fits in MIN minutes from launch at that epoch's pace; a resumed run keeps the count.
+    - --time-budget MIN: after the first epoch (its validation and checkpoint included),
+      --epochs is lowered (never raised) to what fits in MIN minutes from launch at that
+      epoch's pace; a resumed run keeps the count.
     - a run that projects more than DAY_S says so in one line, a few steps in.
 
     A pace leaves out an epoch's first WARMUP steps (compilation, allocator warm-up) once
@@ -709,33 +798,52 @@ class Pace:
                     f"(GPU-days); see README 'Training' for the one-hour recipe")
 
     def end_epoch(self):
-        """Seconds the epoch took."""
+        """Seconds the epoch's steps took."""
         self.t_end = self.clock()
         return self.t_end - self.t0
 
-    def fit_budget(self, args, run, steps, world, device, log):
-        """After the first epoch: lower args.epochs to what fits, and set the next step's lr
-        on the new span."""
+    def epoch_seconds(self, steps, now, val_s=0.0, val_every=0):
+        """Expected seconds of each further epoch, at `now`, after the first epoch and what
+        followed its steps (log line, checkpoint, and validation, which took val_s): the
+        steps at the steady pace plus 3 % for drift, what followed them, with validation
+        at its share when it runs every val_every epochs."""
+        after = now - self.t_end - val_s
+        return 1.03 * self.per_step(steps, self.t_end) * steps + after + (val_s / val_every if val_every else 0.0)
+
+    def fit_budget(self, args, run, steps, world, device, log, val_s=0.0):
+        """After the first epoch, its validation and checkpoint: lower args.epochs to what
+        fits, and set the next step's lr on the new span. Returns whether it lowered them
+        (the checkpoint just written then holds the old count)."""
         if not self.budget_s:
-            return
-        per_step = self.per_step(steps, self.t_end)
-        # the steady pace plus 3 % for checkpoints and drift
-        fit = epochs_within(self.budget_s, self.t_end - self.t_launch, 1.03 * per_step * steps, 1, args.epochs)
+            return False
+        now = self.clock()
+        per_epoch = self.epoch_seconds(steps, now, val_s, args.val_every)
+        fit = epochs_within(self.budget_s, now - self.t_launch, per_epoch, 1, args.epochs)
         if world > 1:  # every rank must stop at the same epoch: rank 0 decides
             fit_t = torch.tensor([fit], device=device)
             dist.broadcast(fit_t, 0)
             fit = int(fit_t.item())
-        if fit < args.epochs:
-            log(f"--time-budget {args.time_budget:g} min: {fit} of {args.epochs} epochs fit "
-                f"({per_step * steps:.0f} s per epoch); the schedule now spans {fit}")
-            args.epochs = fit
-            for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
-                group["lr"] = base * lr_factor(run.scheduler.last_epoch, steps, args)
+        if fit >= args.epochs:
+            return False
+        log(f"--time-budget {args.time_budget:g} min: {fit} of {args.epochs} epochs fit "
+            f"({per_epoch:.0f} s per epoch); the schedule now spans {fit}")
+        args.epochs = fit
+        for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs):
+            group["lr"] = base * lr_factor(run.scheduler.last_epoch, steps, args)
+        return True
 
     @staticmethod
-    def resumed(args, saved):
-        """A resumed run with the same budget keeps the epoch count the budget set."""
-        if args.time_budget and saved.get("time_budget") == args.time_budget:
+    def resumed(args, path, saved):
+        """--resume keeps the epoch count a --time-budget set (`saved`: the checkpoint's
+        arguments). The budget belongs to the run's launch, so one first given on resume,
+        or a different one, is refused rather than silently ignored."""
+        budget = saved.get("time_budget") or 0.0
+        if args.time_budget and args.time_budget != budget:
+            was = f"started with --time-budget {budget:g}" if budget else "started without --time-budget"
+            raise ValueError(f"--time-budget {args.time_budget:g} on --resume: {path} was {was}, and a budget "
+                             f"is set when a run starts; resume without --time-budget")
+        if budget:
+            args.time_budget = budget
             args.epochs = min(args.epochs, saved["epochs"])
 
 
@@ -816,14 +924,26 @@ def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, de
     return record | ({"match": float(np.mean(match))} if match else {})
 
 
+def validation_due(epoch, args):
+    """Every --val-every epochs, and after the first with --time-budget: its pace must know
+    what validation costs."""
+    return bool(args.val_every) and (epoch % args.val_every == 0 or epoch == 1 and bool(args.time_budget))
+
+
 def finish_epoch(run, record, args, out, device, log):
-    """Rank 0, after each epoch: validation if due, the checkpoint, the log line."""
-    if args.val_every and record["epoch"] % args.val_every == 0:
+    """Rank 0, after each epoch: validation if due, the log line, the checkpoint. The line
+    goes first: a crash before the checkpoint leaves a line that resume drops (trim_log),
+    where the other order would lose one. Returns the seconds validation took."""
+    val_s = 0.0
+    if validation_due(record["epoch"], args):
+        t = time.time()
         record["val_auc"] = validate(run.model, args.synth_dir, args.val_sequences, device)
-    save_checkpoint(run, args, record["epoch"], out)
+        val_s = time.time() - t
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    save_checkpoint(run, args, record["epoch"], out)
     log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    return val_s
 
 
 # ----------------------------------------------------------------------------- validation
@@ -865,6 +985,7 @@ def baseline(args, rank, log):
 def main(argv=None):
     t_launch = time.time()  # --time-budget counts from here, data generation included
     args = parse_args(argv)
+    loaded = check_out(args)  # a clash with --out or a bad --resume fails before data and model
     pace = Pace(args.time_budget, t_launch)
     rank, world, device = setup_distributed(args.device)
     args.workers = resolve_workers(args.workers, device, world)
@@ -884,7 +1005,7 @@ def main(argv=None):
     dataset, indices = make_data(args, items, rank, world)
     steps = math.ceil(len(indices) / args.batch_size)
     run = make_training(args, device, steps)
-    first = resume(run, args, pace, out, rank, log)
+    first = resume(run, args, out, rank, log, loaded)
     if args.pretrain_minutes and first == 0:
         pretrain(run.model, args, dataset.sources, device, out, log, run.amp_dtype)
     run.net = wrap(run.model, world, device, args.compile)
@@ -895,17 +1016,19 @@ def main(argv=None):
     t_start, done = time.time(), 0
     for epoch in range(first, args.epochs):
         record = train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, device, log)
-        if epoch == 0:
-            pace.fit_budget(args, run, steps, world, device, log)
-        if rank == 0:
-            finish_epoch(run, record, args, out, device, log)
+        val_s = finish_epoch(run, record, args, out, device, log) if rank == 0 else 0.0
         barrier(world)
+        # The budget is fitted on the whole first epoch, checkpoint included, so the
+        # checkpoint is written again with the lowered count that --resume keeps.
+        if epoch == 0 and pace.fit_budget(args, run, steps, world, device, log, val_s) and rank == 0:
+            save_checkpoint(run, args, 1, out)
         done += 1
         if args.stop_after and done >= args.stop_after or epoch + 1 >= args.epochs:
             break  # (--time-budget may have lowered args.epochs after the range was made)
     if world > 1:
         dist.destroy_process_group()
-    log(f"done: {done} epoch(s) in {time.time() - t_start:.0f} s; checkpoint {out / 'last.pth'}")
+    saved = f"checkpoint {out / 'last.pth'}" if done else "no checkpoint was written"
+    log(f"done: {done} epoch(s) in {time.time() - t_start:.0f} s; {saved}")
     return run.model
 
 

@@ -8,10 +8,13 @@ import copy
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -376,6 +379,90 @@ def test_time_budget_lowers_epochs_and_resumes_exactly(synth_dir, tmp_path, monk
         train.main(tiny_args(synth_dir, tmp_path / "neg", "--time-budget", "-1"))
 
 
+def test_resume_keeps_the_time_budget_and_refuses_a_new_one(synth_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "epochs_within", lambda *a: 2)  # the budget fits 2 of 3 epochs
+    args = tiny_args(synth_dir, tmp_path / "tb", "--epochs", "3")
+    train.main(args + ["--time-budget", "50", "--stop-after", "1"])
+    assert hit.safe_load(tmp_path / "tb" / "last.pth")["args"]["epochs"] == 2
+    with pytest.raises(ValueError, match=re.escape(
+            f"--time-budget 20 on --resume: {tmp_path / 'tb' / 'last.pth'} was started with --time-budget 50")):
+        train.main(args + ["--time-budget", "20", "--resume"])
+    train.main(args + ["--resume"])  # no --time-budget: the count the budget set is kept
+    ckpt = hit.safe_load(tmp_path / "tb" / "last.pth")
+    assert (ckpt["epoch"], ckpt["args"]["epochs"], ckpt["args"]["time_budget"]) == (2, 2, 50.0)
+    assert len((tmp_path / "tb" / "log.jsonl").read_text().splitlines()) == 2
+    unbudgeted = tiny_args(synth_dir, tmp_path / "plain", "--epochs", "2")
+    train.main(unbudgeted + ["--stop-after", "1"])
+    with pytest.raises(ValueError, match=r"--time-budget 50 on --resume: .* was started without --time-budget"):
+        train.main(unbudgeted + ["--time-budget", "50", "--resume"])
+
+
+def test_time_budget_pace_counts_validation_and_checkpoint():
+    now = [0.0]
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    run = SimpleNamespace(optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0))
+
+    def fitted(val_s, val_every):
+        """Epochs kept of 46 in 2 minutes: 10 steps of 1 s, then 10 s of log, checkpoint and validation."""
+        args = train.parse_args(["--epochs", "46", "--time-budget", "2", "--val-every", str(val_every)])
+        now[0] = 0.0
+        pace = train.Pace(args.time_budget, t_launch=0.0, clock=lambda: now[0])
+        pace.start_epoch()
+        for step in range(10):
+            now[0] += 1.0
+            pace.step_done(step, 10, 1000, lambda *a: None)
+        pace.end_epoch()
+        now[0] += 10.0
+        assert pace.fit_budget(args, run, 10, 1, torch.device("cpu"), lambda *a: None, val_s)
+        return args.epochs
+
+    # 100 s left after 20; each epoch 10.3 s of steps (+3 %) and 10 s after them: 1 + floor(100 / 20.3)
+    assert fitted(0.0, 0) == 5
+    # 8 of the 10 s are validation, which runs every 2 epochs: 10.3 + 2 + 8 / 2 = 16.3 s, 1 + 6
+    assert fitted(8.0, 2) == 7
+
+
+def test_time_budget_validates_the_first_epoch_to_time_it(synth_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "validate", lambda *a: 50.0)
+    for name, extra in (("plain", []), ("budget", ["--time-budget", "50"])):
+        train.main(tiny_args(synth_dir, tmp_path / name, "--epochs", "1", "--val-every", "3", *extra))
+    assert "val_auc" not in json.loads((tmp_path / "plain" / "log.jsonl").read_text())
+    assert json.loads((tmp_path / "budget" / "log.jsonl").read_text())["val_auc"] == 50.0
+
+
+def test_log_line_is_written_before_the_checkpoint(synth_dir, tmp_path, monkeypatch):
+    def killed(*a):
+        raise KeyboardInterrupt("killed before the checkpoint")
+
+    monkeypatch.setattr(train, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1"))
+    assert [json.loads(s)["epoch"] for s in (tmp_path / "log.jsonl").read_text().splitlines()] == [1]
+    assert not (tmp_path / "last.pth").exists()  # resume's trim_log drops the line
+
+
+def test_out_clash_and_bad_resume_fail_before_data_and_model(synth_dir, tmp_path, monkeypatch):
+    def too_late(*a, **k):
+        raise AssertionError("reached data generation or the model")
+
+    monkeypatch.setattr(train, "procedural_set", too_late)
+    monkeypatch.setattr(train, "make_training", too_late)
+    (tmp_path / "last.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'last.pth'} exists: pass --resume")):
+        train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1"))
+    with pytest.raises(FileNotFoundError, match=r"--resume: checkpoint .*missing\.pth does not exist"):
+        train.main(tiny_args(synth_dir, tmp_path, "--resume", str(tmp_path / "missing.pth")))
+    with pytest.raises(ValueError, match=r"last\.pth: not a readable PyTorch zip checkpoint"):
+        train.main(tiny_args(synth_dir, tmp_path, "--resume"))
+
+
+def test_epochs_0_says_no_checkpoint_was_written(synth_dir, tmp_path, capsys):
+    train.main(tiny_args(synth_dir, tmp_path, "--epochs", "0"))
+    assert "done: 0 epoch(s) in 0 s; no checkpoint was written" in capsys.readouterr().out
+    assert not (tmp_path / "last.pth").exists()
+
+
 def test_pace_says_once_when_a_run_projects_more_than_a_day():
     now = [0.0]
 
@@ -488,13 +575,24 @@ def test_synth_cache_is_redone_when_incomplete(tmp_path):
     stamp = (folder / train.SYNTH_MARKER).stat().st_mtime_ns
     train.ensure_synth(folder, 2, 3, 0, log=lambda *a: None)  # cached: not regenerated
     assert (folder / train.SYNTH_MARKER).stat().st_mtime_ns == stamp
-    train.ensure_synth(folder, 2, 4, 0, log=lambda *a: None)  # other settings: made again
-    assert len(data.read_got10k(folder, "train")[0].frames) == 4
-    stamp = (folder / train.SYNTH_MARKER).stat().st_mtime_ns
-    train.ensure_synth(folder, 2, 4, 0, log=lambda *a: None, mix=dict(synth.MIX))  # the default, spelled out
+    train.ensure_synth(folder, 2, 3, 0, log=lambda *a: None, mix=dict(synth.MIX))  # the default, spelled out
     assert (folder / train.SYNTH_MARKER).stat().st_mtime_ns == stamp
-    train.ensure_synth(folder, 2, 4, 0, log=lambda *a: None, mix={"region": 1})  # another mix: made again
-    assert json.loads((folder / train.SYNTH_MARKER).read_text())["mix"] == {"region": 1.0}
+    train.ensure_synth(tmp_path / "region", 2, 3, 0, log=lambda *a: None, mix={"region": 1})
+    assert json.loads((tmp_path / "region" / train.SYNTH_MARKER).read_text())["mix"] == {"region": 1.0}
+
+
+def test_synth_set_made_with_other_settings_is_refused_not_deleted(tmp_path):
+    folder = tmp_path / "synth"
+    train.ensure_synth(folder, 2, 3, 0, log=lambda *a: None)
+    stamp = (folder / train.SYNTH_MARKER).stat().st_mtime_ns
+    with pytest.raises(ValueError, match=re.escape(
+            f"--synth-dir {folder} was made with {{'sequences': 2, 'frames': 3, 'seed': 0}}, not the "
+            "{'sequences': 2, 'frames': 4, 'seed': 0} asked for: pass another --synth-dir")):
+        train.ensure_synth(folder, 2, 4, 0, log=lambda *a: None)
+    with pytest.raises(ValueError, match=re.escape("'mix': {'region': 1.0}")):
+        train.ensure_synth(folder, 2, 3, 0, log=lambda *a: None, mix={"region": 1})
+    assert (folder / train.SYNTH_MARKER).stat().st_mtime_ns == stamp  # kept as it was
+    assert len(data.read_got10k(folder, "train")[0].frames) == 3
 
 
 def test_synth_mix_option():
@@ -504,6 +602,92 @@ def test_synth_mix_option():
     r = subprocess.run([sys.executable, "train.py", "--synth-mix", "objects:x"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "--synth-mix" in r.stderr and "objects:x" in r.stderr
+
+
+def test_schedule_and_loss_options_are_checked():
+    assert train.parse_args([]).lr_drop == 0.8 and train.parse_args(["--schedule", "cosine"]).lr_drop == 0.8
+    assert train.parse_args(["--lr-drop", "1"]).lr_drop == 1.0
+    for argv, message in (
+            (["--schedule", "cosine", "--lr-drop", "0.5"], "--lr-drop 0.5 applies to --schedule step only, not cosine"),
+            (["--lr-drop=0.8", "--schedule", "cosine"], "--lr-drop 0.8 applies to --schedule step only"),  # given
+            (["--lr-drop", "0"], r"--lr-drop must be a fraction of the epochs in \(0, 1\], got 0"),
+            (["--lr-drop", "1.5"], r"--lr-drop must be a fraction of the epochs in \(0, 1\], got 1.5"),
+            (["--grad-clip", "-0.1"], "--grad-clip must be >= 0, got -0.1"),
+            (["--corner-loss", "-1"], "--corner-loss must be >= 0, got -1.0"),
+            (["--stop-after", "-1"], "--stop-after must be >= 0, got -1"),
+            (["--epochs", "-1"], "--epochs must be >= 0, got -1"),
+            (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+            (["--synth-sequences", "0"], "--synth-sequences must be >= 1, got 0"),
+            (["--synth-frames", "0"], "--synth-frames must be >= 1, got 0")):
+        with pytest.raises(ValueError, match=message):
+            train.parse_args(argv)
+
+
+def test_bad_device_is_an_argparse_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for device, message in (("foo", "'foo' is not a device: expected auto, cpu, cuda, cuda:N or mps"),
+                            ("cuda", "'cuda': this machine has 0 usable CUDA device(s)"),
+                            ("cuda:1", "'cuda:1': this machine has 0 usable CUDA device(s)"),
+                            ("mps", "'mps': MPS is not available on this machine"),
+                            ("meta", "'meta': train.py runs on cpu, cuda or mps")):
+        with pytest.raises(SystemExit) as exit_:
+            train.parse_args(["--device", device])
+        assert exit_.value.code == 2 and f"argument --device: {message}" in capsys.readouterr().err
+    assert train.parse_args(["--device", "cpu"]).device == "cpu"
+
+
+def test_mix_weights_must_be_finite():
+    for bad, item in (("objects:nan", "objects:nan"), ("objects:inf", "objects:inf"),
+                      ("objects:1,patch:nan", "patch:nan"), ("objects:1,region:-inf", "region:-inf")):
+        with pytest.raises(ValueError, match=f"mix item '{item}': the weight must be a finite number >= 0"):
+            synth.parse_mix(bad)
+    with pytest.raises(ValueError, match="expected finite weights >= 0"):
+        synth.check_mix({"objects": float("inf")})
+
+
+def synth_cli_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        synth.main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_synth_cli_refuses_bad_counts_and_sizes(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "set")]
+    for argv, message in ((["--frames", "0"], "--frames 0: expected 1 or more"),
+                          (["--sequences", "0"], "--sequences 0: expected 1 or more"),
+                          (["--sequences", "-3"], "--sequences -3: expected 1 or more"),
+                          (["--workers", "0"], "--workers 0: expected 1 or more"),
+                          (["--size", "59", "240"], "--size 59 240: each side must be >= 60 pixels"),
+                          (["--size", "320", "40"], "--size 320 40: each side must be >= 60 pixels"),
+                          (["--val-fraction", "1.5"], "--val-fraction 1.5: expected a number in [0, 1]")):
+        assert message in synth_cli_error(out + argv, capsys)
+    assert not (tmp_path / "set").exists()
+    # 60 is the least side every kind renders at; 59 leaves the target's size range empty
+    for kind, render in synth.KINDS.items():
+        for seed in range(3):
+            frames = list(render(np.random.default_rng([seed, 0]), 3, 60, 60))
+            assert len(frames) == 3 and frames[0][0].shape == (60, 60, 3), kind
+    with pytest.raises(ValueError):
+        list(synth.KINDS["objects"](np.random.default_rng([0, 0]), 3, 59, 60))
+
+
+def test_synth_cli_refuses_a_non_empty_out(tmp_path, capsys):
+    old = tmp_path / "old"
+    (old / "train").mkdir(parents=True)
+    (old / "train" / "list.txt").write_text("synth_00000\n")
+    argv = ["--sequences", "2", "--frames", "2", "--size", "64", "64", "--val-fraction", "1"]
+    err = synth_cli_error(["--out", str(old)] + argv, capsys)
+    assert f"--out {old} exists and is not an empty folder: pick another --out" in err
+    assert sorted(p.name for p in old.rglob("*")) == ["list.txt", "train"]
+    (tmp_path / "empty").mkdir()
+    synth.main(["--out", str(tmp_path / "empty")] + argv)  # --val-fraction 1 keeps one train sequence
+    assert [len(data.read_got10k(tmp_path / "empty", split)) for split in ("train", "val")] == [1, 1]
+    with pytest.raises(SystemExit):
+        synth.main(["--help"])
+    assert "at least one sequence stays in train/" in " ".join(capsys.readouterr().out.split())
 
 
 def test_distractor_pairs_option():
@@ -664,6 +848,28 @@ def test_synth_dir_not_made_by_train_is_never_deleted(tmp_path):
     with pytest.raises(ValueError, match="not made by train.py"):
         train.ensure_synth(tmp_path / "mine", 2, 3, 0, log=lambda *a: None)
     assert (tmp_path / "mine" / "precious.txt").read_text() == "keep"
+
+
+def test_pretrained_backbone_of_other_settings_is_refused(synth_dir, tmp_path):
+    out = tmp_path / "pre"
+    out.mkdir()
+    args = tiny_args(synth_dir, out, "--pretrain-minutes", "0.03", "--stop-after", "1")
+    record = {"steps": 1, "pairs": 2, "seconds": 1.0, "loss": 1.0, "top1_per_stage": [0.0] * 3}
+    backbone = hit.build_hit("tiny").backbone.state_dict()
+    settings = train.pretrain_settings(train.parse_args(args))
+    assert settings == {"variant": "tiny", "pos_layout": "diagonal", "pretrain_minutes": 0.03, "seed": 0,
+                        "data": {"synth_sequences": 4, "synth_frames": 12, "synth_seed": 0,
+                                 "synth_mix": {"objects": 1.0}}}
+    train.save_atomic({"backbone": backbone, "heads": {}, "record": record, "settings": settings},
+                      out / "pretrained.pth")
+    for flag, value in (("--variant", "small"), ("--seed", "1"), ("--pretrain-minutes", "0.05")):
+        with pytest.raises(ValueError, match=r"pretrained\.pth was pre-trained with .*, not this run's .*"
+                           r"use another --out, or remove .*pretrained\.pth to pre-train again"):
+            train.main(args + [flag, value])
+    # A file saved before the settings were: another variant is a clear error, not a size mismatch.
+    train.save_atomic({"backbone": backbone, "heads": {}, "record": record}, out / "pretrained.pth")
+    with pytest.raises(ValueError, match=r"pretrained\.pth does not fit this run's HiT-small backbone"):
+        train.main(args + ["--variant", "small"])
 
 
 def test_help_works():
