@@ -20,6 +20,7 @@ everything `--resume` needs to continue exactly; `hit.load_checkpoint(DIR/last.p
 gives the tracker network.
 """
 import argparse
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -28,6 +29,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -531,12 +533,42 @@ def save_atomic(obj, path):
     os.replace(tmp, path)
 
 
-def save_checkpoint(run, args, epoch, out):
+def save_checkpoint(run, args, epoch, out, partial=None):
+    """OUT/last.pth after `epoch` whole epochs; `partial`: how far the next one got when
+    an interrupt stopped it (train_epoch), so that --resume continues from that step."""
     save_atomic({"model": run.model.state_dict(), "config": plain(dataclasses.asdict(run.model.cfg)),
                  "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
                  "epoch": epoch, "rng": rng_state(), "args": plain(vars(args)),
-                 "scaler": run.scaler.state_dict() if run.scaler is not None else None},
+                 "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+                 "partial": partial},
                 out / "last.pth")
+
+
+class Interrupt:
+    """Ctrl-C or SIGTERM (as `timeout` and job schedulers send) during training: the step
+    under way finishes, the run so far is saved mid-epoch (save_checkpoint's `partial`),
+    and train.py stops; --resume continues from the next step exactly. A second signal
+    stops at once. Single-process runs only: under DDP every rank would have to stop at
+    the same step, so a signal there ends the run as usual (the last epoch's checkpoint)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = [signal.signal(sig, self.handle) for sig in self.SIGNALS]
+        return self
+
+    def __exit__(self, *exc):  # the caller's handlers again (a test session's, for one)
+        for sig, handler in zip(self.SIGNALS, self.previous):
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupted: finishing this step, then saving (again to stop at once)", file=sys.stderr)
 
 
 def trim_log(path, last_epoch):
@@ -573,12 +605,13 @@ def check_out(args):
 
 
 def resume(run, args, out, rank, log, loaded):
-    """0 for a new run in OUT; with --resume, load the checkpoint that check_out read
-    (`loaded`) into `run` and return the epochs it holds."""
+    """(0, None) for a new run in OUT; with --resume, load the checkpoint that check_out
+    read (`loaded`) into `run` and return (the epochs it holds, how far the next one got
+    or None)."""
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     if loaded is None:
-        return 0
+        return 0, None
     path, ckpt = loaded
     if hit.config_from_dict(ckpt["config"]) != run.model.cfg:
         raise ValueError(f"--resume: {path} holds {ckpt['config']}, this run builds {run.model.cfg}")
@@ -596,8 +629,10 @@ def resume(run, args, out, rank, log, loaded):
         warnings.warn(f"--resume: settings differ from the checkpoint's (was, now): {changed}")
     if rank == 0:
         trim_log(out / "log.jsonl", ckpt["epoch"])
-    log(f"resumed from {path} after epoch {ckpt['epoch']}")
-    return ckpt["epoch"]
+    partial = ckpt.get("partial")
+    log(f"resumed from {path} after epoch {ckpt['epoch']}"
+        + (f", step {partial['step']} of epoch {ckpt['epoch'] + 1}" if partial else ""))
+    return ckpt["epoch"], partial
 
 
 # ----------------------------------------------------------------------------- backbone pre-training (not in the paper)
@@ -773,8 +808,9 @@ class Pace:
         self.t_launch = clock() if t_launch is None else t_launch
         self.checked = False
 
-    def start_epoch(self):
-        self.t0 = self.clock()
+    def start_epoch(self, first_step=0):
+        """`first_step`: where a resumed epoch starts; the pace counts the steps from there."""
+        self.t0, self.first = self.clock(), first_step
         self.t_steady = None
 
     def per_step(self, done, now):
@@ -808,7 +844,8 @@ class Pace:
         steps at the steady pace plus 3 % for drift, what followed them, with validation
         at its share when it runs every val_every epochs."""
         after = now - self.t_end - val_s
-        return 1.03 * self.per_step(steps, self.t_end) * steps + after + (val_s / val_every if val_every else 0.0)
+        per_step = self.per_step(steps - self.first, self.t_end)  # this process's steps of the epoch
+        return 1.03 * per_step * steps + after + (val_s / val_every if val_every else 0.0)
 
     def fit_budget(self, args, run, steps, world, device, log, val_s=0.0):
         """After the first epoch, its validation and checkpoint: lower args.epochs to what
@@ -872,31 +909,38 @@ def train_step(model, batch, optimizer, device, grad_clip=0.1, scaler=None, amp_
     return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
 
-def view_batches(pairs, epoch, steps, args):
-    """--match-loss: the view pairs of each step of `epoch`, batch_size // 4 per step, drawn
-    from the pair sampler's sequences; sample indices follow (epoch, step), so a resumed
-    run draws the same views."""
+def view_batches(pairs, epoch, steps, args, start=0):
+    """--match-loss: the view pairs of steps start, start + 1, ... of `epoch`, batch_size
+    // 4 per step, drawn from the pair sampler's sequences; sample indices follow (epoch,
+    step), so a resumed run draws the same views."""
     views = data.ViewPairDataset(pairs.sources, seed=pairs.seed + 1, center_jitter=args.center_jitter,
                                  scale_jitter=args.scale_jitter)
     per_step = max(1, args.batch_size // 4)
     first = epoch * steps * per_step
     return iter(torch.utils.data.DataLoader(views, batch_size=per_step, num_workers=args.workers,
-                                            sampler=range(first, first + steps * per_step)))
+                                            sampler=range(first + start * per_step, first + steps * per_step)))
 
 
-def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, device, log):
-    """One epoch of steps; returns its log record (losses averaged over every rank's pairs)."""
+def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, device, log,
+                partial=None, interrupt=None):
+    """One epoch of steps -> (its log record, losses averaged over every rank's pairs; None).
+    `partial`: continue an epoch an interrupt stopped (from its next step, with its sums so
+    far). When `interrupt` is requested, stops after the step under way -> (None, partial)."""
+    partial = partial or {"step": 0, "sums": [0.0] * 4, "match": []}
+    start = partial["step"]
     dataset.set_epoch(epoch)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=indices,
+    # Pairs depend on (seed, epoch, index) only, so skipping the indices of the steps done
+    # gives the interrupted run's next batches.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=indices[start * args.batch_size:],
                                          num_workers=args.workers, pin_memory=device.type == "cuda")
     run.net.train()
-    sums, n_seen = torch.zeros(4, dtype=torch.float64), 0  # loss, giou, l1 (pair-weighted), pairs
-    match = []  # --match-loss: its value per step
-    pace.start_epoch()
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0,
+    sums = torch.tensor(partial["sums"], dtype=torch.float64)  # loss, giou, l1 (pair-weighted), pairs
+    match, n_seen = list(partial["match"]), 0  # --match-loss: its value per step; pairs in this process
+    pace.start_epoch(start)
+    bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0,
                dynamic_ncols=True, leave=False)
-    views = view_batches(dataset, epoch, steps, args) if args.match_loss else itertools.repeat(None)
-    for step, batch in enumerate(loader):
+    views = view_batches(dataset, epoch, steps, args, start) if args.match_loss else itertools.repeat(None)
+    for step, batch in enumerate(loader, start):
         lr = run.optimizer.param_groups[-1]["lr"]  # --lr times the schedule (group 0 may be the backbone)
         m = train_step(run.net, batch, run.optimizer, device, args.grad_clip, run.scaler, run.amp_dtype,
                        args.corner_loss, next(views), args.match_loss, run.model)
@@ -906,12 +950,15 @@ def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, de
         match += [m["match"]] if "match" in m else []
         n_seen += b
         steps_left = (args.epochs - epoch) * steps - step - 1
-        pace.step_done(step, steps, steps_left, log)
+        pace.step_done(step - start, steps - start, steps_left, log)
         eta = steps_left * args.batch_size * (time.time() - pace.t0) / n_seen
         bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{lr:.2e}",
                         sps=f"{n_seen * world / max(time.time() - pace.t0, 1e-9):.1f}",
                         eta=time.strftime("%H:%M:%S", time.gmtime(eta)) if eta < 86400 else f"{eta / 86400:.1f}d")
         bar.update(1)
+        if interrupt is not None and interrupt.requested and step + 1 < steps:
+            bar.close()
+            return None, {"step": step + 1, "sums": sums.tolist(), "match": match}
     bar.close()
     if world > 1:
         sums = sums.to(device)
@@ -920,8 +967,9 @@ def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, de
     seconds = pace.end_epoch()
     record = {"epoch": epoch + 1, "loss": (sums[0] / sums[3]).item(), "giou": (sums[1] / sums[3]).item(),
               "l1": (sums[2] / sums[3]).item(), "lr": lr,  # lr of the epoch's last step
-              "samples_per_s": sums[3].item() / seconds, "seconds": seconds}
-    return record | ({"match": float(np.mean(match))} if match else {})
+              "samples_per_s": (sums[3].item() - partial["sums"][3]) / seconds,  # pairs of this process's steps
+              "seconds": seconds}
+    return record | ({"match": float(np.mean(match))} if match else {}), None
 
 
 def validation_due(epoch, args):
@@ -982,6 +1030,37 @@ def baseline(args, rank, log):
 
 
 # ----------------------------------------------------------------------------- main
+def train_epochs(run, args, dataset, indices, steps, first, partial, pace, interrupt, where, out, log):
+    """Epochs first, first + 1, ... (the first one from `partial` on, when a resumed run
+    stopped inside it): each trained, validated if due, logged and saved. Returns how many
+    ran; an interrupt ends the run with the checkpoint of where it stopped."""
+    rank, world, device = where
+    t_start, done = time.time(), 0
+    for epoch in range(first, args.epochs):
+        record, partial = train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, device, log,
+                                      partial, interrupt)
+        if record is None:  # interrupted mid-epoch: the run so far is saved, then stop
+            save_checkpoint(run, args, epoch, out, partial)
+            log(f"interrupted at step {partial['step']} of {steps} of epoch {epoch + 1}: checkpoint "
+                f"{out / 'last.pth'}; --resume continues from the next step")
+            raise SystemExit(130)
+        val_s = finish_epoch(run, record, args, out, device, log) if rank == 0 else 0.0
+        barrier(world)
+        # The budget is fitted on the whole first epoch, checkpoint included, so the
+        # checkpoint is written again with the lowered count that --resume keeps.
+        if epoch == 0 and pace.fit_budget(args, run, steps, world, device, log, val_s) and rank == 0:
+            save_checkpoint(run, args, 1, out)
+        done += 1
+        if interrupt is not None and interrupt.requested:  # at the epoch's end: saved already
+            log(f"interrupted after epoch {epoch + 1}: checkpoint {out / 'last.pth'}; --resume continues")
+            raise SystemExit(130)
+        if args.stop_after and done >= args.stop_after or epoch + 1 >= args.epochs:
+            break  # (--time-budget may have lowered args.epochs after the range was made)
+    saved = f"checkpoint {out / 'last.pth'}" if done else "no checkpoint was written"
+    log(f"done: {done} epoch(s) in {time.time() - t_start:.0f} s; {saved}")
+    return done
+
+
 def main(argv=None):
     t_launch = time.time()  # --time-budget counts from here, data generation included
     args = parse_args(argv)
@@ -1005,30 +1084,19 @@ def main(argv=None):
     dataset, indices = make_data(args, items, rank, world)
     steps = math.ceil(len(indices) / args.batch_size)
     run = make_training(args, device, steps)
-    first = resume(run, args, out, rank, log, loaded)
-    if args.pretrain_minutes and first == 0:
+    first, partial = resume(run, args, out, rank, log, loaded)
+    if args.pretrain_minutes and first == 0 and partial is None:
         pretrain(run.model, args, dataset.sources, device, out, log, run.amp_dtype)
     run.net = wrap(run.model, world, device, args.compile)
     log(f"HiT-{args.variant}: {hit.count_params(run.model):,} params on {device} x{world}; "
         f"{len(dataset.sources)} source(s); {steps} steps/epoch of {args.batch_size}x{world} pairs; "
         f"{args.workers} loader worker(s)")
 
-    t_start, done = time.time(), 0
-    for epoch in range(first, args.epochs):
-        record = train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, device, log)
-        val_s = finish_epoch(run, record, args, out, device, log) if rank == 0 else 0.0
-        barrier(world)
-        # The budget is fitted on the whole first epoch, checkpoint included, so the
-        # checkpoint is written again with the lowered count that --resume keeps.
-        if epoch == 0 and pace.fit_budget(args, run, steps, world, device, log, val_s) and rank == 0:
-            save_checkpoint(run, args, 1, out)
-        done += 1
-        if args.stop_after and done >= args.stop_after or epoch + 1 >= args.epochs:
-            break  # (--time-budget may have lowered args.epochs after the range was made)
+    with Interrupt() if world == 1 else contextlib.nullcontext() as interrupt:
+        train_epochs(run, args, dataset, indices, steps, first, partial, pace, interrupt,
+                     (rank, world, device), out, log)
     if world > 1:
         dist.destroy_process_group()
-    saved = f"checkpoint {out / 'last.pth'}" if done else "no checkpoint was written"
-    log(f"done: {done} epoch(s) in {time.time() - t_start:.0f} s; {saved}")
     return run.model
 
 

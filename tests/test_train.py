@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -328,6 +329,73 @@ def test_crash_while_saving_then_resume_matches_uninterrupted_run(straight_run, 
         assert torch.equal(ref[k], got[k]), k
     ck = hit.safe_load(tmp_path / "last.pth")
     assert ck["epoch"] == 2 and ck["scheduler"]["last_epoch"] == 4  # stepped per step: 2 epochs x 2
+
+
+@pytest.mark.parametrize("at_step", [3, 4])  # mid-epoch 2 (of 2 steps each), and its last step
+def test_interrupt_saves_where_it_stopped_and_resume_continues_exactly(straight_run, synth_dir, tmp_path,
+                                                                       monkeypatch, at_step):
+    """Ctrl-C during a step: the step finishes, the run so far is saved (mid-epoch: the step
+    reached and the epoch's sums), train.py stops with 130; --resume then ends with the
+    uninterrupted run's weights and log. The signal handlers are the caller's again after."""
+    out, reference = straight_run
+    real_step, calls = train.train_step, []
+
+    def step_then_signal(*a, **k):
+        result = real_step(*a, **k)
+        calls.append(1)
+        if len(calls) == at_step:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C, between the step's end and the next
+        return result
+
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    handler = signal.getsignal(signal.SIGINT)
+    args = tiny_args(synth_dir, tmp_path, "--epochs", "2", "--lr-drop", "0.5")
+    with pytest.raises(SystemExit) as exc:
+        train.main(args)
+    assert exc.value.code == 130 and len(calls) == at_step and signal.getsignal(signal.SIGINT) is handler
+    ckpt = hit.safe_load(tmp_path / "last.pth")
+    if at_step == 3:
+        assert ckpt["epoch"] == 1 and ckpt["partial"]["step"] == 1 and ckpt["partial"]["sums"][3] == 2
+    else:
+        assert ckpt["epoch"] == 2 and ckpt["partial"] is None
+    monkeypatch.setattr(train, "train_step", real_step)
+    resumed = train.main(args + ["--resume"])
+    for k, v in reference.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    want = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
+    got = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
+    for w, g in zip(want, got, strict=True):
+        assert (w["epoch"], w["loss"], w["giou"], w["lr"]) == (g["epoch"], g["loss"], g["giou"], g["lr"])
+
+
+def test_interrupt_and_resume_with_match_loss_draws_the_same_views(synth_dir, tmp_path, monkeypatch):
+    """--match-loss draws view pairs per (epoch, step): a run resumed mid-epoch 1 (of 2
+    steps) must draw the same views for its remaining step."""
+    args = tiny_args(synth_dir, tmp_path / "a", "--epochs", "1", "--match-loss", "1")
+    reference = train.main(args)
+    real_step = train.train_step
+
+    def step_then_signal(*a, **k):
+        result = real_step(*a, **k)
+        signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    args = tiny_args(synth_dir, tmp_path / "b", "--epochs", "1", "--match-loss", "1")
+    with pytest.raises(SystemExit):
+        train.main(args)
+    monkeypatch.setattr(train, "train_step", real_step)
+    resumed = train.main(args + ["--resume"])
+    for k, v in reference.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_a_second_interrupt_stops_at_once():
+    with train.Interrupt() as interrupt:
+        interrupt.handle(signal.SIGINT, None)
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.handle(signal.SIGINT, None)
 
 
 def test_stop_after_then_resume_gives_same_log(straight_run, synth_dir, tmp_path):
