@@ -499,6 +499,7 @@ def rng_state():
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,  # drop path
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
             "python": list(random.getstate())}
 
@@ -507,6 +508,8 @@ def set_rng_state(s):
     torch.set_rng_state(s["torch"].clone().to(torch.uint8))
     if s["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([t.clone().to(torch.uint8) for t in s["cuda"]])
+    if s.get("mps") is not None and torch.backends.mps.is_available():  # older checkpoints have none
+        torch.mps.set_rng_state(s["mps"].clone().to(torch.uint8))
     kind, keys, pos, has_gauss, gauss = s["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, state, gauss = s["python"]

@@ -288,7 +288,8 @@ def test_checkpoint_and_log_format(straight_run):
     ckpt = hit.safe_load(out / "last.pth")  # plain types and tensors only
     assert {"model", "config", "optimizer", "scheduler", "epoch", "rng", "args", "scaler"} <= set(ckpt)
     assert ckpt["epoch"] == 2 and ckpt["config"]["variant"] == "tiny"
-    assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
+    assert set(ckpt["rng"]) == {"torch", "cuda", "mps", "numpy", "python"}
+    assert ckpt["rng"]["mps"] is None or torch.backends.mps.is_available()
     lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
     assert {"epoch", "loss", "giou", "l1", "lr", "samples_per_s", "seconds"} <= set(lines[0])
