@@ -623,13 +623,17 @@ def draw_gif(frames, pred, gt=None, path="track.gif", max_side: int = 480, fps: 
         if scale < 1.0:
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
             image = image.resize(size, Image.BILINEAR)
+        # A palette image per frame keeps memory low on long sequences. The frame gets 254
+        # adaptive colours and the boxes the last two entries, drawn after quantising: a
+        # thin box on a busy frame would otherwise be merged into a dull frame colour.
+        image = image.convert("P", palette=Image.ADAPTIVE, colors=254)
+        palette = image.getpalette()[:254 * 3]
+        image.putpalette(palette + [0] * (254 * 3 - len(palette)) + list(GT_COLOUR) + list(PRED_COLOUR))
         draw = ImageDraw.Draw(image)
         if gt is not None and i < len(gt):
-            _rect(draw, gt[i], scale, GT_COLOUR)
-        _rect(draw, pred[i], scale, PRED_COLOUR)
-        # A palette image per frame keeps memory low on long sequences; the box colours
-        # are large uniform clusters, so the adaptive palette keeps them.
-        images.append(image.convert("P", palette=Image.ADAPTIVE))
+            _rect(draw, gt[i], scale, 254)  # palette index of GT_COLOUR
+        _rect(draw, pred[i], scale, 255)  # PRED_COLOUR
+        images.append(image)
     if not images:
         raise ValueError("draw_gif: no frames")
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -157,8 +157,8 @@ def build_parser():
                    help="search-crop scale jitter, std of the log size per axis (released: 0.5)")
     p.add_argument("--tied-qk-init", action="store_true",
                    help="start each attention's key projection equal to its query projection, so "
-                        "attention first links tokens that look alike (not in the paper; no effect "
-                        "with --levit-weights)")
+                        "attention first links tokens that look alike (not in the paper; not with "
+                        "--levit-weights, whose projections are trained)")
     p.add_argument("--distractor-pairs", type=float, default=0.0, metavar="P",
                    help="fraction of pairs whose target and another sequence's target are both pasted, "
                         "on opposite sides of the crop centre, so only the template tells them apart "
@@ -250,6 +250,8 @@ def parse_args(argv):
     check_lr_drop(args, argv)
     if args.time_budget < 0:
         raise ValueError(f"--time-budget must be >= 0 minutes, got {args.time_budget}")
+    if args.tied_qk_init and args.levit_weights:
+        raise ValueError("--tied-qk-init starts random projections; --levit-weights brings trained ones: pick one")
     if not 0.0 <= args.distractor_pairs <= 1.0:  # checked here, before any data is generated
         raise ValueError(f"--distractor-pairs must be in [0, 1], got {args.distractor_pairs}")
     if args.match_loss < 0:
@@ -441,7 +443,7 @@ def make_training(args, device, steps):
     model = hit.build_hit(args.variant, args.pos_layout, tuple(args.bridge_stages.split(",")))
     if args.levit_weights:
         levit.load_imagenet_weights(model.backbone.body, args.levit_weights)
-    elif args.tied_qk_init:
+    if args.tied_qk_init:
         tie_query_key_init(model)
     model.to(device).train()
     optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.backbone_lr_scale), lr=args.lr,

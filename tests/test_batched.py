@@ -111,14 +111,21 @@ def test_decoding_side_by_side_changes_nothing(sequences, model, tmp_path, monke
     pool decodes each step's frames side by side: the same boxes, and a broken frame still
     fails only its own sequence, naming the frame and the file."""
     from test_track import truncate
+    import threading
     seqs = track.data.read_dataset("folder", sequences)
     want, _ = run(model, seqs, 3)
-    pools = []
-    real_pool = track._decoding_pool
+    real_read, decoders = track.data.read_image, set()
+
+    def read(path, raw=None):  # read-ahead only: decoded by whoever asks for the frame
+        decoders.add(threading.current_thread().name)
+        return real_read(path, raw)
+
     monkeypatch.setattr(track.fast, "decode_ahead", lambda device: False)
-    monkeypatch.setattr(track, "_decoding_pool", lambda batch: pools.append(real_pool(batch)) or pools[-1])
+    monkeypatch.setattr(track.data, "read_image", read)
     got, _ = run(model, seqs, 3)
-    assert pools and pools[0] is not None  # the pool ran
+    monkeypatch.setattr(track.data, "read_image", real_read)
+    # frames 1, 2, ... by the pool's threads (frame 0 of each sequence: the stepping thread)
+    assert {n for n in decoders if n.startswith("hit_decode")} and threading.current_thread().name in decoders
     assert got.keys() == want.keys()
     for name in want:
         np.testing.assert_allclose(got[name][0], want[name][0], atol=BOX_TOL)
@@ -158,10 +165,14 @@ def test_an_interrupt_mid_decoding_leaves_no_thread(sequences, model, monkeypatc
 
     monkeypatch.setattr(track.fast, "decode_ahead", lambda device: False)
     monkeypatch.setattr(track.data, "read_image", read)
+    pools = []
+    real_pool = track._decoding_pool
+    monkeypatch.setattr(track, "_decoding_pool", lambda batch: pools.append(real_pool(batch)) or pools[-1])
     before = set(threading.enumerate())
     with pytest.raises(RuntimeError, match="interrupted"):
         run(model, seqs, 3)
     time.sleep(0.2)  # a stopped reader gives up within 0.05 s
+    assert pools[0] is not None and pools[0]._shutdown  # the frames were decoded in a pool, shut down
     assert not set(threading.enumerate()) - before
 
 

@@ -184,7 +184,8 @@ def test_int8_conv_close_to_float_conv(post, shift, levels):
         assert torch.equal(copy.deepcopy(q)(x), got)  # the opaque packed weight is remade
     assert got.shape == ref.shape == (1, 64, 16, 16) and got.dtype == torch.float32
     err = (got - ref).abs().max() / ref.abs().max()
-    assert err < 0.02, err
+    # Measured (Sapphire Rapids): 0.0059-0.0102 with 8-bit inputs, 0.0175 with 7-bit; 2x.
+    assert err < (0.02 if levels == 255 else 0.035), err
     assert err > 0  # it really is int8
 
 
@@ -374,7 +375,7 @@ def test_cli_runs_end_to_end(tmp_path):
                             "median_ms", "p90_ms", "min_ms", "fps", "speedup_vs_released",
                             "max_abs_dev", "score_dev", "dev_vs_fp64", "eager_fp32_err",
                             "peak_mem_mb", "peak_mem_kind"}
-        assert rec["median_ms"] > 0 and rec["exact"] and isinstance(rec["exact_ok"], bool)
+        assert rec["median_ms"] > 0 and rec["exact"] and rec["exact_ok"] is True  # within EXACT_TOL of eager
         assert rec["gmacs"] == pytest.approx(1.016, rel=0.01)
     assert res["records"][0]["speedup_vs_released"] == 1.0
     track, train = res["tracking"][0], res["training"][0]

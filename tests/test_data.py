@@ -930,6 +930,23 @@ def test_pairs_zero_jitter_centres_box_and_flip_mirrors(tmp_path):
     assert torch.equal(flipped["template"], plain["template"].flip(-1))
 
 
+def test_grayscale_augmentation_is_bt601_luma_in_every_channel(tmp_path):
+    colours = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]]], np.uint8)
+    # 0.299 * 255 = 76.2, 0.587 * 255 = 149.7, 0.114 * 255 = 29.1, 3.0 + 11.7 + 3.4 = 18.2
+    assert data._to_gray(colours).tolist() == [[[76] * 3, [150] * 3, [29] * 3, [18] * 3]]
+    img = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "still.png")
+    seq = data.Sequence("still", [tmp_path / "still.png"], np.array([[50.0, 40.0, 32.0, 24.0]]), np.ones(1, bool))
+    kw = dict(samples_per_epoch=1, seed=1, center_jitter=0.0, scale_jitter=0.0, brightness=0.0, flip_prob=0.0)
+    for gray_prob, grey in [(1.0, True), (0.0, False)]:
+        pair = data.PairDataset([("still", [seq])], gray_prob=gray_prob, **kw)[0]
+        for key in ("template", "search"):  # undo the normalisation, then compare channels
+            mean, std = torch.tensor(data.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(data.IMAGENET_STD).view(3, 1, 1)
+            rgb = (pair[key] * std + mean) * 255  # (3, S, S) back to 0..255
+            same = (rgb[0] - rgb[1]).abs().max() < 1e-3 and (rgb[1] - rgb[2]).abs().max() < 1e-3
+            assert same == grey, (key, gray_prob)
+
+
 def test_jitter_box_bounds():
     """Released jitter: size * exp(N(0, scale)), centre within +-center/2 * sqrt(jittered area)."""
     rng = np.random.default_rng(0)
@@ -939,6 +956,8 @@ def test_jitter_box_bounds():
         size = out[:, 2:]
         offset = np.abs(out[:, :2] + size / 2 - [120.0, 55.0]) / np.sqrt(size.prod(1, keepdims=True))
         assert offset.max() <= center / 2 + 1e-9 and offset.max() > 0.9 * center / 2
+        # 4,000 log-sizes: the sample std's standard error is about scale / sqrt(2 * 4000)
+        # = 1.1 % of scale, so 5 % is over 4 standard errors (and the draws are seeded)
         assert abs(np.log(size / box[2:]).std() - scale) < 0.05 * scale
     same = data.jitter_box(box, rng, 0.0, 0.0)
     np.testing.assert_allclose(same, box)

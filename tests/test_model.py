@@ -113,10 +113,13 @@ def test_fuse_keeps_outputs_on_trained_like_statistics():
         a = model.forward_features(z, x)
         fused = fast.FastHiT(model)  # every BN, merged towers, folded proj1
         b = fused(z, x)
+    # Measured on the Sapphire Rapids: boxes 3e-8, scores 0, bridge tokens 3.6e-7. The
+    # bounds leave about 10x for other CPUs' summation orders and still catch a folding
+    # slip: BN folded without its eps moves the tokens by 6.5e-6.
     for out in (a, b):
-        assert (out["pred_boxes"] - ref["pred_boxes"]).abs().max() < 1e-4
-        assert (out["score"] - ref["score"]).abs().max() < 1e-4
-    assert (a["bridge_tokens"] - ref["bridge_tokens"]).abs().max() < 1e-4
+        assert (out["pred_boxes"] - ref["pred_boxes"]).abs().max() < 1e-6
+        assert (out["score"] - ref["score"]).abs().max() < 1e-6
+    assert (a["bridge_tokens"] - ref["bridge_tokens"]).abs().max() < 4e-6
     assert fused.folded and isinstance(fused.gate, fast.FoldedGate)  # proj1 folded into the head
     assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in fused.modules())
 
@@ -130,8 +133,10 @@ def test_proj1_folding_equals_plain_head_on_large_activations():
         fused = fast.FastHiT(model)
         out = fused(z, x)
     assert fused.folded
-    assert (out["pred_boxes"] - ref["pred_boxes"]).abs().max() < 1e-4
-    assert (out["score"] - ref["score"]).abs().max() < 1e-4
+    # Measured 0 on boxes and scores (the regrouped sums round alike here); 1e-6 allows
+    # another CPU's summation order (the exact modes' contract is 1e-4).
+    assert (out["pred_boxes"] - ref["pred_boxes"]).abs().max() < 1e-6
+    assert (out["score"] - ref["score"]).abs().max() < 1e-6
     base = fast.FastHiT(hit.build_hit("base"))
     assert not base.folded  # C1 = 384 > 256: folding would add work
 
@@ -252,8 +257,9 @@ def test_packed_linear_equals_linear_and_follows_weight_changes(post):
         x = torch.randn(shape) * 3
         with torch.inference_mode():
             got = packed(x)
+        assert (packed._packed is not None) == ONEDNN  # the oneDNN GEMM ran where it exists
         assert got.shape == (*shape[:-1], 160)
-        assert (got - act(lin(x))).abs().max() < 1e-4
+        assert (got - act(lin(x))).abs().max() < 5e-6  # measured 4.8e-7 (oneDNN's fused Hardswish); 10x
     with torch.no_grad():
         lin.weight.mul_(-2)  # a packed copy made before this must not be reused
     with torch.inference_mode():

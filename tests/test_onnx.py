@@ -155,6 +155,25 @@ def test_export_command_checks_the_opset_and_writes_only_a_checked_graph(tmp_pat
     assert not out.exists()
 
 
+def test_killed_export_leaves_no_temporary_folder(tmp_path):
+    """SIGTERM (what `timeout` and job schedulers send) unwinds the export: exit 143 and
+    its temporary folder removed, nothing written at --out."""
+    import signal
+    import time
+    extra("onnx")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "fast.py"), "export", "--variant", "tiny",
+                             "--out", str(tmp_path / "out" / "x.onnx")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("hit_onnx_*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # until the export has made its temporary folder
+    assert list(tmp_path.glob("hit_onnx_*")), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert not list(tmp_path.glob("hit_onnx_*")) and not (tmp_path / "out" / "x.onnx").exists()
+
+
 # ----------------------------------------------------------------------------- runtimes as modes
 @pytest.fixture(scope="module")
 def released(fixtures_dir):
@@ -363,7 +382,7 @@ def test_tracker_in_onnxruntime_mode_follows_fused():
         tracker = track.Tracker(copy.deepcopy(model), mode=mode)
         tracker.initialize(frames[0], gt[0])
         boxes[mode] = np.array([tracker.track(f)[0] for f in frames[1:]])
-    assert np.abs(boxes["fused"] - boxes["onnxruntime"]).max() < 1e-2  # pixels
+    assert np.abs(boxes["fused"] - boxes["onnxruntime"]).max() < 1e-4  # pixels; measured 9.7e-6, 10x
 
 
 def test_a_missing_runtime_names_its_package(monkeypatch):

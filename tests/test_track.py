@@ -100,15 +100,17 @@ def test_tracker_bad_inputs_raise_value_error():
     img = np.zeros((60, 80, 3), np.uint8)
     with pytest.raises(ValueError, match="before initialize"):
         tracker.track(img)
-    bad_boxes = [(np.nan, 1, 5, 5), (1, 1, 0, 5), (1, 1, 5, -2), (100, 10, 5, 5),
-                 (-20, 10, 10, 5), (1, 2, 3), "abc"]
-    for box in bad_boxes:
-        with pytest.raises(ValueError):
+    bad_boxes = [((np.nan, 1, 5, 5), "non-finite"), ((1, 1, 0, 5), "positive width"),
+                 ((1, 1, 5, -2), "positive width"), ((100, 10, 5, 5), "fully outside the 80x60"),
+                 ((-20, 10, 10, 5), "fully outside"), ((1, 2, 3), "4 numbers"), ("abc", "4 numbers")]
+    for box, message in bad_boxes:
+        with pytest.raises(ValueError, match=message):
             tracker.initialize(img, box)
-    bad_images = [img.astype(np.float32), img[:, :, 0], np.zeros((60, 80, 4), np.uint8),
-                  np.zeros((0, 80, 3), np.uint8), img.tolist()]
-    for image in bad_images:
-        with pytest.raises(ValueError):
+    bad_images = [(img.astype(np.float32), "uint8 RGB, got dtype float32"), (img[:, :, 0], r"\(H, W, 3\)"),
+                  (np.zeros((60, 80, 4), np.uint8), r"\(H, W, 3\)"), (np.zeros((0, 80, 3), np.uint8), "empty"),
+                  (img.tolist(), "numpy array or PIL image, got list")]
+    for image, message in bad_images:
+        with pytest.raises(ValueError, match=message):
             tracker.initialize(image, (1, 1, 5, 5))
     tracker.initialize(img, (1, 1, 5, 5))
     with pytest.raises(ValueError, match="dtype"):
@@ -149,9 +151,10 @@ def test_tracker_crops_are_the_released_crops(box):
     assert torch.equal(template, data.normalize(crop)[None])
 
 
-def test_tracker_feeds_float32_crops_in_every_mode(monkeypatch):
+def test_tracker_feeds_float32_crops_to_a_bf16_model(monkeypatch):
     """The eager int8 path (fast's fallback) runs its patch embedding in bfloat16, so its
-    first parameter is bf16; crops must still go in as float32 (it casts inside)."""
+    first parameter is bf16; crops must still go in as float32 (it casts inside). Every
+    mode gets float32 crops the same way (Tracker._crop_tensor)."""
     hit = pytest.importorskip("hit")
     import fast
 
@@ -270,6 +273,10 @@ def test_draw_gif(tmp_path):
     track.draw_gif(frames, gt + 5, gt, path, max_side=350)
     with Image.open(path) as gif:
         assert gif.n_frames == 3 and max(gif.size) == 350
+        for k in range(3):  # both boxes in their exact colours on every (busy) frame
+            gif.seek(k)
+            rgb = np.asarray(gif.convert("RGB"))
+            assert (rgb == track.PRED_COLOUR).all(-1).sum() > 40 and (rgb == track.GT_COLOUR).all(-1).sum() > 40
 
 
 def test_plot_curves_kinds(tmp_path):
@@ -279,6 +286,19 @@ def test_plot_curves_kinds(tmp_path):
         track.plot_curves(summaries, tmp_path / f"{kind}.png", kind)
         with Image.open(tmp_path / f"{kind}.png") as im:
             assert im.size == (640, 480)
+    # Success curves by hand: frame 0 is the given box (IoU 1), the others IoU 0.68 (a) and
+    # 0.32 (b); at threshold 0.5, a is at 100 % and b at 1/6. Best first: a in the first colour.
+    left, top, right, bottom = 64, 36, 620, 428  # plot_curves' frame for 640x480
+    with Image.open(tmp_path / "success.png") as im:
+        rgb = np.asarray(im.convert("RGB"))
+    x = round(left + (right - left) * 0.5)
+
+    def drawn(y, colour):  # the colour within 2 pixels of (x, y)
+        y = round(y)
+        return (rgb[y - 2:y + 3, x - 2:x + 3] == colour).all(axis=-1).any()
+
+    assert drawn(top, track.CURVE_COLOURS[0]) and drawn(bottom - (bottom - top) / 6, track.CURVE_COLOURS[1])
+    assert not drawn(top, track.CURVE_COLOURS[1])
     track.plot_curves({"g": track.got10k_summary([(gt + 2, gt)])}, tmp_path / "g.png", "success")
     with pytest.raises(ValueError):
         track.plot_curves(summaries, tmp_path / "x.png", "bogus")

@@ -201,7 +201,9 @@ def test_bf16_autocast_step_keeps_float32_boxes_and_weights(synth_dir):
     m32 = train.train_step(ref, batch, torch.optim.AdamW(ref.parameters()), torch.device("cpu"), 0.1,
                            corner_weight=1.0)
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
-    assert m["loss"] == pytest.approx(m32["loss"], rel=0.05), (m, m32)
+    # Measured 2.9e-5 relative (Sapphire Rapids); bf16's own step is 2^-8 = 3.9e-3, so 2e-3
+    # leaves room for other CPUs and still fails a step that leaves a whole tensor in bf16.
+    assert m["loss"] == pytest.approx(m32["loss"], rel=2e-3), (m, m32)
 
 
 # ----------------------------------------------------------------------------- lr schedule
@@ -332,9 +334,10 @@ def test_crash_while_saving_then_resume_matches_uninterrupted_run(straight_run, 
     assert ck["epoch"] == 2 and ck["scheduler"]["last_epoch"] == 4  # stepped per step: 2 epochs x 2
 
 
-@pytest.mark.parametrize("at_step", [3, 4])  # mid-epoch 2 (of 2 steps each), and its last step
+@pytest.mark.parametrize("at_step,sig", [(3, signal.SIGINT), (4, signal.SIGINT), (3, signal.SIGTERM)])
 def test_interrupt_saves_where_it_stopped_and_resume_continues_exactly(straight_run, synth_dir, tmp_path,
-                                                                       monkeypatch, at_step):
+                                                                       monkeypatch, at_step, sig):
+    # at step 3: mid-epoch 2 (of 2 steps each); at step 4: its last step
     """Ctrl-C during a step: the step finishes, the run so far is saved (mid-epoch: the step
     reached and the epoch's sums), train.py stops with 130; --resume then ends with the
     uninterrupted run's weights and log. The signal handlers are the caller's again after."""
@@ -345,15 +348,15 @@ def test_interrupt_saves_where_it_stopped_and_resume_continues_exactly(straight_
         result = real_step(*a, **k)
         calls.append(1)
         if len(calls) == at_step:
-            signal.raise_signal(signal.SIGINT)  # as Ctrl-C, between the step's end and the next
+            signal.raise_signal(sig)  # as Ctrl-C (or a scheduler's kill), between the step's end and the next
         return result
 
     monkeypatch.setattr(train, "train_step", step_then_signal)
-    handler = signal.getsignal(signal.SIGINT)
+    handler = signal.getsignal(sig)
     args = tiny_args(synth_dir, tmp_path, "--epochs", "2", "--lr-drop", "0.5")
     with pytest.raises(SystemExit) as exc:
         train.main(args)
-    assert exc.value.code == 130 and len(calls) == at_step and signal.getsignal(signal.SIGINT) is handler
+    assert exc.value.code == 130 and len(calls) == at_step and signal.getsignal(sig) is handler
     ckpt = hit.safe_load(tmp_path / "last.pth")
     if at_step == 3:
         assert ckpt["epoch"] == 1 and ckpt["partial"]["step"] == 1 and ckpt["partial"]["sums"][3] == 2
@@ -565,12 +568,20 @@ def test_val_every_logs_auc(synth_dir, tmp_path):
     train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "2",
                          "--val-every", "1", "--val-sequences", "1"))
     record = json.loads((tmp_path / "log.jsonl").read_text())
-    assert 0.0 <= record["val_auc"] <= 100.0
+    # the logged AUC is the saved model tracked on the first val sequence, scored as track.py does
+    import track
+    seq = data.read_got10k(synth_dir, "val")[0]
+    tracker = track.Tracker(hit.load_checkpoint(tmp_path / "last.pth"))
+    boxes, _ = track.run_sequence(tracker, seq)
+    assert record["val_auc"] == pytest.approx(track.ope_summary([(boxes, seq.gt, seq.visible)])["auc"], abs=1e-9)
 
 
 def test_static_box_baseline(synth_dir):
-    auc = train.main(tiny_args(synth_dir, synth_dir / "unused", "--baseline-only"))
-    assert 0.0 < auc <= 100.0
+    auc = train.main(tiny_args(synth_dir, synth_dir / "unused", "--baseline-only", "--val-sequences", "1"))
+    import track
+    seq = data.read_got10k(synth_dir, "val")[0]  # the first box held, scored by hand
+    want = track.ope_summary([(np.repeat(seq.gt[:1], len(seq.frames), axis=0), seq.gt, seq.visible)])["auc"]
+    assert auc == pytest.approx(want, abs=1e-9) and 0.0 < auc < 100.0
     assert not (synth_dir / "unused").exists()
 
 
@@ -611,11 +622,17 @@ def test_bad_data_spec_is_named(tmp_path):
     assert r.returncode != 0 and "lasot=/x" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_data_flag_trains_on_a_got10k_layout(synth_dir, tmp_path):
+def test_data_flag_trains_on_a_got10k_layout(synth_dir, tmp_path, monkeypatch):
+    other = tmp_path / "other"  # a GOT-10k layout that is not the procedural set of --synth-dir
+    synth.synth(other, sequences=3, frames=4, seed=5, size=(96, 96), val_fraction=0, progress=False)
+    seen, real = [], data.PairDataset
+    monkeypatch.setattr(data, "PairDataset", lambda sources, *a, **k: seen.append(sources) or real(sources, *a, **k))
     # --amp: bf16 autocast where this CPU has native bf16, else a warning and float32
-    train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "2",
-                         "--data", f"got10k:{synth_dir}", "--amp"))
-    assert hit.safe_load(tmp_path / "last.pth")["epoch"] == 1
+    train.main(tiny_args(synth_dir, tmp_path / "run", "--epochs", "1", "--samples-per-epoch", "2",
+                         "--data", f"got10k:{other}", "--amp"))
+    assert hit.safe_load(tmp_path / "run" / "last.pth")["epoch"] == 1
+    frames = [f for _, seqs in seen[0] for q in seqs for f in q.frames]
+    assert len(seen) == 1 and len(frames) == 12 and all(other in Path(f).parents for f in frames)
 
 
 def test_jitter_flags_reach_the_pair_sampler(synth_dir, tmp_path, monkeypatch):
@@ -796,6 +813,20 @@ def test_tied_qk_init_makes_keys_equal_queries():
     assert len(changed) == 11 and all(n.endswith(("qkv.c.weight", "kv.c.weight")) for n in changed)
     args = train.parse_args(["--tied-qk-init"])
     assert args.tied_qk_init and not train.parse_args([]).tied_qk_init
+
+
+def test_backbone_flags_reach_the_model(fixtures_dir):
+    """--levit-weights and --tied-qk-init act in make_training, the model train.py trains."""
+    weights = fixtures_dir / "LeViT_128S_random11.pth"
+    run = train.make_training(train.parse_args(["--variant", "tiny", "--levit-weights", str(weights)]), torch.device("cpu"), 2)
+    src = levit.read_state_dict(weights)
+    assert torch.equal(run.model.state_dict()["backbone.body.blocks.4.kv.c.weight"], src["blocks.4.kv.c.weight"])
+    run = train.make_training(train.parse_args(["--variant", "tiny", "--tied-qk-init"]), torch.device("cpu"), 2)
+    attn = run.model.backbone.body.blocks[0].m  # the first attention, in its residual
+    w = attn.qkv.c.weight.view(attn.heads, -1, attn.qkv.c.in_features)  # (heads, 2D + Dv, C): q, k, v rows
+    assert torch.equal(w[:, :attn.key_dim], w[:, attn.key_dim:2 * attn.key_dim])
+    with pytest.raises(ValueError, match="pick one"):
+        train.parse_args(["--tied-qk-init", "--levit-weights", str(weights)])
 
 
 def test_token_targets_closed_form():
