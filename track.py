@@ -404,12 +404,21 @@ class FrameError(ValueError):
         self.boxes, self.times = boxes, times  # (frame - 1, 4), (frame - 1,)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during run_sequence, with the boxes and times of the frames done before it."""
+
+    def __init__(self, boxes: np.ndarray, times: np.ndarray):
+        super().__init__(f"interrupted after {len(boxes)} frames")
+        self.boxes, self.times = boxes, times
+
+
 def run_sequence(tracker: Tracker, seq, init_box=None):
     """Track `seq` (data.Sequence) -> (boxes (N, 4), seconds per frame (N,)).
 
     Frame 0 initialises with `init_box` or the first ground-truth box and reports that
     box. Times cover initialize/track only, not image reading (as pytracking records).
-    A frame that cannot be read or tracked raises FrameError, holding the boxes so far.
+    A frame that cannot be read or tracked raises FrameError, and Ctrl-C Interrupted,
+    each holding the boxes so far.
     """
     if init_box is None:
         if seq.gt is None or len(seq.gt) == 0:
@@ -430,6 +439,8 @@ def run_sequence(tracker: Tracker, seq, init_box=None):
         except ValueError as err:  # the message of data.read_image names the file
             raise FrameError(f"sequence {seq.name}, frame {i + 1} of {n}: {err}",
                              i + 1, boxes[:i].copy(), times[:i].copy()) from err
+        except KeyboardInterrupt:
+            raise Interrupted(boxes[:i].copy(), times[:i].copy()) from None
         times[i] = time.perf_counter() - t0
         boxes[i] = box
     return boxes, times
@@ -1105,7 +1116,7 @@ def cmd_sequence(args) -> None:
     out = Path(args.out) if args.out else Path.cwd() / f"{folder.resolve().name}.txt"
     try:
         boxes, times = run_sequence(tracker, seq, args.init)
-    except FrameError as err:  # keep what was computed, then stop with one line
+    except (FrameError, Interrupted) as err:  # keep what was computed, then stop with one line
         _stop_keeping_boxes(err, err.boxes, out)
     write_atomic(out, format_boxes(boxes))
     print(f"{seq.name}: {len(boxes)} frames, {_fps(times):.1f} fps on {tracker.device}"
@@ -1142,8 +1153,8 @@ def cmd_video(args) -> None:
                 boxes.append(box)
                 if writer:
                     writer.write(image, box, score)
-    except ValueError as err:  # keep what was computed, then stop with one line
-        _stop_keeping_boxes(err, boxes, out)
+    except (ValueError, KeyboardInterrupt) as err:  # keep what was computed, then stop with one line
+        _stop_keeping_boxes(err if isinstance(err, ValueError) else "interrupted", boxes, out)
     write_atomic(out, format_boxes(boxes))
     overall = len(boxes) / (time.perf_counter() - start)
     print(f"{video.name}: {len(boxes)} frames, {_fps(times):.1f} fps on {tracker.device} "
@@ -1358,6 +1369,8 @@ def main(argv=None) -> int:
         # and OSError names the path it could not write; one line says it, a traceback
         # would bury it.
         raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:  # --dataset: each finished sequence's files are written already
+        raise SystemExit("interrupted" + ("; the same command resumes" if command is cmd_dataset else "")) from None
     return 0
 
 

@@ -410,6 +410,28 @@ def test_cli_single_sequence_and_gif(tmp_path, tiny_checkpoint, capsys, monkeypa
     assert track.load_boxes(tmp_path / "o2.txt").shape == (4, 4) and (tmp_path / "new" / "o.gif").exists()
 
 
+def test_ctrl_c_keeps_the_boxes_so_far(tmp_path, tiny_checkpoint, monkeypatch):
+    frames, gt = make_frames(6)
+    write_sequence(tmp_path / "walk", frames, gt)
+    real, calls = track.Tracker.track, []
+
+    def track_until_ctrl_c(self, image):
+        calls.append(1)
+        if len(calls) == 3:  # frames 1-3 done (initialisation and two tracked)
+            raise KeyboardInterrupt
+        return real(self, image)
+
+    monkeypatch.setattr(track.Tracker, "track", track_until_ctrl_c)
+    out = tmp_path / "walk.txt"
+    with pytest.raises(SystemExit, match=r"interrupted after 3 frames \(the 3 boxes before it are written"):
+        track.main(["--checkpoint", str(tiny_checkpoint), "--sequence", str(tmp_path / "walk"), "--out", str(out)])
+    assert track.load_boxes(out).shape == (3, 4)
+    monkeypatch.setattr(track, "run_batched", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(SystemExit, match="^interrupted; the same command resumes$"):
+        track.main(["--checkpoint", str(tiny_checkpoint), "--dataset", "folder", "--root", str(tmp_path),
+                    "--out", str(tmp_path / "res")])
+
+
 def test_cli_dataset_resume_and_analyze(tmp_path, tiny_checkpoint, capsys):
     root = tmp_path / "seqs"
     for i in range(2):
