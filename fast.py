@@ -16,6 +16,7 @@ it. track.py and bench.py import it; the network files never do.
 import argparse
 import contextlib
 import copy
+import ctypes
 import dataclasses
 import functools
 import importlib
@@ -1066,6 +1067,28 @@ class OnnxRuntime:
                 "score": torch.from_numpy(score).to(self.device)}
 
 
+class _StackT(ctypes.Structure):  # POSIX stack_t, as sigaltstack(2) reads and writes it
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def same_signal_stack():
+    """Put the calling thread's alternate signal stack back after the block. OpenVINO's
+    compile_model leaves one of its own (about 20 KB) on the thread that calls it, and a
+    signal delivered there later (Ctrl-C, a kill) could crash the process with SIGSEGV:
+    the kernel failed to deliver it (seen in bench.py, and in the test suite whenever a
+    signal followed the OpenVINO tests). Linux only (elsewhere a no-op)."""
+    libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+    old = _StackT()
+    if libc is None or libc.sigaltstack(None, ctypes.byref(old)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(old), None)
+
+
 class OpenVINO:
     """An exported HiT in OpenVINO on the CPU, reshaped to a fixed batch. precision None
     keeps OpenVINO's own choice (bfloat16 on CPUs with native bf16: mode `openvino`, not
@@ -1080,7 +1103,8 @@ class OpenVINO:
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
-        self.compiled = core.compile_model(graph, "CPU", config)
+        with same_signal_stack():
+            self.compiled = core.compile_model(graph, "CPU", config)
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16
         self.request = self.compiled.create_infer_request()
         self.path = f"OpenVINO {ov.__version__.split('-')[0]}, CPU, {self.precision}"

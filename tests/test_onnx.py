@@ -212,6 +212,26 @@ def test_openvino_float32_and_its_own_precision(released):
     assert "openvino" in fast.REDUCED_MODES and "openvino_fp32" in fast.EXACT_MODES  # never called exact
 
 
+def test_openvino_leaves_the_threads_signal_stack_as_it_was(released):
+    """compile_model installs an alternate signal stack of its own on the calling thread;
+    fast.OpenVINO puts the previous one back (a signal delivered on OpenVINO's crashed the
+    process: see fast.same_signal_stack)."""
+    import ctypes
+    extra("openvino")
+    libc = ctypes.CDLL(None)
+
+    def current():
+        stack = fast._StackT()
+        assert libc.sigaltstack(None, ctypes.byref(stack)) == 0
+        return stack.ss_sp, stack.ss_flags, stack.ss_size
+
+    before = current()
+    model, z, x, _ = released
+    fn = fast.prepare(copy.deepcopy(model), "openvino", "cpu")
+    fn(z[:1], x[:1])
+    assert current() == before  # without same_signal_stack: OpenVINO's, about 20 KB
+
+
 def test_openvino_shares_buffers_safely(released):
     """OpenVINO reads the inputs in place and hands back its own output buffers: a
     non-contiguous input must read the same, and one call's outputs must survive the next."""

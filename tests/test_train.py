@@ -348,11 +348,11 @@ def test_interrupt_saves_where_it_stopped_and_resume_continues_exactly(straight_
         result = real_step(*a, **k)
         calls.append(1)
         if len(calls) == at_step:
-            # As Ctrl-C (or a scheduler's kill) between the step's end and the next: the handler
-            # installed for `sig` is called as Python calls it. Not signal.raise_signal: after
-            # the OpenVINO tests, whose runtime leaves its own alternate signal stack on this
-            # thread, the kernel could not deliver a signal to the test process (SIGSEGV).
-            signal.getsignal(sig)(sig, None)
+            # As Ctrl-C (or a scheduler's kill) between the step's end and the next. In the
+            # full suite this runs after the OpenVINO tests: before fast.same_signal_stack,
+            # the alternate signal stack OpenVINO had left on this thread made the kernel
+            # fail to deliver it (the test process died with SIGSEGV).
+            signal.raise_signal(sig)
         return result
 
     monkeypatch.setattr(train, "train_step", step_then_signal)
@@ -385,7 +385,7 @@ def test_interrupt_and_resume_with_match_loss_draws_the_same_views(synth_dir, tm
 
     def step_then_signal(*a, **k):
         result = real_step(*a, **k)
-        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # as Ctrl-C (see the test above)
+        signal.raise_signal(signal.SIGINT)  # as Ctrl-C
         return result
 
     monkeypatch.setattr(train, "train_step", step_then_signal)
