@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -347,7 +348,10 @@ def read_folder(folder) -> list:
 def _holds_frames(folder: Path) -> bool:
     """Whether a folder or one below it holds frames or a groundtruth.txt: read_folder
     skips the others (a results folder written under the root, for example)."""
-    return any(p.name == "groundtruth.txt" or p.suffix.lower() in IMAGE_EXTS for p in folder.rglob("*"))
+    for _, _, files in os.walk(folder, followlinks=True):  # frames are often linked in (img -> ...)
+        if any(f == "groundtruth.txt" or Path(f).suffix.lower() in IMAGE_EXTS for f in files):
+            return True
+    return False
 
 
 def _check_unique_names(seqs) -> None:

@@ -635,6 +635,9 @@ def resume(run, args, out, rank, log, loaded):
     if rank == 0:
         trim_log(out / "log.jsonl", ckpt["epoch"])
     partial = ckpt.get("partial")
+    if partial and dist.is_initialized() and dist.get_world_size() > 1:  # steps and sums are one process's
+        raise ValueError(f"--resume: {path} was saved mid-epoch by an interrupted single-process run; "
+                         f"resume it in one process (its epoch then ends as it would have)")
     log(f"resumed from {path} after epoch {ckpt['epoch']}"
         + (f", step {partial['step']} of epoch {ckpt['epoch'] + 1}" if partial else ""))
     return ckpt["epoch"], partial
@@ -843,6 +846,11 @@ class Pace:
         self.t_end = self.clock()
         return self.t_end - self.t0
 
+    def measured(self, steps):
+        """Whether this epoch's pace can be trusted for the budget: a whole epoch, or enough
+        steps after a mid-epoch resume to leave the warm-up steps out (per_step)."""
+        return self.first == 0 or steps - self.first > 2 * self.WARMUP
+
     def epoch_seconds(self, steps, now, val_s=0.0, val_every=0):
         """Expected seconds of each further epoch, at `now`, after the first epoch and what
         followed its steps (log line, checkpoint, and validation, which took val_s): the
@@ -852,15 +860,15 @@ class Pace:
         per_step = self.per_step(steps - self.first, self.t_end)  # this process's steps of the epoch
         return 1.03 * per_step * steps + after + (val_s / val_every if val_every else 0.0)
 
-    def fit_budget(self, args, run, steps, world, device, log, val_s=0.0):
-        """After the first epoch, its validation and checkpoint: lower args.epochs to what
-        fits, and set the next step's lr on the new span. Returns whether it lowered them
-        (the checkpoint just written then holds the old count)."""
+    def fit_budget(self, args, run, steps, world, device, log, val_s=0.0, done=1):
+        """After the first epoch (`done` epochs in all), its validation and checkpoint: lower
+        args.epochs to what fits, and set the next step's lr on the new span. Returns whether
+        it lowered them (the checkpoint just written then holds the old count)."""
         if not self.budget_s:
             return False
         now = self.clock()
         per_epoch = self.epoch_seconds(steps, now, val_s, args.val_every)
-        fit = epochs_within(self.budget_s, now - self.t_launch, per_epoch, 1, args.epochs)
+        fit = epochs_within(self.budget_s, now - self.t_launch, per_epoch, done, args.epochs)
         if world > 1:  # every rank must stop at the same epoch: rank 0 decides
             fit_t = torch.tensor([fit], device=device)
             dist.broadcast(fit_t, 0)
@@ -914,6 +922,14 @@ def train_step(model, batch, optimizer, device, grad_clip=0.1, scaler=None, amp_
     return {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
 
+def loader_generator(args, epoch):
+    """A DataLoader's own generator (for its workers' base seed; pairs depend on seed,
+    epoch and index only). Without one, opening the loader draws from the global CPU
+    generator, which drop path (HiT-Base) also draws from: a run resumed mid-epoch opens
+    its loader after restoring that generator, the interrupted run before saving it."""
+    return torch.Generator().manual_seed(args.seed * 100003 + epoch)
+
+
 def view_batches(pairs, epoch, steps, args, start=0):
     """--match-loss: the view pairs of steps start, start + 1, ... of `epoch`, batch_size
     // 4 per step, drawn from the pair sampler's sequences; sample indices follow (epoch,
@@ -923,7 +939,8 @@ def view_batches(pairs, epoch, steps, args, start=0):
     per_step = max(1, args.batch_size // 4)
     first = epoch * steps * per_step
     return iter(torch.utils.data.DataLoader(views, batch_size=per_step, num_workers=args.workers,
-                                            sampler=range(first + start * per_step, first + steps * per_step)))
+                                            sampler=range(first + start * per_step, first + steps * per_step),
+                                            generator=loader_generator(args, epoch)))
 
 
 def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, device, log,
@@ -937,7 +954,8 @@ def train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, de
     # Pairs depend on (seed, epoch, index) only, so skipping the indices of the steps done
     # gives the interrupted run's next batches.
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, sampler=indices[start * args.batch_size:],
-                                         num_workers=args.workers, pin_memory=device.type == "cuda")
+                                         num_workers=args.workers, pin_memory=device.type == "cuda",
+                                         generator=loader_generator(args, epoch))
     run.net.train()
     sums = torch.tensor(partial["sums"], dtype=torch.float64)  # loss, giou, l1 (pair-weighted), pairs
     match, n_seen = list(partial["match"]), 0  # --match-loss: its value per step; pairs in this process
@@ -1041,6 +1059,7 @@ def train_epochs(run, args, dataset, indices, steps, first, partial, pace, inter
     ran; an interrupt ends the run with the checkpoint of where it stopped."""
     rank, world, device = where
     t_start, done = time.time(), 0
+    fit_due = first == 0  # the budget is fitted once, on this process's first measured epoch
     for epoch in range(first, args.epochs):
         record, partial = train_epoch(run, dataset, indices, steps, epoch, args, pace, rank, world, device, log,
                                       partial, interrupt)
@@ -1051,10 +1070,13 @@ def train_epochs(run, args, dataset, indices, steps, first, partial, pace, inter
             raise SystemExit(130)
         val_s = finish_epoch(run, record, args, out, device, log) if rank == 0 else 0.0
         barrier(world)
-        # The budget is fitted on the whole first epoch, checkpoint included, so the
-        # checkpoint is written again with the lowered count that --resume keeps.
-        if epoch == 0 and pace.fit_budget(args, run, steps, world, device, log, val_s) and rank == 0:
-            save_checkpoint(run, args, 1, out)
+        # The budget is fitted on the first epoch, checkpoint included (the next one when a
+        # resume left too few of its steps to time), and the checkpoint is written again
+        # with the lowered count that --resume keeps.
+        if fit_due and pace.measured(steps):
+            fit_due = False
+            if pace.fit_budget(args, run, steps, world, device, log, val_s, epoch + 1) and rank == 0:
+                save_checkpoint(run, args, epoch + 1, out)
         done += 1
         if interrupt is not None and interrupt.requested:  # at the epoch's end: saved already
             log(f"interrupted after epoch {epoch + 1}: checkpoint {out / 'last.pth'}; --resume continues")

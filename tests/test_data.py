@@ -517,7 +517,10 @@ def test_folder_of_sequences_skips_folders_without_frames_and_refuses_twins(tmp_
     with pytest.raises(ValueError, match=r"two sequences named 'cam' \(.*day1/cam and .*day2/cam\)"):
         data.read_folder(tmp_path / "root")
     (tmp_path / "root" / "day2" / "cam").rename(tmp_path / "root" / "day2" / "cam2")
-    assert [s.name for s in data.read_folder(tmp_path / "root")] == ["cam", "cam2", "solo"]
+    save_jpg(tmp_path / "elsewhere" / "1.jpg")  # a sequence whose frames are linked in
+    (tmp_path / "root" / "linked").mkdir()
+    (tmp_path / "root" / "linked" / "img").symlink_to(tmp_path / "elsewhere")
+    assert [s.name for s in data.read_folder(tmp_path / "root")] == ["cam", "cam2", "linked", "solo"]
     write(tmp_path / "otb" / "Bolt" / "groundtruth_rect.txt", "1,2,3,4\n")  # its img/ is missing
     save_jpg(tmp_path / "otb" / "Basketball" / "img" / "0001.jpg")
     write(tmp_path / "otb" / "Basketball" / "groundtruth_rect.txt", "1,2,3,4\n")

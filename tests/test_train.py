@@ -499,6 +499,61 @@ def test_time_budget_pace_counts_validation_and_checkpoint():
     assert fitted(8.0, 2) == 7
 
 
+def test_time_budget_is_not_fitted_on_the_warm_up_steps_of_a_resumed_epoch():
+    """A run resumed 2 steps before the end of its first epoch has only warm-up steps
+    (compilation, loader start) to time: the fit waits for the next epoch."""
+    now = [0.0]
+    pace = train.Pace(57, t_launch=0.0, clock=lambda: now[0])
+    for first, measured in [(0, True), (50, True), (100 - 2 * train.Pace.WARMUP, False), (98, False)]:
+        pace.start_epoch(first)
+        assert pace.measured(100) == measured, first
+
+
+def test_mid_epoch_checkpoint_resumes_in_one_process_only(straight_run, synth_dir, tmp_path, monkeypatch):
+    real_step, calls = train.train_step, []
+
+    def step_then_signal(*a, **k):
+        result = real_step(*a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    args = tiny_args(synth_dir, tmp_path, "--epochs", "2")
+    with pytest.raises(SystemExit):
+        train.main(args)
+    monkeypatch.setattr(train, "train_step", real_step)
+    monkeypatch.setattr(train.dist, "is_initialized", lambda: True)  # as under torchrun, 2 ranks
+    monkeypatch.setattr(train.dist, "get_world_size", lambda: 2)
+    with pytest.raises(ValueError, match="resume it in one process"):
+        train.main(args + ["--resume"])
+
+
+def test_base_resumed_mid_epoch_draws_the_same_drop_path_masks(synth_dir, tmp_path, monkeypatch):
+    """HiT-Base (LeViT-384) has drop path, drawn from the global generator on the CPU: the
+    resumed run must not shift it (opening a DataLoader used to take one draw from it)."""
+    args = ["--variant", "base", "--device", "cpu", "--workers", "0", "--samples-per-epoch", "3",
+            "--batch-size", "1", "--epochs", "1", "--synth-dir", str(synth_dir),
+            "--synth-sequences", str(SYNTH["sequences"]), "--synth-frames", str(SYNTH["frames"]),
+            "--synth-seed", str(SYNTH["seed"])]
+    reference = train.main(args + ["--out", str(tmp_path / "a")])
+    real_step = train.train_step
+
+    def step_then_signal(*a, **k):
+        result = real_step(*a, **k)
+        signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    with pytest.raises(SystemExit):
+        train.main(args + ["--out", str(tmp_path / "b")])
+    monkeypatch.setattr(train, "train_step", real_step)
+    resumed = train.main(args + ["--out", str(tmp_path / "b"), "--resume"])
+    for k, v in reference.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
 def test_time_budget_validates_the_first_epoch_to_time_it(synth_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "validate", lambda *a: 50.0)
     for name, extra in (("plain", []), ("budget", ["--time-budget", "50"])):
