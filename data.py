@@ -19,6 +19,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -501,7 +502,12 @@ def read_otb(root) -> list:
             continue
         if gt_path is None:
             raise ValueError(f"{d}: no groundtruth_rect.txt, groundtruth.txt or {d.name}.txt")
-        seqs.append(_sequence(d.name, frames, read_boxes(gt_path), None, gt_path))
+        gt = read_boxes(gt_path)
+        if 1 < len(gt) < len(frames):  # OTB's David, Tiger1, ... are annotated from a later frame
+            warnings.warn(f"{gt_path}: {len(gt)} boxes for {len(frames)} frames; frames 1-{len(gt)} get "
+                          f"them, so a sequence annotated from a later frame is misaligned: keep only its "
+                          f"annotated frames in {frame_dir}")
+        seqs.append(_sequence(d.name, frames, gt, None, gt_path))
     if not seqs:
         raise ValueError(f"{root}: no sequence folders with frames")
     return seqs

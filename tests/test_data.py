@@ -526,6 +526,12 @@ def test_folder_of_sequences_skips_folders_without_frames_and_refuses_twins(tmp_
     write(tmp_path / "otb" / "Basketball" / "groundtruth_rect.txt", "1,2,3,4\n")
     with pytest.raises(ValueError, match=r"Bolt/groundtruth_rect\.txt: ground truth but no image frames"):
         data.read_otb(tmp_path / "otb")
+    (tmp_path / "otb" / "Bolt" / "groundtruth_rect.txt").unlink()
+    for k in (2, 3):  # Basketball: 3 frames, 2 boxes (as OTB's David: annotated from a later frame)
+        save_jpg(tmp_path / "otb" / "Basketball" / "img" / f"000{k}.jpg")
+    write(tmp_path / "otb" / "Basketball" / "groundtruth_rect.txt", "1,2,3,4\n1,2,3,4\n")
+    with pytest.warns(UserWarning, match=r"2 boxes for 3 frames.*misaligned"):
+        assert [s.name for s in data.read_otb(tmp_path / "otb")] == ["Basketball"]
 
 
 def _got10k_layout(root: Path, split="train"):
