@@ -379,6 +379,13 @@ def pack_linears(module):
     return module
 
 
+def refuse_packed(model, instead: str) -> None:
+    """Quantising and exporting rewrite Linears: a model whose Linears mode fused packed
+    already (PackedLinear) is refused, saying what to do `instead`."""
+    if any(isinstance(m, PackedLinear) for m in model.modules()):
+        raise ValueError(f"this model was prepared for mode fused (packed GEMMs): {instead}")
+
+
 # ----------------------------------------------------------------------------- reduced precision, compiled, CUDA graphs
 
 
@@ -567,8 +574,7 @@ def quantize_int8(model):
     own dynamic Conv2d (7-bit activations, per-tensor weights) was tried for the head
     first and cost AUC (SPEED.md)."""
     from torch.ao.quantization import quantize_dynamic
-    if any(isinstance(m, PackedLinear) for m in model.modules()):
-        raise ValueError("this model was prepared for mode fused already; quantise a fresh one")
+    refuse_packed(model, "quantise a fresh one")
     q = copy.deepcopy(model)
     with warnings.catch_warnings():  # torch.ao announces its own deprecation on every call
         warnings.filterwarnings("ignore", message=".*deprecated.*")
@@ -1012,8 +1018,7 @@ def export_onnx(model, path, opset=ONNX_OPSET):
     batch size in the reshapes); the exporter, opset and HiT config are written into the
     file's metadata and onnx.checker must pass. Returns `path`."""
     onnx = require("onnx")
-    if any(isinstance(m, PackedLinear) for m in model.modules()):
-        raise ValueError("this model was prepared for mode fused (packed GEMMs): export the HiT itself")
+    refuse_packed(model, "export the HiT itself")
     # A copy: the exporter folds BNs into convs by writing the shared weight tensors.
     model = copy.deepcopy(model).cpu().eval()
     if isinstance(model, hit.HiT):

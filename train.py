@@ -1055,8 +1055,8 @@ def baseline(args, rank, log):
 # ----------------------------------------------------------------------------- main
 def train_epochs(run, args, dataset, indices, steps, first, partial, pace, interrupt, where, out, log):
     """Epochs first, first + 1, ... (the first one from `partial` on, when a resumed run
-    stopped inside it): each trained, validated if due, logged and saved. Returns how many
-    ran; an interrupt ends the run with the checkpoint of where it stopped."""
+    stopped inside it): each trained, validated if due, logged and saved. An interrupt
+    ends the run with the checkpoint of where it stopped."""
     rank, world, device = where
     t_start, done = time.time(), 0
     fit_due = first == 0  # the budget is fitted once, on this process's first measured epoch
@@ -1085,7 +1085,6 @@ def train_epochs(run, args, dataset, indices, steps, first, partial, pace, inter
             break  # (--time-budget may have lowered args.epochs after the range was made)
     saved = f"checkpoint {out / 'last.pth'}" if done else "no checkpoint was written"
     log(f"done: {done} epoch(s) in {time.time() - t_start:.0f} s; {saved}")
-    return done
 
 
 def main(argv=None):

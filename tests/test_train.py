@@ -334,6 +334,28 @@ def test_crash_while_saving_then_resume_matches_uninterrupted_run(straight_run, 
     assert ck["epoch"] == 2 and ck["scheduler"]["last_epoch"] == 4  # stepped per step: 2 epochs x 2
 
 
+def run_interrupted(monkeypatch, args, at_step=1, sig=signal.SIGINT):
+    """train.main(args) with `sig` raised right after train step number `at_step`, as Ctrl-C
+    (or a scheduler's kill) between two steps -> (its SystemExit, steps run). In the full
+    suite this runs after the OpenVINO tests: before fast.same_signal_stack, the alternate
+    signal stack OpenVINO had left on this thread made the kernel fail to deliver it (the
+    test process died with SIGSEGV)."""
+    real_step, calls = train.train_step, []
+
+    def step_then_signal(*a, **k):
+        result = real_step(*a, **k)
+        calls.append(1)
+        if len(calls) == at_step:
+            signal.raise_signal(sig)
+        return result
+
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    with pytest.raises(SystemExit) as exc:
+        train.main(args)
+    monkeypatch.setattr(train, "train_step", real_step)
+    return exc.value, len(calls)
+
+
 @pytest.mark.parametrize("at_step,sig", [(3, signal.SIGINT), (4, signal.SIGINT), (3, signal.SIGTERM)])
 def test_interrupt_saves_where_it_stopped_and_resume_continues_exactly(straight_run, synth_dir, tmp_path,
                                                                        monkeypatch, at_step, sig):
@@ -342,31 +364,15 @@ def test_interrupt_saves_where_it_stopped_and_resume_continues_exactly(straight_
     reached and the epoch's sums), train.py stops with 130; --resume then ends with the
     uninterrupted run's weights and log. The signal handlers are the caller's again after."""
     out, reference = straight_run
-    real_step, calls = train.train_step, []
-
-    def step_then_signal(*a, **k):
-        result = real_step(*a, **k)
-        calls.append(1)
-        if len(calls) == at_step:
-            # As Ctrl-C (or a scheduler's kill) between the step's end and the next. In the
-            # full suite this runs after the OpenVINO tests: before fast.same_signal_stack,
-            # the alternate signal stack OpenVINO had left on this thread made the kernel
-            # fail to deliver it (the test process died with SIGSEGV).
-            signal.raise_signal(sig)
-        return result
-
-    monkeypatch.setattr(train, "train_step", step_then_signal)
     handler = signal.getsignal(sig)
     args = tiny_args(synth_dir, tmp_path, "--epochs", "2", "--lr-drop", "0.5")
-    with pytest.raises(SystemExit) as exc:
-        train.main(args)
-    assert exc.value.code == 130 and len(calls) == at_step and signal.getsignal(sig) is handler
+    stop, steps = run_interrupted(monkeypatch, args, at_step, sig)
+    assert stop.code == 130 and steps == at_step and signal.getsignal(sig) is handler
     ckpt = hit.safe_load(tmp_path / "last.pth")
     if at_step == 3:
         assert ckpt["epoch"] == 1 and ckpt["partial"]["step"] == 1 and ckpt["partial"]["sums"][3] == 2
     else:
         assert ckpt["epoch"] == 2 and ckpt["partial"] is None
-    monkeypatch.setattr(train, "train_step", real_step)
     resumed = train.main(args + ["--resume"])
     for k, v in reference.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
@@ -381,18 +387,8 @@ def test_interrupt_and_resume_with_match_loss_draws_the_same_views(synth_dir, tm
     steps) must draw the same views for its remaining step."""
     args = tiny_args(synth_dir, tmp_path / "a", "--epochs", "1", "--match-loss", "1")
     reference = train.main(args)
-    real_step = train.train_step
-
-    def step_then_signal(*a, **k):
-        result = real_step(*a, **k)
-        signal.raise_signal(signal.SIGINT)  # as Ctrl-C
-        return result
-
-    monkeypatch.setattr(train, "train_step", step_then_signal)
     args = tiny_args(synth_dir, tmp_path / "b", "--epochs", "1", "--match-loss", "1")
-    with pytest.raises(SystemExit):
-        train.main(args)
-    monkeypatch.setattr(train, "train_step", real_step)
+    run_interrupted(monkeypatch, args)
     resumed = train.main(args + ["--resume"])
     for k, v in reference.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
@@ -509,21 +505,9 @@ def test_time_budget_is_not_fitted_on_the_warm_up_steps_of_a_resumed_epoch():
         assert pace.measured(100) == measured, first
 
 
-def test_mid_epoch_checkpoint_resumes_in_one_process_only(straight_run, synth_dir, tmp_path, monkeypatch):
-    real_step, calls = train.train_step, []
-
-    def step_then_signal(*a, **k):
-        result = real_step(*a, **k)
-        calls.append(1)
-        if len(calls) == 3:
-            signal.raise_signal(signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(train, "train_step", step_then_signal)
+def test_mid_epoch_checkpoint_resumes_in_one_process_only(synth_dir, tmp_path, monkeypatch):
     args = tiny_args(synth_dir, tmp_path, "--epochs", "2")
-    with pytest.raises(SystemExit):
-        train.main(args)
-    monkeypatch.setattr(train, "train_step", real_step)
+    run_interrupted(monkeypatch, args, at_step=3)
     monkeypatch.setattr(train.dist, "is_initialized", lambda: True)  # as under torchrun, 2 ranks
     monkeypatch.setattr(train.dist, "get_world_size", lambda: 2)
     with pytest.raises(ValueError, match="resume it in one process"):
@@ -533,23 +517,11 @@ def test_mid_epoch_checkpoint_resumes_in_one_process_only(straight_run, synth_di
 def test_base_resumed_mid_epoch_draws_the_same_drop_path_masks(synth_dir, tmp_path, monkeypatch):
     """HiT-Base (LeViT-384) has drop path, drawn from the global generator on the CPU: the
     resumed run must not shift it (opening a DataLoader used to take one draw from it)."""
-    args = ["--variant", "base", "--device", "cpu", "--workers", "0", "--samples-per-epoch", "3",
-            "--batch-size", "1", "--epochs", "1", "--synth-dir", str(synth_dir),
-            "--synth-sequences", str(SYNTH["sequences"]), "--synth-frames", str(SYNTH["frames"]),
-            "--synth-seed", str(SYNTH["seed"])]
-    reference = train.main(args + ["--out", str(tmp_path / "a")])
-    real_step = train.train_step
-
-    def step_then_signal(*a, **k):
-        result = real_step(*a, **k)
-        signal.raise_signal(signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(train, "train_step", step_then_signal)
-    with pytest.raises(SystemExit):
-        train.main(args + ["--out", str(tmp_path / "b")])
-    monkeypatch.setattr(train, "train_step", real_step)
-    resumed = train.main(args + ["--out", str(tmp_path / "b"), "--resume"])
+    base = ["--variant", "base", "--samples-per-epoch", "3", "--batch-size", "1", "--epochs", "1"]  # later flags win
+    reference = train.main(tiny_args(synth_dir, tmp_path / "a", *base))
+    args = tiny_args(synth_dir, tmp_path / "b", *base)
+    run_interrupted(monkeypatch, args)
+    resumed = train.main(args + ["--resume"])
     for k, v in reference.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
 
