@@ -259,24 +259,55 @@ def _read_lines(path: Path) -> list:
         raise ValueError(f"cannot read {path}: {err}") from err
 
 
-def read_boxes(path) -> np.ndarray:
-    """Parse a ground-truth file: one x,y,w,h per line, separated by commas, tabs or
-    spaces; blank lines are skipped; NaN is allowed (marks an unannotated frame)."""
+def read_boxes(path, results=False) -> np.ndarray:
+    """A box file -> (N, 4) float64: one x,y,w,h per line, separated by commas, tabs or
+    spaces; blank lines skipped. Ground truth (results=False) may hold NaN (an
+    unannotated frame, UAV123) and must hold a box; a tracker's results file
+    (results=True) may be empty but every box must be finite with w, h >= 0, as the
+    toolkits require. Errors name path:line."""
     path = Path(path)
     rows = []
     for lineno, line in enumerate(_read_lines(path), 1):
         fields = [f for f in _SEP.split(line.strip()) if f]
         if not fields:
             continue
-        if len(fields) != 4:
-            raise ValueError(f"{path}, line {lineno}: expected 4 numbers x,y,w,h, got {len(fields)} fields: {line!r}")
         try:
             rows.append([float(f) for f in fields])
         except ValueError:
-            raise ValueError(f"{path}, line {lineno}: non-numeric value in {line!r}") from None
-    if not rows:
+            raise ValueError(f"{path}:{lineno}: not numbers: {line!r}") from None
+        if len(fields) != 4:
+            raise ValueError(f"{path}:{lineno}: expected 4 values x,y,w,h, got {len(fields)}: {line!r}")
+        if results and (not np.isfinite(rows[-1]).all() or min(rows[-1][2:]) < 0):
+            raise ValueError(f"{path}:{lineno}: invalid box (NaN, infinite, or negative width/height): {line!r}")
+    if not rows and not results:
         raise ValueError(f"{path}: no boxes")
-    return np.asarray(rows, np.float64)
+    return np.asarray(rows, np.float64).reshape(-1, 4)  # (N, 4); an empty file's (0,) -> (0, 4)
+
+
+def format_boxes(boxes) -> str:
+    """(N, 4) boxes -> the text of a results file, as the toolkits read it."""
+    return "".join("%.4f,%.4f,%.4f,%.4f\n" % tuple(b) for b in boxes)
+
+
+def write_atomic(path, content) -> None:
+    """Write `content` (str, bytes, or a function given the open binary file) to a
+    temporary file, flushed to the disk, then renamed: a crash or a power cut leaves the
+    old file or the whole new one, never part of one, and no temporary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_flags(path, count: int) -> np.ndarray:

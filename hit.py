@@ -17,6 +17,7 @@ training checkpoints without executing anything from the file.
 """
 import dataclasses
 import io
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -370,6 +371,49 @@ def count_macs(model, batch=1):
     finally:
         model.train(training)
     return counter.get_total_flops() / 2
+
+
+# ----------------------------------------------------------------------------- devices
+# One parser and one synchronise for every script (train.py, track.py, bench.py, fast.py).
+def default_device():
+    """The fastest device present: cuda, else mps, else cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
+
+def parse_device(text):
+    """--device -> torch.device: None, "" or "auto" picks default_device(); else cpu, cuda,
+    cuda:N or mps, which this machine must have. ValueError names the value."""
+    if text in (None, "", "auto"):
+        return default_device()
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text!r} is not a device: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {text!r}: HiT runs on cpu, cuda or mps")
+    usable = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= usable:
+        raise ValueError(f"--device {text!r}: this machine has {usable} usable CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {text!r}: MPS is not available on this machine")
+    return device
+
+
+def sync(device):
+    """Wait for the device's queued kernels (GPUs run asynchronously), so timings are honest."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def distributed_env():
+    """(rank, world, local_rank) from torchrun's environment; (0, 1, 0) without it."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
 
 
 if __name__ == "__main__":
