@@ -167,6 +167,40 @@ def _padded_taps(taps, start: int, pad_lo: int, pad_hi: int, sz: int, img_len: i
             np.where(valid0, c0, 0), np.where(valid1, c1, 0))
 
 
+def check_image(image) -> np.ndarray:
+    """A frame as every reader and the tracker take it: PIL image (any mode) or RGB uint8
+    (H, W, 3) numpy array (a torch tensor of that dtype and shape passes too) -> array."""
+    if isinstance(image, Image.Image):
+        return pil_to_rgb(image)
+    if not isinstance(image, (np.ndarray, torch.Tensor)):
+        raise ValueError(f"image must be a numpy array or PIL image, got {type(image).__name__}")
+    if image.dtype not in (np.uint8, torch.uint8) or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 RGB (H, W, 3), got {image.dtype} {tuple(image.shape)}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: shape {tuple(image.shape)}")
+    return image
+
+
+def check_box(box, image_hw=None) -> np.ndarray:
+    """A box (x, y, w, h) given by a user: 4 finite numbers, w, h > 0, and when image_hw
+    is given, at least partly inside the image -> float64 (4,)."""
+    try:
+        b = np.array([float(v) for v in box], np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"box must be 4 numbers (x, y, w, h), got {box!r}") from None
+    if b.shape != (4,):
+        raise ValueError(f"box must be 4 numbers (x, y, w, h), got {box!r}")
+    if not np.isfinite(b).all():
+        raise ValueError(f"box has non-finite values: {box!r}")
+    if b[2] <= 0 or b[3] <= 0:
+        raise ValueError(f"box must have positive width and height, got {box!r}")
+    if image_hw is not None:
+        height, width = image_hw
+        if b[0] >= width or b[1] >= height or b[0] + b[2] <= 0 or b[1] + b[3] <= 0:
+            raise ValueError(f"box {box!r} lies fully outside the {width}x{height} image")
+    return b
+
+
 def crop_resize(image: np.ndarray, box_xywh, factor: float, out_size: int):
     """Square crop of side ceil(sqrt(w*h)*factor) around the box, zero padded and resized
     to out_size, exactly as the released `sample_target`: the corner is rounded with
@@ -178,8 +212,7 @@ def crop_resize(image: np.ndarray, box_xywh, factor: float, out_size: int):
     The padded crop is never materialised: padding taps get a zero weight, which is the
     same arithmetic as resizing the zero-padded array, so huge crops stay cheap.
     """
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    check_image(image)
     ys, xs, resize_factor, crop_xyxy = crop_taps(image.shape[:2], box_xywh, factor, out_size)
     return _resample(image, ys, xs), resize_factor, crop_xyxy
 
