@@ -1,24 +1,19 @@
 """Data for HiT: image I/O, the released crop/resize, dataset readers and training pairs.
 
 Paper: "Exploring Lightweight Hierarchical Vision Transformers for Efficient Visual
-Tracking" (ICCV 2023), Sec. 3.4 (training objective, template/search crops) and
-Sec. 4.1 (training data: LaSOT, GOT-10k, COCO, TrackingNet). The paper gives the crop
-factors and the data sets; the numbers here that it leaves out (where a crop's corner
-lands, its zero padding, OpenCV's INTER_LINEAR resize, how pairs are sampled, jittered
-and augmented) follow the released implementation, and each function says which.
-The procedural data set that stands in for the real ones lives in synth.py.
-
+Tracking" (ICCV 2023), Sec. 3.4 (template/search crops) and Sec. 4.1 (training data:
+LaSOT, GOT-10k, COCO, TrackingNet). What the paper leaves out (a crop's corner and zero
+padding, OpenCV's INTER_LINEAR resize, how pairs are sampled and augmented) follows the
+released implementation, as each function says. The procedural stand-in set: synth.py.
 Boxes are (x, y, w, h) in pixels unless a name says otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
 import os
 import re
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,23 +35,18 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
     """A decoded PIL image as uint8 (H, W, 3) RGB, converted the way cv2.imread(IMREAD_COLOR)
     does in the released code: alpha dropped, palette/grayscale expanded, 16-bit images
     keep their high byte (v >> 8, OpenCV's png_set_strip_16 when 8-bit output is asked)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img).astype(np.int64)
-        gray = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)  # (H,W) -> (H,W,3)
-    if img.mode == "F":
-        gray = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)  # (H,W) -> (H,W,3)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img)
+        gray = np.clip(arr, 0, 255) if img.mode == "F" else np.clip(arr.astype(np.int64), 0, 65535) >> 8
+        return np.repeat(gray.astype(np.uint8)[:, :, None], 3, axis=2)  # (H,W) -> (H,W,3)
     if img.mode != "RGB":
-        img = img.convert("RGBA" if "transparency" in img.info else img.mode)
-        img = img.convert("RGB")
+        img = img.convert("RGBA" if "transparency" in img.info else img.mode).convert("RGB")
     return np.array(img)
 
 
 def read_image(path, raw: bytes | None = None) -> np.ndarray:
-    """Decode an image file to uint8 (H, W, 3) RGB (see pil_to_rgb); `raw`: the file's
-    bytes, already read. EXIF orientation is not applied (dataset annotations refer to the
-    stored pixel grid)."""
+    """Decode an image file to uint8 (H, W, 3) RGB (see pil_to_rgb); `raw`: its bytes, if
+    already read. EXIF orientation is not applied (annotations refer to the stored grid)."""
     try:
         with Image.open(io.BytesIO(raw) if raw is not None else path) as img:
             img.load()
@@ -69,14 +59,11 @@ def read_image(path, raw: bytes | None = None) -> np.ndarray:
 
 
 def _linear_taps(src_len: int, dst_len: int, clamp: bool):
-    """Source indices and 11-bit fixed-point weights of OpenCV's INTER_LINEAR.
-
-    Mirrors cv::resize: scale = 1 / (dst/src) in double; f = float((d + 0.5) * scale - 0.5);
-    s = floor(f); f -= s (float). Horizontally (clamp=True) taps left of the image use
-    (s=0, f=0) and taps at/after the last pixel use (s=src-1, f=0); vertically f is not
-    clamped, only the two row indices are. Each weight is rounded on its own (cvRound,
-    half to even), so the two weights need not sum to 2048.
-    """
+    """Source indices and 11-bit fixed-point weights of OpenCV's INTER_LINEAR (cv::resize):
+    scale = 1 / (dst/src) in double; f = float((d + 0.5) * scale - 0.5); s = floor(f);
+    f -= s. Horizontally (clamp=True) taps before the first / at or after the last pixel
+    use (0, f=0) / (src-1, f=0); vertically only the row indices are clamped. Each weight
+    is rounded on its own (half to even), so the two need not sum to 2048."""
     scale = 1.0 / (dst_len / src_len)
     f = ((np.arange(dst_len, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     s = np.floor(f).astype(np.int64)
@@ -88,22 +75,17 @@ def _linear_taps(src_len: int, dst_len: int, clamp: bool):
         s[high] = src_len - 1
     c0 = np.rint((np.float32(1.0) - f) * np.float32(_COEF_SCALE)).astype(np.int64)
     c1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int64)
-    i0 = np.clip(s, 0, src_len - 1)
-    i1 = np.clip(s + 1, 0, src_len - 1)
-    return i0, i1, c0, c1
+    return np.clip(s, 0, src_len - 1), np.clip(s + 1, 0, src_len - 1), c0, c1
 
 
 def _vertical_pass(h0: np.ndarray, h1: np.ndarray, cy0: np.ndarray, cy1: np.ndarray) -> np.ndarray:
     """Combine two int32 row-pass buffers exactly as OpenCV's uint8 vertical pass does.
 
-    OpenCV's VResizeLinearVec_32s8u (universal intrinsics) computes, per element,
-    t = mulhi16(H0 >> 4, b0) + mulhi16(H1 >> 4, b1); out = sat_u8((t + 2) >> 2).
-    It covers the first floor(n / 8) * 8 elements of a row (8 int16 lanes on the SSE
-    baseline of opencv-python wheels); the rest take the scalar path
-    (H0*b0 + H1*b1 + 2^21) >> 22. Both differ by up to 1 grey level, hence the split.
-    Crops of 128 and 256 pixels (n = 384, 768) are covered by the vector path alone.
-    int32 is exact for the vector path (|H >> 4| < 2^15, |b| <= 2^11); the scalar
-    path needs int64.
+    OpenCV's VResizeLinearVec_32s8u computes t = mulhi16(H0 >> 4, b0) + mulhi16(H1 >> 4, b1);
+    out = sat_u8((t + 2) >> 2) on the first floor(n / 8) * 8 elements of a row (8 int16
+    lanes, the SSE baseline of opencv-python wheels), the scalar (H0*b0 + H1*b1 + 2^21) >> 22
+    on the rest: they differ by up to 1 grey level. Crops of 128 and 256 pixels take the
+    vector path alone, exact in int32 (|H >> 4| < 2^15, |b| <= 2^11); the scalar needs int64.
     """
     n = h0.shape[1]
     b0, b1 = cy0[:, None], cy1[:, None]  # (out,) -> (out, 1): one weight per output row
@@ -123,10 +105,9 @@ def _vertical_pass(h0: np.ndarray, h1: np.ndarray, cy0: np.ndarray, cy1: np.ndar
 
 
 def _resample(src, ys, xs) -> np.ndarray:
-    """Two-pass fixed-point bilinear resampling of a uint8 (H, W, C) array.
-
-    ys/xs are (i0, i1, c0, c1) tap tables; a zero weight stands for a zero (padding) pixel.
-    """
+    """Two-pass fixed-point bilinear resampling of a uint8 (H, W, C) array, bit-exact with
+    cv2.resize(INTER_LINEAR) on x86. ys/xs are (i0, i1, c0, c1) tap tables (_linear_taps);
+    a zero weight stands for a zero (padding) pixel."""
     y0, y1, cy0, cy1 = ys
     x0, x1, cx0, cx1 = xs
     height, width, ch = src.shape
@@ -142,27 +123,13 @@ def _resample(src, ys, xs) -> np.ndarray:
     return out.reshape(len(y0), len(x0), ch)  # (out_h, out_w*C) -> (out_h, out_w, C)
 
 
-def resize_linear(src: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
-    """Bit-exact emulation of cv2.resize(src, (out_w, out_h), interpolation=INTER_LINEAR)
-    on uint8 (H, W, C) images (x86 build). Same size returns a copy, as OpenCV does.
-
-    OpenCV's special case for an exact 2x downscale (INTER_AREA fast path) gives the same
-    numbers as the formula here, so it needs no branch. Newer OpenCV releases (2025+) add
-    a separate exact-2x-upscale path that is not emulated.
-    """
-    if src.dtype != np.uint8 or src.ndim != 3:
-        raise ValueError(f"resize_linear expects uint8 (H, W, C), got {src.dtype} {src.shape}")
-    h, w = src.shape[:2]
-    if (h, w) == (out_h, out_w):
-        return src.copy()
-    return _resample(src, _linear_taps(h, out_h, False), _linear_taps(w, out_w, True))
-
-
-def _padded_taps(taps, start: int, pad_lo: int, pad_hi: int, sz: int, img_len: int):
-    """Re-target crop-space taps at image indices; taps in the zero padding get weight 0."""
-    i0, i1, c0, c1 = taps
-    valid0 = (i0 >= pad_lo) & (i0 < sz - pad_hi)
-    valid1 = (i1 >= pad_lo) & (i1 < sz - pad_hi)
+def _axis_taps(start: int, sz: int, img_len: int, out_size: int, clamp: bool):
+    """Taps of one axis of the crop [start, start + sz) of an image axis of img_len pixels,
+    at image indices; taps in the zero padding get weight 0. The released padding past the
+    end is one pixel too large, so the last image pixel inside a crop is zeroed (on purpose)."""
+    i0, i1, c0, c1 = _linear_taps(sz, out_size, clamp)
+    lo, hi = max(0, -start), sz - max(start + sz - img_len + 1, 0)  # the crop pixels that show the image
+    valid0, valid1 = (i0 >= lo) & (i0 < hi), (i1 >= lo) & (i1 < hi)
     return (np.clip(i0 + start, 0, img_len - 1), np.clip(i1 + start, 0, img_len - 1),
             np.where(valid0, c0, 0), np.where(valid1, c1, 0))
 
@@ -205,12 +172,9 @@ def crop_resize(image: np.ndarray, box_xywh, factor: float, out_size: int):
     """Square crop of side ceil(sqrt(w*h)*factor) around the box, zero padded and resized
     to out_size, exactly as the released `sample_target`: the corner is rounded with
     Python's round (half to even) and the right/bottom padding is one pixel too large.
-
     Returns (crop uint8 (out_size, out_size, 3), resize_factor = out_size / sz,
-    crop_xyxy = (x1, y1, x2, y2) in image pixels, x2 - x1 = sz).
-
-    The padded crop is never materialised: padding taps get a zero weight, which is the
-    same arithmetic as resizing the zero-padded array, so huge crops stay cheap.
+    crop_xyxy = (x1, y1, x2, y2) in image pixels, x2 - x1 = sz). The padded crop is never
+    materialised: padding taps get a zero weight (the same arithmetic), so huge crops stay cheap.
     """
     check_image(image)
     ys, xs, resize_factor, crop_xyxy = crop_taps(image.shape[:2], box_xywh, factor, out_size)
@@ -218,39 +182,25 @@ def crop_resize(image: np.ndarray, box_xywh, factor: float, out_size: int):
 
 
 def crop_taps(image_hw, box_xywh, factor: float, out_size: int):
-    """The released crop geometry as image-space tap tables (see crop_resize).
-
-    Returns (ys, xs, resize_factor, crop_xyxy); ys and xs are (i0, i1, c0, c1) arrays of
-    out_size entries, ready for _resample (numpy) or fast.py's batched torch resample.
-    """
-    x, y, w, h = (float(v) for v in box_xywh)
-    if not all(map(math.isfinite, (x, y, w, h))) or w <= 0 or h <= 0:
-        raise ValueError(f"box must be finite with positive size, got {tuple(box_xywh)}")
+    """The released crop geometry as image-space tap tables (see crop_resize): (ys, xs,
+    resize_factor, crop_xyxy), ys and xs ready for _resample or fast.py's torch resample."""
+    x, y, w, h = map(float, check_box(box_xywh))
     sz = math.ceil(math.sqrt(w * h) * factor)
     if sz < 1:
         raise ValueError(f"crop of box {tuple(box_xywh)} x{factor} is smaller than 1 pixel")
     im_h, im_w = image_hw
     x1 = round(x + 0.5 * w - sz * 0.5)  # Python round: half to even, as released
     y1 = round(y + 0.5 * h - sz * 0.5)
-    x2, y2 = x1 + sz, y1 + sz
-    # Released padding: right/bottom pad is one larger than needed, so the last image
-    # column/row inside the crop is replaced by zeros (reproduced on purpose).
-    x1_pad, y1_pad = max(0, -x1), max(0, -y1)
-    x2_pad, y2_pad = max(x2 - im_w + 1, 0), max(y2 - im_h + 1, 0)
-    xs = _padded_taps(_linear_taps(sz, out_size, True), x1, x1_pad, x2_pad, sz, im_w)
-    ys = _padded_taps(_linear_taps(sz, out_size, False), y1, y1_pad, y2_pad, sz, im_h)
-    return ys, xs, out_size / sz, (x1, y1, x2, y2)
+    xs, ys = _axis_taps(x1, sz, im_w, out_size, True), _axis_taps(y1, sz, im_h, out_size, False)
+    return ys, xs, out_size / sz, (x1, y1, x1 + sz, y1 + sz)
 
 
 def box_in_crop(box_xywh, crop_center_xy, resize_factor: float, out_size: int) -> np.ndarray:
-    """Map an image box into crop pixels with the released training transform
-    (pytracking/STARK `transform_image_to_crop`): the crop centre (the unrounded centre of
-    the box the crop was cut around) lands on (out_size - 1) / 2 and sizes scale by
-    resize_factor. Returns (x, y, w, h) in crop pixels (divide by out_size to normalise).
-    """
+    """An image box in crop pixels (x, y, w, h), as the released `transform_image_to_crop`:
+    the crop centre (the unrounded centre of the box the crop was cut around) lands on
+    (out_size - 1) / 2 and sizes scale by resize_factor."""
     box = np.asarray(box_xywh, np.float64)
-    center = box[:2] + 0.5 * box[2:]
-    center_out = (out_size - 1) / 2 + (center - np.asarray(crop_center_xy, np.float64)) * resize_factor
+    center_out = (out_size - 1) / 2 + (box[:2] + 0.5 * box[2:] - np.asarray(crop_center_xy)) * resize_factor
     wh_out = box[2:] * resize_factor
     return np.concatenate([center_out - 0.5 * wh_out, wh_out])
 
@@ -260,13 +210,9 @@ def normalize(crop: np.ndarray, brightness: float = 1.0) -> torch.Tensor:
     factor, clipped to [0, 1] as the released ToTensorAndJitter) then ImageNet mean/std."""
     # (H,W,3) -> (3,H,W); made contiguous while still uint8, so the float ops run on contiguous memory
     t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).contiguous().float()
-    if brightness == 1.0:
-        t = t.div_(255.0)
-    else:
-        t = t.mul_(brightness / 255.0).clamp_(0.0, 1.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)  # (3,) -> (3,1,1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)  # (3,) -> (3,1,1)
-    return t.sub_(mean).div_(std)
+    t = t.div_(255.0) if brightness == 1.0 else t.mul_(brightness / 255.0).clamp_(0.0, 1.0)
+    # (3,) -> (3,1,1) each
+    return t.sub_(torch.tensor(IMAGENET_MEAN).view(3, 1, 1)).div_(torch.tensor(IMAGENET_STD).view(3, 1, 1))
 
 
 # ----------------------------------------------------------------------------- annotations
@@ -274,8 +220,7 @@ def normalize(crop: np.ndarray, brightness: float = 1.0) -> torch.Tensor:
 
 @dataclass
 class Sequence:
-    """One video (or one still-image object). gt has a row per frame, or only the first
-    frame's (test splits, or a folder with just an init box)."""
+    """One video or still image; gt: a row per frame, or only the first frame's (test splits)."""
     name: str
     frames: list
     gt: np.ndarray | None = None
@@ -294,10 +239,9 @@ def _read_lines(path: Path) -> list:
 
 def read_boxes(path, results=False) -> np.ndarray:
     """A box file -> (N, 4) float64: one x,y,w,h per line, separated by commas, tabs or
-    spaces; blank lines skipped. Ground truth (results=False) may hold NaN (an
-    unannotated frame, UAV123) and must hold a box; a tracker's results file
-    (results=True) may be empty but every box must be finite with w, h >= 0, as the
-    toolkits require. Errors name path:line."""
+    spaces; blank lines skipped. Ground truth (results=False) may hold NaN (an unannotated
+    frame, UAV123) and must hold a box; a results file (results=True) may be empty but every
+    box must be finite with w, h >= 0, as the toolkits require. Errors name path:line."""
     path = Path(path)
     rows = []
     for lineno, line in enumerate(_read_lines(path), 1):
@@ -344,8 +288,8 @@ def write_atomic(path, content) -> None:
 
 
 def read_flags(path, count: int) -> np.ndarray:
-    """Parse a 0/1 (or small integer) label file: one value per line (GOT-10k) or all on
-    one comma-separated line (LaSOT). Must hold exactly `count` values."""
+    """A 0/1 (or small integer) label file, one value a line (GOT-10k) or all on one line
+    (LaSOT), of exactly `count` values."""
     path = Path(path)
     values = []
     for lineno, line in enumerate(_read_lines(path), 1):
@@ -353,17 +297,15 @@ def read_flags(path, count: int) -> np.ndarray:
             try:
                 values.append(int(float(field)))
             except ValueError:
-                raise ValueError(f"{path}, line {lineno}: non-numeric label {field!r}") from None
+                raise ValueError(f"{path}:{lineno}: not a number: {field!r}") from None
     if len(values) != count:
         raise ValueError(f"{path}: {len(values)} labels but the ground truth has {count} boxes")
     return np.asarray(values, np.int64)
 
 
 def _frame_key(path: Path):
-    # Natural order: runs of digits compare as numbers, so 2.jpg comes before 10.jpg
-    # (TrackingNet's 0.jpg ... 10.jpg) and frame_2.jpg before frame_10.jpg; zero-padded
-    # names (GOT-10k, LaSOT) keep their order. re.split with a group alternates text and
-    # digits, so every position compares str with str or int with int.
+    # Natural order: runs of digits compare as numbers (TrackingNet's 2.jpg before 10.jpg);
+    # re.split with a group alternates text and digits, so str meets str and int meets int.
     parts = re.split(r"(\d+)", path.name)
     return [int(p) if i % 2 else p for i, p in enumerate(parts)], path.name
 
@@ -449,9 +391,7 @@ def read_got10k(root, split: str, exclude=None) -> list:
         raise ValueError(f"GOT-10k split folder {base} does not exist")
     skip = set(_names_from_list(Path(exclude))) if exclude else set()
     seqs = []
-    for name in names:
-        if name in skip:
-            continue
+    for name in (n for n in names if n not in skip):
         d = base / name
         gt_path = d / "groundtruth.txt"
         if not gt_path.is_file():
@@ -468,20 +408,18 @@ def read_got10k(root, split: str, exclude=None) -> list:
 
 # The standard LaSOT test split (Fan et al., CVPR 2019): 4 videos for each of 70 classes.
 _LASOT_TEST = (
-    "airplane:1,9,13,15 basketball:1,6,7,11 bear:2,4,6,17 bicycle:2,7,9,18 bird:2,3,15,17 "
-    "boat:3,4,12,17 book:3,10,11,19 bottle:1,12,14,18 bus:2,5,17,19 car:2,6,9,17 "
-    "cat:1,3,18,20 cattle:2,7,12,13 spider:14,16,18,20 coin:3,6,7,18 crab:3,6,12,18 "
-    "surfboard:12,4,5,8 cup:1,4,7,17 deer:4,8,10,14 dog:1,7,15,19 guitar:3,8,10,16 "
-    "person:1,5,10,12 pig:2,10,13,18 rubicCube:1,6,14,19 swing:10,14,17,20 drone:13,15,2,7 "
-    "pool:12,15,3,7 rabbit:10,13,17,19 racing:10,15,16,20 robot:1,19,5,8 sepia:13,16,6,8 "
-    "sheep:3,5,7,9 skateboard:16,19,3,8 tank:14,16,6,9 tiger:12,18,4,6 train:1,11,20,7 "
-    "truck:16,3,6,7 turtle:16,5,8,9 umbrella:17,19,2,9 yoyo:15,17,19,7 zebra:10,14,16,17 "
-    "elephant:1,12,16,18 goldfish:3,7,8,10 hat:1,2,5,18 kite:4,6,10,15 motorcycle:1,3,9,18 "
-    "mouse:1,8,9,17 flag:3,9,5,2 frog:3,4,20,9 gametarget:1,2,7,13 hand:2,3,9,16 "
-    "helmet:5,11,19,13 licenseplate:6,12,13,15 electricfan:1,10,18,20 chameleon:3,6,11,20 "
-    "crocodile:3,4,10,14 gecko:1,5,16,19 fox:2,3,5,20 giraffe:2,10,13,15 gorilla:4,6,9,13 "
-    "hippo:1,7,9,20 horse:1,4,12,15 kangaroo:2,5,11,14 leopard:1,7,16,20 lion:1,5,12,20 "
-    "lizard:1,3,6,13 microphone:2,6,14,16 monkey:3,4,9,17 shark:2,3,5,6 squirrel:8,11,13,19 "
+    "airplane:1,9,13,15 basketball:1,6,7,11 bear:2,4,6,17 bicycle:2,7,9,18 bird:2,3,15,17 boat:3,4,12,17 "
+    "book:3,10,11,19 bottle:1,12,14,18 bus:2,5,17,19 car:2,6,9,17 cat:1,3,18,20 cattle:2,7,12,13 "
+    "spider:14,16,18,20 coin:3,6,7,18 crab:3,6,12,18 surfboard:12,4,5,8 cup:1,4,7,17 deer:4,8,10,14 "
+    "dog:1,7,15,19 guitar:3,8,10,16 person:1,5,10,12 pig:2,10,13,18 rubicCube:1,6,14,19 swing:10,14,17,20 "
+    "drone:13,15,2,7 pool:12,15,3,7 rabbit:10,13,17,19 racing:10,15,16,20 robot:1,19,5,8 sepia:13,16,6,8 "
+    "sheep:3,5,7,9 skateboard:16,19,3,8 tank:14,16,6,9 tiger:12,18,4,6 train:1,11,20,7 truck:16,3,6,7 "
+    "turtle:16,5,8,9 umbrella:17,19,2,9 yoyo:15,17,19,7 zebra:10,14,16,17 elephant:1,12,16,18 "
+    "goldfish:3,7,8,10 hat:1,2,5,18 kite:4,6,10,15 motorcycle:1,3,9,18 mouse:1,8,9,17 flag:3,9,5,2 "
+    "frog:3,4,20,9 gametarget:1,2,7,13 hand:2,3,9,16 helmet:5,11,19,13 licenseplate:6,12,13,15 "
+    "electricfan:1,10,18,20 chameleon:3,6,11,20 crocodile:3,4,10,14 gecko:1,5,16,19 fox:2,3,5,20 "
+    "giraffe:2,10,13,15 gorilla:4,6,9,13 hippo:1,7,9,20 horse:1,4,12,15 kangaroo:2,5,11,14 leopard:1,7,16,20 "
+    "lion:1,5,12,20 lizard:1,3,6,13 microphone:2,6,14,16 monkey:3,4,9,17 shark:2,3,5,6 squirrel:8,11,13,19 "
     "volleyball:1,13,18,19")
 
 
@@ -512,10 +450,7 @@ def read_lasot(root, split: str) -> list:
     test = lasot_test_names()
 
     def locate(name):
-        for d in (root / name.rsplit("-", 1)[0] / name, root / name):
-            if (d / "img").is_dir():
-                return d
-        return None
+        return next((d for d in (root / name.rsplit("-", 1)[0] / name, root / name) if (d / "img").is_dir()), None)
 
     if split == "test":
         dirs = [locate(n) for n in test]
@@ -533,12 +468,8 @@ def read_trackingnet(root, split: str) -> list:
     split "train" = the TRAIN_0..TRAIN_11 chunks present, "test" = TEST, or explicit
     chunk names separated by commas (e.g. "TRAIN_0,TRAIN_1")."""
     root = Path(root)
-    if split == "train":
-        chunks = [f"TRAIN_{i}" for i in range(12) if (root / f"TRAIN_{i}").is_dir()]
-    elif split == "test":
-        chunks = ["TEST"]
-    else:
-        chunks = [c.strip() for c in split.split(",") if c.strip()]
+    chunks = {"train": [f"TRAIN_{i}" for i in range(12) if (root / f"TRAIN_{i}").is_dir()], "test": ["TEST"]}.get(
+        split, [c.strip() for c in split.split(",") if c.strip()])
     if not chunks or not all((root / c / "anno").is_dir() for c in chunks):
         raise ValueError(f"{root}: no TrackingNet chunk with an anno/ folder for split {split!r}")
     seqs = []
@@ -585,13 +516,12 @@ def read_coco(root, split: str = "train2017") -> list:
     try:
         with open(ann_path) as fh:
             meta = json.load(fh)
+        files = {im["id"]: root / split / im["file_name"] for im in meta["images"]}
+        anns = meta["annotations"]
     except OSError as err:
         raise ValueError(f"cannot read {ann_path}: {err}") from err
     except json.JSONDecodeError as err:
-        raise ValueError(f"{ann_path}, line {err.lineno}: invalid JSON ({err.msg})") from err
-    try:
-        files = {im["id"]: root / split / im["file_name"] for im in meta["images"]}
-        anns = meta["annotations"]
+        raise ValueError(f"{ann_path}:{err.lineno}: invalid JSON ({err.msg})") from err
     except (KeyError, TypeError) as err:
         raise ValueError(f"{ann_path}: missing COCO field {err}") from err
     seqs = []
@@ -609,14 +539,9 @@ def read_coco(root, split: str = "train2017") -> list:
 
 def read_dataset(name: str, root, split: str | None = None) -> list:
     """Dispatch: got10k, lasot, trackingnet, otb, folder, coco."""
-    readers = {
-        "got10k": lambda: read_got10k(root, split or "train"),
-        "lasot": lambda: read_lasot(root, split or "train"),
-        "trackingnet": lambda: read_trackingnet(root, split or "train"),
-        "otb": lambda: read_otb(root),
-        "folder": lambda: read_folder(root),
-        "coco": lambda: read_coco(root, split or "train2017"),
-    }
+    readers = {"got10k": lambda: read_got10k(root, split or "train"), "lasot": lambda: read_lasot(root, split or "train"),
+               "trackingnet": lambda: read_trackingnet(root, split or "train"), "otb": lambda: read_otb(root),
+               "folder": lambda: read_folder(root), "coco": lambda: read_coco(root, split or "train2017")}
     if name not in readers:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(readers)}")
     return readers[name]()
@@ -630,109 +555,86 @@ def jitter_box(box_xywh, rng: np.random.Generator, scale_jitter: float, center_j
     centre moved by sqrt(jittered area) * center_jitter * U(-0.5, 0.5) per axis."""
     box = np.asarray(box_xywh, np.float64)
     size = box[2:] * np.exp(rng.standard_normal(2) * scale_jitter)
-    max_offset = math.sqrt(float(np.prod(size))) * center_jitter
-    center = box[:2] + 0.5 * box[2:] + max_offset * (rng.random(2) - 0.5)
+    center = box[:2] + 0.5 * box[2:] + math.sqrt(float(np.prod(size))) * center_jitter * (rng.random(2) - 0.5)
     return np.concatenate([center - 0.5 * size, size])
 
 
-def _ellipse_alpha(w: int, h: int, feather: float = 0.15) -> np.ndarray:
-    """(h, w) float32 alpha: 1 inside an ellipse filling the box, ramping to 0 over its
-    outer `feather` fraction, so a pasted patch has no rectangular edge to give it away."""
-    y = (np.arange(h, dtype=np.float32) + 0.5) / h * 2 - 1
-    x = (np.arange(w, dtype=np.float32) + 0.5) / w * 2 - 1
-    r = np.sqrt(y[:, None] ** 2 + x[None, :] ** 2)  # (h, w), 1 on the inscribed ellipse
-    return np.clip((1.0 - r) / feather, 0.0, 1.0)
-
-
-def paste_patch(image: np.ndarray, patch: np.ndarray, box_xywh) -> np.ndarray:
-    """A copy of image (H, W, 3) uint8 with patch resized into box (x, y, w, h) through an
-    elliptical soft mask; the parts of the box outside the image are dropped."""
-    x, y, w, h = (int(round(float(v))) for v in box_xywh)
-    w, h = max(w, 1), max(h, 1)
-    resized = np.asarray(Image.fromarray(patch).resize((w, h), Image.BILINEAR), np.float32)
-    alpha = _ellipse_alpha(w, h)[..., None]  # (h, w, 1)
-    x0, y0 = max(x, 0), max(y, 0)
-    x1, y1 = min(x + w, image.shape[1]), min(y + h, image.shape[0])
-    out = image.copy()
-    if x1 <= x0 or y1 <= y0:
-        return out
-    src, a = resized[y0 - y:y1 - y, x0 - x:x1 - x], alpha[y0 - y:y1 - y, x0 - x:x1 - x]
-    dst = out[y0:y1, x0:x1].astype(np.float32)
-    out[y0:y1, x0:x1] = np.round(a * src + (1.0 - a) * dst).astype(np.uint8)
-    return out
-
-
-def _usable_frames(seq: Sequence) -> np.ndarray:
-    """Indices of the frames with a visible target and a valid box (the released sampler
-    draws only these)."""
+def _usable_frames(seq: Sequence):
+    """Indices of the frames the released sampler draws (a visible target, a valid box), or
+    None for a sequence it skips (`sample_seq_from_dataset`): a video under 20 frames or with
+    at most 4 such frames; a still image (one frame, as COCO's) needs only its box."""
     n = min(len(seq.gt), len(seq.frames))
     visible = np.ones(n, bool) if seq.visible is None else seq.visible[:n]
-    return np.flatnonzero(visible & _box_ok(seq.gt[:n]))
+    usable = np.flatnonzero(visible & _box_ok(seq.gt[:n]))
+    return usable if (len(usable) == 1 if n == 1 else n >= 20 and len(usable) > 4) else None
 
 
-def _box_pixels(image: np.ndarray, box_xywh):
-    """The pixels of image inside box (x, y, w, h), rounded and clipped to the image; None
-    when fewer than 2 x 2 remain."""
-    x, y, w, h = (int(round(float(v))) for v in box_xywh)
-    patch = image[max(y, 0):max(y + h, 0), max(x, 0):max(x + w, 0)]
-    return patch if patch.shape[0] >= 2 and patch.shape[1] >= 2 else None
-
-
-def _to_gray(crop: np.ndarray) -> np.ndarray:
-    # ITU-R BT.601 luma as cv2.cvtColor(RGB2GRAY), replicated to 3 channels.
-    gray = np.rint(crop @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+def _to_gray(image: np.ndarray) -> np.ndarray:
+    # cv2.cvtColor(RGB2GRAY) on uint8: BT.601 luma in 14-bit fixed point, replicated to 3 channels.
+    gray = ((image.astype(np.int32) @ np.array([4899, 9617, 1868], np.int32) + (1 << 13)) >> 14).astype(np.uint8)
     return np.repeat(gray[:, :, None], 3, axis=2)  # (H,W) -> (H,W,3)
 
 
+def _flip_frame(image: np.ndarray, box_xywh) -> tuple:
+    """pytracking's RandomHorizontalFlip of a frame and its box: column i goes to W - 1 - i
+    and the box's x to W - 1 - x - w (one pixel left of the exact mirror, as released)."""
+    x, y, w, h = box_xywh
+    return image[:, ::-1], np.array([image.shape[1] - 1 - x - w, y, w, h])
+
+
+def _padding_only(image_hw, crop_xyxy, out_size: int, stride: int = 16) -> bool:
+    """Whether the released processing rejects a crop: its padding mask (any non-zero
+    weight on padding, after the bilinear resize) read by nearest-neighbour downsampling to
+    the backbone's grid (out_size // stride cells) is padding in every cell."""
+    n = max(1, out_size // stride)
+    cells = (np.arange(n) * (out_size / n)).astype(np.int64)  # F.interpolate(nearest)'s source pixels
+    sz, inside = crop_xyxy[2] - crop_xyxy[0], []
+    for start, length, clamp in ((crop_xyxy[1], image_hw[0], False), (crop_xyxy[0], image_hw[1], True)):
+        c0, c1 = _linear_taps(sz, out_size, clamp)[2:]
+        p0, p1 = _axis_taps(start, sz, length, out_size, clamp)[2:]
+        inside.append(((p0 == c0) & (p1 == c1))[cells].any())  # the padding took none of its weight
+    return not all(inside)
+
+
 class PairDataset(torch.utils.data.Dataset):
-    """Template/search training pairs as the released HiT/STARK sampler (paper Sec. 3.4
-    and 4.1; the released configs mix LaSOT, GOT-10k, COCO and TrackingNet 1:1:1:1).
-
-    sources: list of (name, list[Sequence]); weights: sampling weight per source (default
-    equal). Sample i of epoch e depends only on (seed, e, i); call set_epoch(e) each epoch.
-    Under DDP every rank builds it with the same seed and reads its own indices (train.py
-    gives rank r of w the indices r, r + w, r + 2w, ...), so the ranks draw different
-    pairs and an epoch holds the same pairs however many processes draw it.
+    """Template/search training pairs as the released HiT/STARK sampler and processing
+    (paper Sec. 3.4, 4.1). sources: list of (name, list[Sequence]), drawn by `weights`
+    (default equal, the released 1:1:1:1). Sample i of epoch e depends only on (seed, e, i)
+    (call set_epoch(e)), so DDP ranks reading their own indices draw different pairs.
     Returns {"template": (3, T, T), "search": (3, S, S)} ImageNet-normalised float32 and
-    "search_box" (4,) float32 (cx, cy, w, h) normalised to the search crop, its xyxy
-    clipped to [0, 1].
+    "search_box" (4,) float32 (cx, cy, w, h) in the search crop, its xyxy clipped to [0, 1]
+    (zero-area when the target lies outside the crop, as released).
 
-    Released behaviour kept: causal frame order (template frame before the search frame,
-    at most max_gap apart, the gap widened by 5 until a visible frame exists), only frames
-    with visible targets, still images give both crops, template without jitter, search
-    jitter centre 3.5 / scale 0.5, joint grayscale p 0.05, joint horizontal flip p 0.5
-    (applied to the crops; the box centre becomes 1 - cx), brightness factor
-    U(0.8, 1.2) drawn per crop as ToTensorAndJitter. Simplification: the released
-    sampler also skips videos with fewer than 20 frames; here 2 usable frames suffice.
-
-    Not released: distractor_prob > 0 makes that fraction of pairs *distractor pairs*
-    (see _distract): the target and a look-alike, both pasted, on opposite sides of the
-    search crop's centre, so only the template tells which one to box. At 0 (the
-    default) no extra random number is drawn and every pair is the released sampler's.
+    As released: videos under 20 frames or with at most 4 visible targets are skipped
+    (a still image gives both crops); the template frame t is a visible frame before the
+    last, the search frame a visible one in [t + 1, t + max_gap); while there is none the
+    window widens by 5 and t is redrawn. On the frames, jointly: grayscale (gray_prob),
+    horizontal flip (flip_prob). The template crop around its box, the search crop around
+    the jittered box; a crop of padding only is redrawn. On each crop on its own: brightness
+    U(1 - b, 1 + b) and a flip (flip_prob; the box follows the search crop's), so in about
+    half of the pairs the template is the mirror image of the search crop's target.
     """
 
     def __init__(self, sources, weights=None, samples_per_epoch=60000, seed=0, max_gap=200,
                  template_size=128, search_size=256, template_factor=2.0, search_factor=4.0,
-                 center_jitter=3.5, scale_jitter=0.5, gray_prob=0.05, flip_prob=0.5,
-                 brightness=0.2, distractor_prob=0.0):
-        self.sources = [(name, [s for s in seqs if s.gt is not None and len(s.gt)]) for name, seqs in sources]
+                 center_jitter=3.5, scale_jitter=0.5, gray_prob=0.05, flip_prob=0.5, brightness=0.2):
+        self.sources = [(name, [(s, u) for s in seqs if s.gt is not None and len(s.gt)
+                                for u in [_usable_frames(s)] if u is not None]) for name, seqs in sources]
         empty = [name for name, seqs in self.sources if not seqs]
         if not self.sources or empty:
-            raise ValueError(f"every source needs annotated sequences; empty: {empty or 'no sources'}")
+            raise ValueError(f"every source needs annotated sequences the sampler can draw (videos of 20 or "
+                             f"more frames with 5 or more visible targets, or still images); "
+                             f"none in: {empty or 'no sources'}")
         w = np.ones(len(self.sources)) if weights is None else np.asarray(weights, np.float64)
         if w.shape != (len(self.sources),) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"weights {weights} do not match {len(self.sources)} sources")
         self.probs = w / w.sum()
         self.samples_per_epoch, self.seed, self.max_gap = int(samples_per_epoch), int(seed), int(max_gap)
-        self.sizes = (int(template_size), int(search_size))
-        self.factors = (float(template_factor), float(search_factor))
+        self.sizes, self.factors = (int(template_size), int(search_size)), (float(template_factor), float(search_factor))
         if center_jitter < 0 or scale_jitter < 0:
             raise ValueError(f"jitter must be >= 0, got center {center_jitter}, scale {scale_jitter}")
         self.jitter = (float(center_jitter), float(scale_jitter))
         self.probs_aug = (float(gray_prob), float(flip_prob), float(brightness))
-        if not 0.0 <= distractor_prob <= 1.0:
-            raise ValueError(f"distractor_prob must be in [0, 1], got {distractor_prob}")
-        self.distractor_prob = float(distractor_prob)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -741,107 +643,49 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def _frames(self, seq: Sequence, rng):
-        """(template, search) frame indices, released causal order, or None to redraw."""
-        n = min(len(seq.gt), len(seq.frames))
-        usable = _usable_frames(seq)
+    def _frames(self, n: int, usable: np.ndarray, rng):
+        """(template, search) frame indices of a sequence of n frames, released causal order."""
         if n == 1:
-            return (0, 0) if len(usable) else None
-        if len(usable) < 2:
-            return None
-        t = int(rng.choice(usable[:-1]))
-        later = usable[usable > t]
-        # Released: widen the window by 5 frames until it holds a visible search frame.
-        gap = self.max_gap + 5 * max(0, math.ceil((later[0] - t - self.max_gap) / 5))
-        return t, int(rng.choice(later[later <= t + gap]))
+            return 0, 0
+        gap = self.max_gap
+        while True:  # ends: a drawable video has 4 or more visible frames before the last
+            t = int(rng.choice(usable[usable < n - 1]))
+            later = usable[(usable > t) & (usable < t + gap)]
+            if len(later):
+                return t, int(rng.choice(later))
+            gap += 5
 
     def _try(self, rng):
-        """One draw of the released sampler; None when it must be redrawn."""
-        source = self.sources[rng.choice(len(self.sources), p=self.probs)][1]
-        seq = source[rng.integers(len(source))]
-        ids = self._frames(seq, rng)
-        if ids is None:
-            return None
-        center_jitter, scale_jitter = self.jitter
-        search_box = jitter_box(seq.gt[ids[1]], rng, scale_jitter, center_jitter)
-        draws = rng.random(4)  # grayscale, flip, brightness of template, of search
-        template_img = read_image(seq.frames[ids[0]])
-        search_img = template_img if ids[1] == ids[0] else read_image(seq.frames[ids[1]])
-        search_gt = seq.gt[ids[1]]
-        if self.distractor_prob > 0 and rng.random() < self.distractor_prob:
-            pasted = self._distract(search_img, search_gt, search_box[2:], source, rng)
-            if pasted is None:
-                return None
-            search_img, search_gt, search_box = pasted
-        (t_size, s_size), (t_factor, s_factor) = self.sizes, self.factors
-        try:
-            template, _, _ = crop_resize(template_img, seq.gt[ids[0]], t_factor, t_size)
-            search, factor, _ = crop_resize(search_img, search_box, s_factor, s_size)
-        except ValueError:
-            return None  # degenerate jittered box: the released sampler also redraws
-        box = box_in_crop(search_gt, search_box[:2] + 0.5 * search_box[2:], factor, s_size) / s_size
-        xyxy = np.clip(np.concatenate([box[:2], box[:2] + box[2:]]), 0.0, 1.0)
-        if (xyxy[2:] - xyxy[:2] <= 0).any():
-            return None  # target entirely outside the search crop
-        return self._finish(template, search, xyxy, draws)
-
-    def _distract(self, image, target_xywh, search_size_wh, source, rng):
-        """(image, target box, search box) of a distractor pair, or None to redraw.
-
-        The target and a look-alike are both pasted, through the same soft elliptical mask,
-        on opposite sides of the search crop's centre, 1.15-1.6 box sizes apart (max-norm,
-        so they never overlap); the crop moves by at most 0.1 box size. Where the target
-        was, a blur of its surroundings covers it. The look-alike is another sequence's
-        target (its box in a random frame) at the target's size x U(0.8, 1.25). Both
-        candidates look pasted and sit as far from the crop centre, so neither the centre
-        prior nor the paste's edge tells them apart: only the template does."""
-        other = source[rng.integers(len(source))]
-        usable = _usable_frames(other)
-        if not len(usable):
-            return None
-        k = int(rng.choice(usable))
-        look_alike = _box_pixels(read_image(other.frames[k]), other.gt[k])
-        target_patch = _box_pixels(image, target_xywh)
-        if look_alike is None or target_patch is None:
-            return None
-        target = np.asarray(target_xywh, np.float64)
-        centre, size = target[:2] + 0.5 * target[2:], target[2:]
-        # The offset between the two, on the square's boundary in box sizes (max-norm `reach`):
-        # boxes up to 1.25x the target's never overlap it (0.5 + 0.625 < 1.15).
-        reach = rng.uniform(1.15, 1.6)
-        angle = rng.uniform(0.0, 2.0 * np.pi)
-        direction = np.array([np.cos(angle), np.sin(angle)])
-        offset = reach * direction / np.abs(direction).max() * size
-        crop_centre = centre + size * rng.uniform(-0.1, 0.1, 2)
-        cover = 1.8 * size  # an ellipse this big holds the whole box at full opacity
-        cover_box = np.concatenate([centre - 0.5 * cover, cover])
-        blur = _box_pixels(image, cover_box)
-        if blur is None:
-            return None
-        blur = np.asarray(Image.fromarray(blur).resize((3, 3), Image.BOX), np.float64)  # (3, 3, 3)
-        blur[1, 1] = (blur.sum((0, 1)) - blur[1, 1]) / 8  # the ring's colours, not the target's
-        blur = np.round(blur).astype(np.uint8)
-        out = paste_patch(image, blur, cover_box)
-        d_size = size * rng.uniform(0.8, 1.25)
-        out = paste_patch(out, look_alike, np.concatenate([centre - 0.5 * offset - 0.5 * d_size, d_size]))
-        moved = np.concatenate([centre + 0.5 * offset - 0.5 * size, size])
-        if (moved[:2] < 0).any() or (moved[:2] + moved[2:] > [image.shape[1], image.shape[0]]).any():
-            return None  # the moved target would leave the frame (after d_size's draw: the measured pairs)
-        out = paste_patch(out, target_patch, moved)
-        search_wh = np.asarray(search_size_wh, np.float64)
-        return out, moved, np.concatenate([crop_centre - 0.5 * search_wh, search_wh])
-
-    def _finish(self, template, search, xyxy, draws):
+        """One draw of the released sampler and processing; None when it must be redrawn."""
+        seqs = self.sources[rng.choice(len(self.sources), p=self.probs)][1]
+        seq, usable = seqs[rng.integers(len(seqs))]
+        ids = self._frames(min(len(seq.gt), len(seq.frames)), usable, rng)
         gray_prob, flip_prob, brightness = self.probs_aug
-        if draws[0] < gray_prob:
-            template, search = _to_gray(template), _to_gray(search)
-        if draws[1] < flip_prob:
-            template, search = template[:, ::-1], search[:, ::-1]
+        draws = rng.random(6)  # joint: grayscale, flip; per crop: flip, brightness (template, search)
+        images = {i: read_image(seq.frames[i]) for i in set(ids)}
+        crops = []
+        for k, i in enumerate(ids):
+            image, box = images[i], np.asarray(seq.gt[i], np.float64)
+            image = _to_gray(image) if draws[0] < gray_prob else image
+            image, box = _flip_frame(image, box) if draws[1] < flip_prob else (image, box)
+            crop_box = jitter_box(box, rng, self.jitter[1], self.jitter[0]) if k else box
+            try:
+                crop, factor, xyxy = crop_resize(image, crop_box, self.factors[k], self.sizes[k])
+            except ValueError:
+                return None  # degenerate jittered box: the released processing also redraws
+            if _padding_only(image.shape[:2], xyxy, self.sizes[k]):
+                return None
+            crops.append(crop)
+        # box, crop_box and factor are the search frame's (the loop's last)
+        box = box_in_crop(box, crop_box[:2] + 0.5 * crop_box[2:], factor, self.sizes[1]) / self.sizes[1]
+        xyxy = np.clip(np.concatenate([box[:2], box[:2] + box[2:]]), 0.0, 1.0)
+        # Per crop, as released (joint=False): brightness U(1 - b, 1 + b), a flip the box follows.
+        template, search = (c[:, ::-1] if d < flip_prob else c for c, d in zip(crops, draws[2:4]))
+        if draws[3] < flip_prob:
             xyxy = np.array([1.0 - xyxy[2], xyxy[1], 1.0 - xyxy[0], xyxy[3]])
-        factors = 1.0 - brightness + 2.0 * brightness * draws[2:]  # U(1 - b, 1 + b) per crop
+        factors = 1.0 - brightness + 2.0 * brightness * draws[4:]
         cxcywh = np.concatenate([(xyxy[:2] + xyxy[2:]) / 2, xyxy[2:] - xyxy[:2]])
-        return {"template": normalize(template, float(factors[0])),
-                "search": normalize(search, float(factors[1])),
+        return {"template": normalize(template, float(factors[0])), "search": normalize(search, float(factors[1])),
                 "search_box": torch.from_numpy(cxcywh.astype(np.float32))}
 
     def __getitem__(self, index: int) -> dict:
@@ -852,117 +696,4 @@ class PairDataset(torch.utils.data.Dataset):
             sample = self._try(rng)
             if sample is not None:
                 return sample
-        raise RuntimeError(f"no valid training pair after 100 draws "
-                           f"(seed {self.seed}, epoch {self.epoch}, index {index})")
-
-
-def crop_to_crop(inner_xyxy, inner_size: int, outer_xyxy, outer_size: int) -> np.ndarray:
-    """(a, bx, by): pixel (u, v) of one crop is pixel (a u + bx, a v + by) of another crop
-    of the same image. Both from crop_resize, whose resize maps crop pixel u to image
-    x = x1 + (u + 0.5) * sz / out - 0.5 (OpenCV's pixel-centre rule)."""
-    s_in = (inner_xyxy[2] - inner_xyxy[0]) / inner_size  # image pixels per crop pixel
-    s_out = (outer_xyxy[2] - outer_xyxy[0]) / outer_size
-    shift = np.asarray(inner_xyxy[:2], np.float64) - np.asarray(outer_xyxy[:2], np.float64)
-    b = (shift + 0.5 * s_in) / s_out - 0.5
-    return np.array([s_in / s_out, b[0], b[1]])
-
-
-class ViewPairDataset(torch.utils.data.Dataset):
-    """Two crops of one frame for train.py's backbone pre-training (--pretrain-minutes; not
-    in the paper, which starts from ImageNet LeViT): a template crop (factor 2, 128) and a
-    search crop (factor 4, 256) around a jittered box, as PairDataset cuts them, and the
-    map between their pixels (crop_to_crop), so that every template token has a known
-    search token showing the same content.
-
-    The box is the annotated target with probability 1 - random_box_prob, else a box of
-    about the target's size anywhere in the frame, so that matching is learned on
-    backgrounds and textures too. Per crop brightness U(0.8, 1.2), joint grayscale p 0.05;
-    no flip. Sample i depends only on (seed, i). Returns {"template", "search"} normalised
-    float32 and "view_map" (3,) float32 (a, bx, by): template pixel (u, v) is search pixel
-    (a u + bx, a v + by).
-    """
-
-    def __init__(self, sources, samples=10**9, seed=0, template_size=128, search_size=256,
-                 template_factor=2.0, search_factor=4.0, center_jitter=1.0, scale_jitter=0.25,
-                 random_box_prob=0.5, gray_prob=0.05, brightness=0.2):
-        annotated = [s for _, seqs in sources for s in seqs if s.gt is not None]
-        # (sequence, its usable frame indices), worked out once rather than per sample
-        self.sequences = [(s, u) for s, u in ((s, _usable_frames(s)) for s in annotated) if len(u)]
-        if not self.sequences:
-            raise ValueError("view pairs need at least one sequence with a visible, valid box")
-        self.samples, self.seed = int(samples), int(seed)
-        self.sizes = (int(template_size), int(search_size))
-        self.factors = (float(template_factor), float(search_factor))
-        self.jitter = (float(center_jitter), float(scale_jitter))
-        self.random_box_prob, self.gray_prob, self.brightness = float(random_box_prob), float(gray_prob), float(brightness)
-
-    def __len__(self) -> int:
-        return self.samples
-
-    @staticmethod
-    def _random_box(image_hw, size_wh, rng) -> np.ndarray:
-        """A box of size_wh x exp(N(0, 0.5)) (at most half the frame), uniformly inside the frame."""
-        frame = np.array(image_hw[::-1], np.float64)  # (W, H)
-        size = np.minimum(np.asarray(size_wh, np.float64) * np.exp(0.5 * rng.standard_normal(2)), frame / 2)
-        size = np.maximum(size, 4.0)
-        return np.concatenate([rng.random(2) * (frame - size), size])
-
-    def _try(self, rng):
-        seq, usable = self.sequences[rng.integers(len(self.sequences))]
-        k = int(rng.choice(usable))
-        image = read_image(seq.frames[k])
-        box = np.asarray(seq.gt[k], np.float64)
-        if rng.random() < self.random_box_prob:
-            box = self._random_box(image.shape[:2], box[2:], rng)
-        search_box = jitter_box(box, rng, self.jitter[1], self.jitter[0])
-        (t_size, s_size), (t_factor, s_factor) = self.sizes, self.factors
-        draws = rng.random(3)  # grayscale, brightness of template, of search
-        try:
-            template, _, t_xyxy = crop_resize(image, box, t_factor, t_size)
-            search, _, s_xyxy = crop_resize(image, search_box, s_factor, s_size)
-        except ValueError:
-            return None  # a degenerate jittered box: redraw
-        if draws[0] < self.gray_prob:
-            template, search = _to_gray(template), _to_gray(search)
-        factors = 1.0 - self.brightness + 2.0 * self.brightness * draws[1:]
-        view_map = crop_to_crop(t_xyxy, t_size, s_xyxy, s_size)
-        return {"template": normalize(template, float(factors[0])), "search": normalize(search, float(factors[1])),
-                "view_map": torch.from_numpy(view_map.astype(np.float32))}
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} outside 0..{len(self) - 1}")
-        rng = np.random.default_rng([self.seed, int(index)])
-        for _ in range(100):
-            sample = self._try(rng)
-            if sample is not None:
-                return sample
-        raise RuntimeError(f"no valid view pair after 100 draws (seed {self.seed}, index {index})")
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="HiT data tools: dataset smoke check "
-                                     "(the procedural data set: python synth.py --help).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("show", help="read a dataset and print sequence/frame counts")
-    s.add_argument("dataset", choices=["got10k", "lasot", "trackingnet", "otb", "folder", "coco"])
-    s.add_argument("root", help="dataset root folder")
-    s.add_argument("split", nargs="?", default=None, help="split (train/val/test, COCO: train2017)")
-    args = parser.parse_args(argv)
-    try:
-        seqs = read_dataset(args.dataset, args.root, args.split)
-    except ValueError as err:  # bad input: one line naming the file, not a traceback
-        raise SystemExit(f"error: {err}") from None
-    n_frames = sum(len(q.frames) for q in seqs)
-    n_visible = sum(int(q.visible.sum()) for q in seqs if q.visible is not None)
-    print(f"{args.dataset} {args.split or ''}: {len(seqs)} sequences, {n_frames} frames, {n_visible} visible boxes")
-    if seqs:
-        q = seqs[0]
-        print(f"first: {q.name} ({len(q.frames)} frames, first box {None if q.gt is None else q.gt[0].tolist()})")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+        raise RuntimeError(f"no valid training pair after 100 draws (seed {self.seed}, epoch {self.epoch}, index {index})")

@@ -5,10 +5,7 @@ It exists only because this project cannot download LaSOT, GOT-10k, COCO or Trac
 split, so every command of the repository runs from a fresh clone. Nothing here is part
 of HiT. Each sequence is a textured target moving over a cluttered, moving background
 with look-alike distractors, occluders, lighting drift, noise, blur and JPEG artefacts,
-so that tracking it is not trivial (the default kind, `objects`). Two more kinds are built
-on natural-image statistics (1/f spectra, dead leaves): a patch of a scene moving over
-another (`patch`) and a region of a scene under a panning, zooming camera (`region`);
---mix chooses the shares (TRAINING.md, section 8, has what they measured).
+so that tracking it is not trivial. train.py makes it once with `ensure`.
 
     python synth.py --out data_cache/synth_test --sequences 80 --frames 100 --seed 12345
 
@@ -18,7 +15,10 @@ files for any --workers.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -78,114 +78,6 @@ def _background(rng, h: int, w: int) -> np.ndarray:
     if rng.random() < 0.5:
         canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
     return np.asarray(canvas, np.float32)
-
-
-# ----------------------------------------------------------------------------- natural scenes
-# Photographs share a few statistics that the textures above lack, and a tracker trained
-# without them meets them first on real frames: an amplitude spectrum falling as 1/f
-# (Field 1987; "Learning to See by Looking at Noise", Baradad et al. 2021), surfaces that
-# occlude one another with a power-law size distribution (the dead-leaves model, Lee,
-# Mumford and Huang 2001), muted colours, smooth shading and soft shadows.
-
-
-def _spectral_noise(rng, h: int, w: int, slope: float) -> np.ndarray:
-    """Gaussian noise whose amplitude spectrum falls as 1/f**slope: float32 (h, w), zero
-    mean, unit standard deviation (slope 1 is the average photograph)."""
-    f = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])  # (h, w//2+1) cycles/pixel
-    f[0, 0] = 1.0
-    amplitude = f ** -slope
-    amplitude[0, 0] = 0.0  # no mean
-    spectrum = amplitude * (rng.standard_normal(f.shape) + 1j * rng.standard_normal(f.shape))
-    field = np.fft.irfft2(spectrum, s=(h, w))
-    return ((field - field.mean()) / max(float(field.std()), 1e-9)).astype(np.float32)
-
-
-def _natural_colours(rng, k: int) -> np.ndarray:
-    """k colours (k, 3) in [0, 255], mostly muted: grey levels plus a little saturation."""
-    grey = rng.uniform(15, 240, (k, 1))
-    hue = rng.uniform(-1, 1, (k, 3))
-    return np.clip(grey + hue * rng.beta(1.2, 3.0, (k, 1)) * 120, 0, 255)
-
-
-def _material(rng, h: int, w: int) -> np.ndarray:
-    """A surface texture (h, w, 3) float32 in [0, 255]: 1/f noise (of random slope and
-    contrast) through a muted colour ramp, sometimes crossed with a regular pattern."""
-    field = _spectral_noise(rng, h, w, rng.uniform(0.8, 2.0))
-    t = 1 / (1 + np.exp(-field * rng.uniform(0.4, 1.5)))  # (h, w) in (0, 1)
-    if rng.random() < 0.25:
-        kind = str(rng.choice(["stripes", "checker", "rings"]))
-        t = 0.6 * t + 0.4 * _pattern(rng, h, w, kind, rng.uniform(3, 20), rng.uniform(0, np.pi))
-    return _palette_map(t, _natural_colours(rng, int(rng.integers(2, 5)))).astype(np.float32)
-
-
-def _leaf_mask(rng, bw: int, bh: int) -> Image.Image:
-    """A random leaf: ellipse, rotated rectangle or polygon filling a (bw, bh) box."""
-    mask = Image.new("L", (bw, bh), 0)
-    draw = ImageDraw.Draw(mask)
-    shape = rng.choice(["ellipse", "rect", "polygon"], p=[0.4, 0.3, 0.3])
-    if shape == "ellipse":
-        draw.ellipse([0, 0, bw - 1, bh - 1], fill=255)
-    else:
-        k = 4 if shape == "rect" else int(rng.integers(5, 9))
-        ang = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(k) / k
-        r = np.full(k, 0.5) if shape == "rect" else rng.uniform(0.25, 0.5, k)
-        draw.polygon([(bw / 2 + bw * ri * np.cos(a), bh / 2 + bh * ri * np.sin(a)) for ri, a in zip(r, ang)], fill=255)
-    return mask
-
-
-def _natural_scene(rng, h: int, w: int) -> np.ndarray:
-    """A dead-leaves scene, float32 (h, w, 3) in [0, 255]: a 1/f backdrop, then leaves of
-    power-law size (density ~ r^-3) drawn over each other, each a material or a shaded
-    flat colour, some casting a soft shadow; lit by a smooth illumination field and,
-    sometimes, out of focus."""
-    materials = [_material(rng, h, w) for _ in range(int(rng.integers(2, 5)))]
-    canvas = materials[0].copy()
-    r_min, r_max = rng.uniform(4, 10), 0.4 * min(h, w)
-    count = int(rng.integers(60, 250) * (h * w) / (320 * 240))  # enough to cover most of the backdrop
-    radii = np.minimum(r_min / np.sqrt(1 - rng.random(count)), r_max)  # P(r > x) = (r_min / x)^2
-    for r in radii:
-        bw, bh = max(3, int(2 * r * math.exp(rng.normal(0, 0.3)))), max(3, int(2 * r * math.exp(rng.normal(0, 0.3))))
-        x0, y0 = int(rng.integers(-bw // 2, w - bw // 2)), int(rng.integers(-bh // 2, h - bh // 2))
-        xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + bw, w), min(y0 + bh, h)
-        if xa >= xb or ya >= yb:
-            continue
-        mask = _leaf_mask(rng, bw, bh)
-        alpha = np.asarray(mask, np.float32)[ya - y0:yb - y0, xa - x0:xb - x0, None] / 255  # (h', w', 1)
-        if rng.random() < 0.3:  # a soft shadow, offset down-right of the leaf
-            shadow = np.asarray(mask.filter(ImageFilter.GaussianBlur(max(1.0, float(r) / 6))), np.float32) / 255
-            dx, dy = int(rng.integers(1, 2 + int(r / 4))), int(rng.integers(1, 2 + int(r / 4)))
-            sa, sb = np.clip([ya + dy, xa + dx], 0, [h, w]), np.clip([yb + dy, xb + dx], 0, [h, w])
-            part = shadow[sa[0] - dy - y0:sb[0] - dy - y0, sa[1] - dx - x0:sb[1] - dx - x0, None]
-            canvas[sa[0]:sb[0], sa[1]:sb[1]] *= 1 - rng.uniform(0.2, 0.5) * part
-        if rng.random() < 0.6:
-            src = materials[int(rng.integers(len(materials)))]
-            fill = src[ya:yb, xa:xb] * rng.uniform(0.7, 1.3, 3)
-        else:  # flat colour, shaded along a random direction
-            v, u = np.mgrid[ya:yb, xa:xb].astype(np.float32)
-            d = rng.normal(0, 1, 2)
-            shade = 1 + 0.4 * ((u - x0) * d[0] + (v - y0) * d[1]) / max(bw, bh) - 0.2 * d.sum()
-            fill = _natural_colours(rng, 1)[0] * shade[..., None]
-        canvas[ya:yb, xa:xb] = canvas[ya:yb, xa:xb] * (1 - alpha) + fill * alpha
-    light = 0.55 + 0.6 * _smooth_noise(rng, h, w, base=2, octaves=2)  # (h, w) in [0.55, 1.15]
-    canvas *= light[..., None]
-    if rng.random() < 0.3:
-        canvas = np.asarray(Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8)).filter(
-            ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.5)))), np.float32)
-    return np.clip(canvas, 0, 255).astype(np.float32)
-
-
-def _cut_sprite(rng, scene: np.ndarray, side: float) -> np.ndarray:
-    """An RGBA sprite (h, w, 4) uint8 cut from `scene` with a soft-edged leaf mask and no
-    outline, about `side` pixels across (capped by the scene)."""
-    sh, sw = scene.shape[:2]
-    bw = int(np.clip(side * math.exp(rng.normal(0, 0.3)), 8, sw - 1))
-    bh = int(np.clip(side * math.exp(rng.normal(0, 0.3)), 8, sh - 1))
-    x0, y0 = int(rng.integers(0, sw - bw)), int(rng.integers(0, sh - bh))
-    mask = _leaf_mask(rng, bw, bh) if rng.random() < 0.5 else Image.new("L", (bw, bh), 255)
-    alpha = np.asarray(mask.filter(ImageFilter.GaussianBlur(0.7)))  # (bh, bw)
-    rgba = np.dstack([scene[y0:y0 + bh, x0:x0 + bw], alpha]).astype(np.uint8)  # (bh, bw, 3)+(bh, bw) -> (bh, bw, 4)
-    ys, xs = np.nonzero(rgba[:, :, 3])
-    return rgba[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
 
 
 # ----------------------------------------------------------------------------- objects
@@ -248,25 +140,6 @@ def _camera_walk(rng, n: int, margin: int) -> np.ndarray:
         cam_vel = 0.85 * cam_vel + rng.normal(0, cam_speed, 2)
         cam[t] = np.clip(cam[t - 1] + cam_vel, -margin, margin)
     return cam
-
-
-def _pan_zoom(rng, n: int, w: int, h: int, scene_w: int, scene_h: int) -> np.ndarray:
-    """A camera panning and zooming over a scene: (n, 3) view centre x, y and zoom (scene
-    pixels per frame pixel), damped random walks; the view stays inside the scene."""
-    z_lo, z_hi = 0.6, min(scene_w / w, scene_h / h) * 0.95
-    log_z = math.log(rng.uniform(0.8, min(1.6, z_hi)))
-    pos = np.array([scene_w / 2, scene_h / 2]) + rng.uniform(-0.15, 0.15, 2) * [scene_w, scene_h]
-    speed, zoom_speed = rng.uniform(0.2, 3.0), rng.choice([0.0, 0.004, 0.012])
-    vel, dz, out = rng.normal(0, speed, 2), 0.0, np.empty((n, 3))
-    for t in range(n):
-        vel = 0.9 * vel + rng.normal(0, 0.3 * speed, 2)
-        dz = 0.9 * dz + rng.normal(0, zoom_speed)
-        log_z = float(np.clip(log_z + dz, math.log(z_lo), math.log(z_hi)))
-        z = math.exp(log_z)
-        half = np.array([w, h]) * z / 2
-        pos = np.clip(pos + vel * z, half, np.array([scene_w, scene_h]) - half)
-        out[t] = pos[0], pos[1], z
-    return out
 
 
 def _trajectory(rng, n: int, w: int, h: int, side: float, cam: np.ndarray) -> np.ndarray:
@@ -359,92 +232,9 @@ def _motion_blur(frame: np.ndarray, length: int, angle: float) -> np.ndarray:
     return acc / length
 
 
-def _sprite_frames(bg, margin, cam, target, distractors, occluders, sensor, w: int, h: int):
-    """The frames of a sprite sequence (objects, patch): the camera's view of the padded
-    background, distractors behind the target, then _finish. target: (rgba, (n, 5) track)."""
-    target_rgba, track = target
-    for t in range(len(track)):
-        ox, oy = int(round(margin + cam[t, 0])), int(round(margin + cam[t, 1]))
-        frame = bg[oy:oy + h, ox:ox + w].copy()
-        for rgba, other in distractors:  # behind the target
-            _place(frame, rgba, *other[t])
-        target_alpha = np.zeros((h, w), np.float32)
-        box = _place(frame, target_rgba, *track[t], alpha_out=target_alpha)
-        yield _finish(frame, t, sensor, occluders, target_alpha, *box)
-
-
-def _render_sequence(rng, n: int, w: int, h: int):
-    """Yield (frame uint8 (h, w, 3), box x,y,w,h clipped to the frame, absent) per frame."""
-    margin = 48
-    bg = _background(rng, h + 2 * margin, w + 2 * margin)
-    cam = _camera_walk(rng, n, margin)
-    look = _random_look(rng)
-    target_rgba = _sprite(rng, look)
-    side = rng.uniform(18, 0.3 * min(w, h))
-    target = np.column_stack([_trajectory(rng, n, w, h, side, cam), _rotation_track(rng, n)])  # (n, 5)
-    distractors = [(_sprite(rng, _similar_look(rng, look)),
-                    np.column_stack([_trajectory(rng, n, w, h, side * rng.uniform(0.7, 1.3), cam),
-                                     _rotation_track(rng, n)]))
-                   for _ in range(rng.integers(1, 4))]
-    occluders = [(_sprite(rng, _random_look(rng)), track) for track in _occluder_tracks(rng, n, target)]
-    yield from _sprite_frames(bg, margin, cam, (target_rgba, target), distractors, occluders,
-                              _sensor(rng, n, w, h), w, h)
-
-
-def _render_patch(rng, n: int, w: int, h: int):
-    """Like _render_sequence, but every surface is a natural scene (_natural_scene): the
-    target is a patch cut from one scene, with no outline, moving over another, and its
-    look-alike distractors are cut from the same scene, so only the template tells them
-    apart. Yields what _render_sequence yields."""
-    margin = 48
-    bg = _natural_scene(rng, h + 2 * margin, w + 2 * margin)
-    source = _natural_scene(rng, 192, 192)
-    cam = _camera_walk(rng, n, margin)
-    side = rng.uniform(18, 0.3 * min(w, h))
-    target_rgba = _cut_sprite(rng, source, side)
-    target = np.column_stack([_trajectory(rng, n, w, h, side, cam), _rotation_track(rng, n) / 4])  # (n, 5)
-    distractors = []
-    for _ in range(rng.integers(1, 3)):
-        track = _trajectory(rng, n, w, h, side * rng.uniform(0.8, 1.25), cam)
-        track[:, :2] += target[:1, :2] - track[:1, :2] + rng.normal(0, 1.5 * side, 2)  # start nearby
-        distractors.append((_cut_sprite(rng, source, side), np.column_stack([track, np.zeros(n)])))
-    other = _natural_scene(rng, 128, 128)
-    occluders = [(_cut_sprite(rng, other, 64), track) for track in _occluder_tracks(rng, n, target)]
-    yield from _sprite_frames(bg, margin, cam, (target_rgba, target), distractors, occluders,
-                              _sensor(rng, n, w, h), w, h)
-
-
-def _render_region(rng, n: int, w: int, h: int):
-    """A fixed region of a natural scene is the target and the camera pans and zooms over
-    it: nothing but its content marks it (no edge, no motion of its own), so it is found
-    by matching the template. Yields what _render_sequence yields."""
-    scene_w, scene_h = int(2.2 * w), int(2.2 * h)
-    scene = Image.fromarray(_natural_scene(rng, scene_h, scene_w).astype(np.uint8))
-    view = _pan_zoom(rng, n, w, h, scene_w, scene_h)  # (n, 3): view centre x, y, scene px per frame px
-    rw = rng.uniform(18, 0.35 * min(w, h)) * view[0, 2] * math.exp(rng.normal(0, 0.3))
-    rh = rw * math.exp(rng.normal(0, 0.4))
-    rx = view[0, 0] + rng.uniform(-0.25, 0.25) * w * view[0, 2] - rw / 2  # scene coordinates
-    ry = view[0, 1] + rng.uniform(-0.25, 0.25) * h * view[0, 2] - rh / 2
-    z = view[:, 2]
-    left, top = view[:, 0] - w * z / 2, view[:, 1] - h * z / 2  # (n,) each: the view's corner
-    target = np.column_stack([(rx + rw / 2 - left) / z, (ry + rh / 2 - top) / z, rw / z, rh / z])  # (n, 4)
-    other = _natural_scene(rng, 128, 128)
-    occluders = [(_cut_sprite(rng, other, 64), track) for track in _occluder_tracks(rng, n, target)]
-    sensor = _sensor(rng, n, w, h)
-    for t in range(n):
-        box_scene = (left[t], top[t], left[t] + w * z[t], top[t] + h * z[t])
-        frame = np.asarray(scene.transform((w, h), Image.EXTENT, box_scene, Image.BILINEAR), np.float32)
-        cx, cy, bw, bh = target[t]
-        x0, y0 = int(round(cx - bw / 2)), int(round(cy - bh / 2))
-        bw, bh = max(1, int(round(bw))), max(1, int(round(bh)))
-        target_alpha = np.zeros((h, w), np.float32)
-        target_alpha[max(y0, 0):max(y0 + bh, 0), max(x0, 0):max(x0 + bw, 0)] = 1
-        yield _finish(frame, t, sensor, occluders, target_alpha, (x0, y0, bw, bh), float(bw * bh))
-
-
 def _sensor(rng, n: int, w: int, h: int) -> dict:
     """Per-sequence camera response: gain drift, white-balance tint, sensor noise level and
-    the chance of motion blur (the draws, in order, that every kind makes)."""
+    the chance of motion blur."""
     gain_log = np.cumsum(rng.normal(0, 0.02, n)) + rng.normal(0, 0.15)
     tint = rng.uniform(0.9, 1.1, 3)
     noise_sigma, blur_p = rng.uniform(0, 6), rng.uniform(0, 0.2)
@@ -477,21 +267,46 @@ def _finish(frame, t, sensor, occluders, target_alpha, placed, mass):
     return np.clip(frame, 0, 255).astype(np.uint8), box, absent
 
 
-KINDS = {"objects": _render_sequence, "patch": _render_patch, "region": _render_region}
-# The default stays the objects-only set the README's recipe was measured on: the one-hour
-# run on objects:0.4,patch:0.3,region:0.3 tracked the real-photo development set better but
-# the procedural held-out set worse, and neither reached its target (TRAINING.md, section 8).
-MIX = {"objects": 1.0}
+def render_sequence(rng, n: int, w: int, h: int):
+    """Yield (frame uint8 (h, w, 3), box x,y,w,h clipped to the frame, absent) per frame:
+    the camera's view of the padded background, look-alikes behind the target, then
+    occluders and the sensor (_finish)."""
+    margin = 48
+    bg = _background(rng, h + 2 * margin, w + 2 * margin)
+    cam = _camera_walk(rng, n, margin)
+    look = _random_look(rng)
+    target_rgba = _sprite(rng, look)
+    side = rng.uniform(18, 0.3 * min(w, h))
+    target = np.column_stack([_trajectory(rng, n, w, h, side, cam), _rotation_track(rng, n)])  # (n, 5)
+    distractors = [(_sprite(rng, _similar_look(rng, look)),
+                    np.column_stack([_trajectory(rng, n, w, h, side * rng.uniform(0.7, 1.3), cam),
+                                     _rotation_track(rng, n)]))
+                   for _ in range(rng.integers(1, 4))]
+    occluders = [(_sprite(rng, _random_look(rng)), track) for track in _occluder_tracks(rng, n, target)]
+    sensor = _sensor(rng, n, w, h)
+    for t in range(n):
+        ox, oy = int(round(margin + cam[t, 0])), int(round(margin + cam[t, 1]))
+        frame = bg[oy:oy + h, ox:ox + w].copy()
+        for rgba, other in distractors:  # behind the target
+            _place(frame, rgba, *other[t])
+        target_alpha = np.zeros((h, w), np.float32)
+        box = _place(frame, target_rgba, *target[t], alpha_out=target_alpha)
+        yield _finish(frame, t, sensor, occluders, target_alpha, *box)
 
 
 # ----------------------------------------------------------------------------- files
+MARKER = "COMPLETE.json"  # written last: a folder without it is redone, not trusted
 
 
-def _write_sequence(folder: Path, rng, frames: int, size, kind: str = "objects") -> None:
+def _write_sequence(task) -> None:
+    """Sequence `index` of the set into `folder`; its bytes depend on (seed, index) alone."""
+    folder, seed, index, frames, size = task
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, index])
     quality = int(rng.integers(75, 96))
     gt_lines, absent_lines = [], []
-    for k, (frame, box, absent) in enumerate(KINDS[kind](rng, frames, *size), 1):
+    for k, (frame, box, absent) in enumerate(render_sequence(rng, frames, *size), 1):
         Image.fromarray(frame).save(folder / f"{k:08d}.jpg", quality=quality)
         gt_lines.append(",".join(f"{v:.4f}" for v in box))
         absent_lines.append("1" if absent else "0")
@@ -499,89 +314,66 @@ def _write_sequence(folder: Path, rng, frames: int, size, kind: str = "objects")
     (folder / "absence.label").write_text("\n".join(absent_lines) + "\n")
 
 
-def kind_of(seed: int, index: int, mix: dict) -> str:
-    """The kind of sequence `index`, drawn from its own generator so that the pixels of an
-    "objects" sequence are the same whatever the mix (and as before kinds existed)."""
-    names = sorted(mix)
-    weights = np.array([mix[k] for k in names], float)
-    return names[int(np.random.default_rng([seed, index, 1]).choice(len(names), p=weights / weights.sum()))]
-
-
-def _write_one(task) -> None:
-    folder, seed, index, frames, size, mix = task
-    _write_sequence(Path(folder), np.random.default_rng([seed, index]), frames, size, kind_of(seed, index, mix))
-
-
-def check_mix(mix: dict) -> dict:
-    """`mix` (kind -> weight) checked: known kinds, finite weights >= 0, some weight > 0."""
-    unknown = sorted(set(mix) - set(KINDS))
-    if unknown or not all(math.isfinite(v) and v >= 0 for v in mix.values()) or sum(mix.values()) <= 0:
-        raise ValueError(f"mix {mix}: expected finite weights >= 0 (some > 0) for kinds among {sorted(KINDS)}")
-    return {k: float(v) for k, v in mix.items() if v > 0}
-
-
-def parse_mix(text: str) -> dict:
-    """'objects:0.4,patch:0.3,region:0.3' -> {'objects': 0.4, ...} (checked)."""
-    mix = {}
-    for item in text.split(","):
-        name, sep, weight = item.partition(":")
-        try:
-            value = float(weight) if sep else 1.0
-        except ValueError:
-            raise ValueError(f"mix item {item!r}: expected kind:weight, e.g. objects:0.4") from None
-        if not (math.isfinite(value) and value >= 0):  # float() accepts nan and inf
-            raise ValueError(f"mix item {item!r}: the weight must be a finite number >= 0")
-        mix[name.strip()] = value
-    return check_mix(mix)
-
-
-def mix_arg(text: str) -> dict:
-    """parse_mix for argparse's `type=` (synth.py --mix, train.py --synth-mix)."""
-    try:
-        return parse_mix(text)
-    except ValueError as err:  # argparse shows an ArgumentTypeError's message as is
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def synth(out, sequences: int = 300, frames: int = 100, seed: int = 0, size=(320, 240),
-          val_fraction: float = 0.1, progress: bool = True, workers: int = 1, mix=None) -> None:
+          val_fraction: float = 0.1, progress: bool = True, workers: int = 1) -> None:
     """Write a procedural tracking data set in GOT-10k layout: out/train/<name>/00000001.jpg,
     groundtruth.txt (x,y,w,h, 4 decimals; clipped to the frame), absence.label (1 when more
     than 90 % of the target is hidden or outside), out/{train,val}/list.txt.
 
-    Each sequence is one of three kinds, drawn with the weights of `mix` (default MIX):
-    - objects: a cluttered textured background with camera motion, a textured, outlined
-      target with damped random-walk motion and scale/aspect drift, 1-3 look-alike
-      distractors and occluders sweeping across the target;
-    - patch: the same motion, but every surface is a natural scene and the target and its
-      look-alikes are cut from one scene, with no outline;
-    - region: a fixed region of a natural scene under a camera that pans and zooms.
-    All kinds get global gain drift, sensor noise, JPEG artefacts and occasional motion
-    blur. Sequences depend on (seed, index) alone, so `workers` processes write the same
-    bytes as one. list.txt is written last, so a split with a list.txt is complete.
+    Each sequence: a cluttered textured background with camera motion, a textured, outlined
+    target with damped random-walk motion and scale/aspect drift, 1-3 look-alike
+    distractors and occluders sweeping across the target; global gain drift, sensor noise,
+    JPEG artefacts and occasional motion blur. Sequences depend on (seed, index) alone, so
+    `workers` processes write the same bytes as one. list.txt is written last, so a split
+    with a list.txt is complete.
     """
-    out, mix = Path(out), check_mix(MIX if mix is None else mix)
+    out = Path(out)
     n_val = min(sequences - 1, max(1, round(sequences * val_fraction))) if val_fraction > 0 and sequences > 1 else 0
     splits = {"train": range(sequences - n_val), "val": range(sequences - n_val, sequences)}
-    tasks = [(str(out / split / f"synth_{i:05d}"), seed, i, frames, tuple(size), mix)
+    tasks = [(str(out / split / f"synth_{i:05d}"), seed, i, frames, tuple(size))
              for split, indices in splits.items() for i in indices]
     with tqdm(total=sequences, desc="synth", unit="seq", disable=not progress) as bar:
         if workers > 1:
             with ProcessPoolExecutor(min(workers, sequences)) as pool:
-                for _ in pool.map(_write_one, tasks, chunksize=1):
+                for _ in pool.map(_write_sequence, tasks, chunksize=1):
                     bar.update(1)
         else:
             for task in tasks:
-                _write_one(task)
+                _write_sequence(task)
                 bar.update(1)
     for split, indices in splits.items():
         (out / split).mkdir(parents=True, exist_ok=True)
         (out / split / "list.txt").write_text("".join(f"synth_{i:05d}\n" for i in indices))
 
 
+def ensure(folder, sequences: int, frames: int, seed: int, log=print) -> Path:
+    """Generate the procedural set once into `folder` (train.py's default data). It is
+    written to folder.partial and renamed when complete, with MARKER (its parameters)
+    written last: an interrupted generation is redone. A complete set is never deleted:
+    one made with other parameters is refused (it may be another run's data), and a folder
+    without the marker is not ours."""
+    folder, want = Path(folder), {"sequences": sequences, "frames": frames, "seed": seed}
+    marker = folder / MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == want:
+        return folder
+    if folder.exists() and not marker.is_file():
+        raise ValueError(f"--synth-dir {folder} exists but was not made by train.py (no {MARKER}); "
+                         f"remove it, pick another --synth-dir, or train on it with --data got10k:{folder}")
+    if folder.exists():
+        raise ValueError(f"--synth-dir {folder} was made with {json.loads(marker.read_text())}, not the {want} "
+                         f"asked for: pass another --synth-dir for these --synth-* settings")
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"generating the procedural set ({sequences} sequences x {frames} frames) in {folder}")
+    synth(tmp, sequences, frames, seed, workers=os.cpu_count() or 1)  # same bytes for any count
+    (tmp / MARKER).write_text(json.dumps(want))
+    os.replace(tmp, folder)
+    return folder
+
+
 # ----------------------------------------------------------------------------- CLI
-# The target's side is drawn from [18, 0.3 * the frame's shorter side] pixels (objects,
-# patch), so a shorter side under 60 leaves no range to draw from.
+# The target's side is drawn from [18, 0.3 * the frame's shorter side] pixels, so a
+# shorter side under 60 leaves no range to draw from.
 MIN_SIDE = 60
 
 
@@ -613,13 +405,10 @@ def main(argv=None) -> None:
     p.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"),
                    help=f"frame size, each side >= {MIN_SIDE}")
     p.add_argument("--workers", type=int, default=1, help="processes (same bytes for any number)")
-    p.add_argument("--mix", type=mix_arg, default=dict(MIX),
-                   help="kinds of sequence and their weights (objects, patch, region); "
-                        "objects:1 is the set made before the other kinds existed")
     args = p.parse_args(argv)
     check_args(p, args)
     synth(args.out, args.sequences, args.frames, args.seed, tuple(args.size), args.val_fraction,
-          workers=args.workers, mix=args.mix)
+          workers=args.workers)
 
 
 if __name__ == "__main__":
