@@ -6,20 +6,19 @@ each frame is cropped around the previous box, the network predicts the new box,
 box is mapped back to the image, all as the released tracker does it: template crop of
 side ceil(sqrt(w*h) * 2) resized to 128, search crop of side ceil(sqrt(w*h) * 4) around
 the previous box resized to 256 (crop rules: data.crop_resize), the prediction mapped
-back around the previous box's exact centre and clipped with a 10-pixel margin (section
-2 below); no window or scale penalty, no template update. The evaluation protocol
-is paper Sec. 4 (one-pass evaluation as pytracking's analysis computes it for LaSOT,
-TrackingNet, UAV123 and NFS; the official GOT-10k toolkit for GOT-10k).
+back around the previous box's exact centre and clipped with a 10-pixel margin; no
+window or scale penalty, no template update. The evaluation protocol is paper Sec. 4
+(one-pass evaluation as pytracking's analysis computes it for LaSOT, TrackingNet, UAV123
+and NFS; the official GOT-10k toolkit for GOT-10k).
 
-Contents, smallest pieces first:
-  1. metrics (numpy in, numbers out): success/precision/normalised-precision curves,
-     `ope_summary`, `got10k_summary`;
-  2. box helpers: `map_box_back`, `clip_box`;
-  3. `Tracker(model, device=None, mode="fused")` with `initialize` / `track`;
-  4. `run_sequence`;
-  5. drawing with Pillow: `draw_gif`, `plot_curves`; video files with PyAV (optional):
+Contents, in reading order:
+  1. `map_box_back`, `clip_box`, then `Tracker(model, device=None, mode="fused")` with
+     `initialize` / `track`: one tracked frame, top to bottom (crops: data.py);
+  2. sequence and dataset runs: `run_sequence`, batched `run_batched`, result files;
+  3. metrics (numpy in, numbers out): `ope_summary`, `got10k_summary`, `paired`;
+  4. drawing with Pillow: `draw_gif`, `plot_curves`; video files with PyAV (optional):
      `read_video`, `VideoWriter`;
-  6. the command line (`python track.py --help`).
+  5. the command line (`python track.py --help`).
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,9 +40,342 @@ import data
 import fast
 import hit
 
-# ---------------------------------------------------------------------------------------
-# 1. Metrics
-# ---------------------------------------------------------------------------------------
+# -------------------- 1. One tracked frame: the released tracker's box rules, then Tracker
+
+TEMPLATE_FACTOR, TEMPLATE_SIZE = 2.0, 128
+SEARCH_FACTOR, SEARCH_SIZE = 4.0, 256
+
+
+def map_box_back(pred_cxcywh, prev_box, resize_factor: float, search_size: int = SEARCH_SIZE):
+    """Network output (cx, cy, w, h in [0, 1] of the search crop) -> (x, y, w, h) pixels.
+
+    The crop side is sz = search_size / resize_factor; the crop is taken to be centred on
+    the previous box's exact (unrounded) centre, as the released `map_box_back` does, even
+    though the real crop corner was rounded.
+    """
+    sz = search_size / resize_factor
+    cx, cy, w, h = (float(v) * sz for v in pred_cxcywh)
+    cx_prev = prev_box[0] + 0.5 * prev_box[2]
+    cy_prev = prev_box[1] + 0.5 * prev_box[3]
+    cx_img = cx + (cx_prev - 0.5 * sz)
+    cy_img = cy + (cy_prev - 0.5 * sz)
+    return (cx_img - 0.5 * w, cy_img - 0.5 * h, w, h)
+
+
+def clip_box(box, height: int, width: int, margin: float = 10):
+    """Released `clip_box`: keep at least `margin` pixels of the box inside the image."""
+    x1, y1, w, h = box
+    x2, y2 = x1 + w, y1 + h
+    x1 = min(max(0, x1), width - margin)
+    x2 = min(max(margin, x2), width)
+    y1 = min(max(0, y1), height - margin)
+    y2 = min(max(margin, y2), height)
+    return (x1, y1, max(margin, x2 - x1), max(margin, y2 - y1))
+
+
+class Tracker:
+    """HiT single-object tracker: fixed first-frame template, no post-processing.
+
+    `mode` is one of fast.MODES: the model is prepared with fast.prepare (in place; every
+    mode except "eager" folds BatchNorm first, as the released tracker does). Crops go in
+    as float32 in every mode: each prepared model casts to its own precision inside.
+    `path` says what runs (for `fast`, which of its paths); `batch` is the widest forward
+    (run_batched's slots).
+    """
+
+    def __init__(self, model: torch.nn.Module, device=None, mode: str = "fused", batch: int = 1):
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.mode, self.batch = mode, batch
+        self.model = fast.prepare(model, mode, self.device, batch)
+        self.exact_cuda = self.device.type == "cuda" and mode in fast.EXACT_MODES  # float32, not TF32
+        self.path = fast.path_of(self.model, mode)
+        self.template = None  # (1, 3, 128, 128) normalised, on device
+        self.state = None  # previous box (x, y, w, h) in pixels
+        self.last_timing = {}  # ms of the last track(): preprocess / network / postprocess
+
+    def crops(self, images, boxes, factor: float, size: int):
+        """N RGB images, N boxes -> (normalised crops (N, 3, size, size) float32 on the
+        device, N resize factors): data.crop_resize, then data.normalize (ImageNet mean/std)."""
+        if self.mode == "eager":  # the paper's path, as written in data.py (numpy: a CPU tensor as an array)
+            cut = [data.crop_resize(np.asarray(image), box, factor, size) for image, box in zip(images, boxes)]
+            crops = torch.stack([data.normalize(crop) for crop, _, _ in cut])  # N x (3, S, S) -> (N, 3, S, S)
+            return crops.to(self.device), [resize_factor for _, resize_factor, _ in cut]
+        # Every other mode: the same crops as batched torch ops on the model's device, the
+        # same bits (tests/test_track.py::test_tracker_crops_are_the_released_crops), faster.
+        crops, resize_factors, _ = fast.crop_resize_torch(images, boxes, factor, size, self.device)
+        return fast.normalize_torch(crops), resize_factors
+
+    def template_crop(self, image, box):
+        """(checked box, template (1, 3, 128, 128) on the device) for a first frame."""
+        image = data.check_image(image)
+        box = tuple(map(float, data.check_box(box, image.shape[:2])))  # (x, y, w, h)
+        return box, self.crops([image], [box], TEMPLATE_FACTOR, TEMPLATE_SIZE)[0]
+
+    def forward(self, templates, searches):
+        """One forward of (B, 3, 128, 128) templates and (B, 3, 256, 256) searches ->
+        (B predicted boxes (cx, cy, w, h) in [0, 1] of each crop, B scores)."""
+        with fast.no_tf32() if self.exact_cuda else contextlib.nullcontext():
+            out = self.model(templates, searches)
+        return out["pred_boxes"].float().tolist(), out["score"].float().tolist()  # waits for the device
+
+    @staticmethod
+    def next_box(pred, prev_box, resize_factor: float, image: np.ndarray):
+        """The prediction mapped back into the image around the previous box, clipped."""
+        box = map_box_back(pred, prev_box, resize_factor, SEARCH_SIZE)
+        return clip_box(box, image.shape[0], image.shape[1], margin=10)
+
+    @torch.inference_mode()
+    def initialize(self, image, box) -> None:
+        self.state, self.template = self.template_crop(image, box)
+
+    @torch.inference_mode()
+    def track(self, image):
+        """-> ((x, y, w, h) in pixels, corner-map score (hit.CornerHead.from_maps))."""
+        if self.template is None:
+            raise ValueError("track() called before initialize()")
+        image = data.check_image(image)
+        t0 = time.perf_counter()
+        search, resize_factors = self.crops([image], [self.state], SEARCH_FACTOR, SEARCH_SIZE)  # (1, 3, 256, 256)
+        hit.sync(self.device)  # so that the timing split is honest
+        t1 = time.perf_counter()
+        preds, scores = self.forward(self.template, search)
+        t2 = time.perf_counter()
+        self.state, score = self.next_box(preds[0], self.state, resize_factors[0], image), scores[0]
+        t3 = time.perf_counter()
+        self.last_timing = {"preprocess": 1e3 * (t1 - t0), "network": 1e3 * (t2 - t1), "postprocess": 1e3 * (t3 - t2)}
+        return self.state, score
+
+
+# -------------------- 2. Sequences and datasets
+
+
+def track_frames(tracker: Tracker, images, init_box):
+    """Yield (image, box, score, seconds) per image: the first initialises with `init_box`
+    (score None), the others are tracked. Seconds cover initialize / track only, not
+    reading the image (as pytracking records)."""
+    for i, image in enumerate(images):
+        t0 = time.perf_counter()
+        if i == 0:
+            tracker.initialize(image, init_box)
+            box, score = tracker.state, None
+        else:
+            box, score = tracker.track(image)
+        yield image, box, score, time.perf_counter() - t0
+
+
+def _arrays(boxes, times):
+    return np.array(boxes, np.float64).reshape(-1, 4), np.array(times, np.float64)  # (N, 4), (N,)
+
+
+class FrameError(ValueError):
+    """A frame that could not be read or tracked (a truncated JPEG, an initial box outside
+    the image), with the boxes and times of the frames before it, for the caller to keep."""
+
+    def __init__(self, message: str, frame: int, boxes: np.ndarray, times: np.ndarray):
+        super().__init__(message)
+        self.frame = frame  # 1-based number of the frame that failed
+        self.boxes, self.times = boxes, times  # (frame - 1, 4), (frame - 1,)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during run_sequence, with the boxes and times of the frames done before it."""
+
+    def __init__(self, boxes: np.ndarray, times: np.ndarray):
+        super().__init__(f"interrupted after {len(boxes)} frames")
+        self.boxes, self.times = boxes, times
+
+
+def _frame_error(seq, err, boxes, times) -> FrameError:
+    """`err` at the frame after the len(boxes) done, naming the sequence and the frame."""
+    k = len(boxes) + 1
+    return FrameError(f"sequence {seq.name}, frame {k} of {len(seq.frames)}: {err}", k, boxes, times)
+
+
+def _init_box(seq):
+    if seq.gt is None or len(seq.gt) == 0:
+        raise ValueError(f"sequence {seq.name}: no init box and no ground truth")
+    return seq.gt[0]
+
+
+def run_sequence(tracker: Tracker, seq, init_box=None):
+    """Track `seq` (data.Sequence) -> (boxes (N, 4), seconds per frame (N,)). Frame 0
+    initialises with `init_box` or the first ground-truth box and reports that box. A frame
+    that cannot be read or tracked raises FrameError, and Ctrl-C Interrupted, each holding
+    the boxes so far."""
+    init_box = _init_box(seq) if init_box is None else init_box
+    boxes, times = [], []
+    try:
+        for _, box, _, seconds in track_frames(tracker, map(data.read_image, seq.frames), init_box):
+            boxes.append(box)
+            times.append(seconds)
+    except ValueError as err:  # the message of data.read_image names the file
+        raise _frame_error(seq, err, *_arrays(boxes, times)) from err
+    except KeyboardInterrupt:
+        raise Interrupted(*_arrays(boxes, times)) from None
+    return _arrays(boxes, times)
+
+
+# Modes whose prepared model runs one fixed batch size (CUDA graphs, OpenVINO reshaped at
+# load): run_batched pads their forwards to Tracker.batch rows.
+FIXED_BATCH_MODES = ("cuda_graph", "fast", "openvino_fp32")
+
+
+class _Slot:
+    """One sequence in flight in run_batched: frame 0 read and initialised (FrameError if it
+    cannot be), its own template and previous box, and its frames 1, 2, ... read (and, where
+    a core is free, decoded) ahead in a background thread (fast.prefetch_images)."""
+
+    def __init__(self, tracker: Tracker, seq, decode_ahead: bool):
+        n, init_box = len(seq.frames), _init_box(seq)
+        try:
+            image = data.read_image(seq.frames[0])
+            t0 = time.perf_counter()
+            self.box, self.template = tracker.template_crop(image, init_box)
+        except ValueError as err:
+            raise _frame_error(seq, err, np.zeros((0, 4)), np.zeros(0)) from err
+        self.seq, self.boxes, self.times, self.next = seq, np.zeros((n, 4)), np.zeros(n), 1  # filled as it goes
+        self.boxes[0], self.times[0] = self.box, time.perf_counter() - t0
+        self.frames = fast.prefetch_images(seq.frames[1:], decode=decode_ahead)
+
+    def close(self):
+        self.frames.close()  # stops and joins the decoding thread
+
+
+@torch.inference_mode()
+def run_batched(tracker: Tracker, sequences, on_done, on_error):
+    """Track `sequences` tracker.batch at a time, in lockstep: every step, the next frame of
+    each sequence in flight goes through one batched forward; a finished sequence's slot
+    takes the next sequence. Each slot keeps its own template and previous box, so a
+    sequence's boxes do not depend on its neighbours (up to the float rounding of batched
+    GEMMs). Frames are read ahead in background threads (and decoded there where a core is
+    free: fast.decode_ahead; else side by side in a thread pool); a step's search crops
+    are cut together (Tracker.crops). Calls on_done(seq, boxes (N, 4), times (N,)) per
+    finished sequence, in the order they finish, and on_error(seq, FrameError) for one that
+    cannot be read. A frame's time is its share of the step's preprocessing and forward
+    (decoding excluded); frame 0's is initialisation, as run_sequence records."""
+    queue, slots = iter(sequences), [None] * tracker.batch
+    ahead = fast.decode_ahead(tracker.device)  # frames decoded in the readers, or here
+
+    def refill(i):
+        slots[i] = None
+        for seq in queue:
+            try:
+                slot = _Slot(tracker, seq, ahead)
+            except ValueError as err:
+                on_error(seq, err)
+                continue
+            if len(seq.frames) == 1:  # a one-frame sequence ends at initialisation
+                on_done(seq, slot.boxes, slot.times)
+                continue
+            slots[i] = slot
+            return
+
+    def finish(i):
+        slot = slots[i]
+        if slot.next == len(slot.seq.frames):
+            slot.close()
+            on_done(slot.seq, slot.boxes, slot.times)
+            refill(i)
+
+    def fail(i, err):
+        slots[i].close()
+        on_error(slots[i].seq, err)
+        refill(i)
+
+    # Frames decoded here rather than in the readers: a step's frames side by side, one
+    # thread per usable core; PIL lets go of the GIL while it decodes (SPEED.md).
+    pool = None if ahead or tracker.batch == 1 else ThreadPoolExecutor(
+        max_workers=fast.usable_cores(), thread_name_prefix="hit_decode")
+    for i in range(len(slots)):
+        refill(i)
+    try:
+        while any(slots):
+            live, images = _next_frames(slots, fail, pool)
+            if live:
+                _step(tracker, [slots[i] for i in live], images)
+                for i in live:
+                    finish(i)
+    finally:  # an error or an interrupt: no decoding thread outlives the run
+        if pool is not None:  # first: a reader still in use by a pool thread could not be closed
+            pool.shutdown(cancel_futures=True)
+        for slot in filter(None, slots):
+            slot.close()
+
+
+def _next_frame(slot: _Slot):
+    """A slot's next frame, or the ValueError (naming the file) that reading it raised."""
+    try:
+        return next(slot.frames)
+    except ValueError as err:
+        return err
+
+
+def _next_frames(slots, fail, pool=None):
+    """The next decoded frame of every slot -> (slot indices, images), side by side in
+    `pool` where given (each slot's frames are read by one task at a time); a slot whose
+    frame cannot be read is failed (and refilled) instead."""
+    busy = [i for i, slot in enumerate(slots) if slot is not None]
+    frames = list((pool.map if pool is not None else map)(_next_frame, [slots[i] for i in busy]))
+    live, images = [], []
+    for i, frame in zip(busy, frames):
+        if isinstance(frame, ValueError):
+            slot = slots[i]
+            fail(i, _frame_error(slot.seq, frame, slot.boxes[:slot.next].copy(), slot.times[:slot.next].copy()))
+        else:
+            live.append(i)
+            images.append(frame)
+    return live, images
+
+
+def _step(tracker, slots, images):
+    """One step for the slots in flight: their search crops together on the device, one
+    forward (padded to tracker.batch rows where the mode needs it), each box mapped back."""
+    t0 = time.perf_counter()
+    searches, factors = tracker.crops(images, [s.box for s in slots], SEARCH_FACTOR, SEARCH_SIZE)  # (R, 3, 256, 256)
+    templates = torch.cat([s.template for s in slots])  # R x (1, 3, 128, 128) -> (R, 3, 128, 128)
+    pad = tracker.batch - len(slots) if tracker.mode in FIXED_BATCH_MODES else 0
+    if pad:  # repeat the last row: its outputs are dropped
+        templates = torch.cat([templates, templates[-1:].expand(pad, -1, -1, -1)])  # (B, 3, 128, 128)
+        searches = torch.cat([searches, searches[-1:].expand(pad, -1, -1, -1)])  # (B, 3, 256, 256)
+    preds, _ = tracker.forward(templates, searches)
+    share = (time.perf_counter() - t0) / len(slots)
+    for slot, pred, resize_factor, image in zip(slots, preds, factors, images):
+        k = slot.next
+        slot.box = tracker.next_box(pred, slot.box, resize_factor, image)
+        slot.boxes[k], slot.times[k], slot.next = slot.box, share, k + 1
+
+
+def result_path(folder, seq_name: str, dataset: str) -> Path:
+    # GOT-10k submission layout <seq>/<seq>_001.txt; everything else <seq>.txt.
+    if dataset == "got10k":
+        return Path(folder) / seq_name / f"{seq_name}_001.txt"
+    return Path(folder) / f"{seq_name}.txt"
+
+
+def write_result(out: Path, dataset: str, seq, boxes, times) -> None:
+    """A sequence's result files, each written atomically; the box file marks completion."""
+    target = result_path(out, seq.name, dataset)
+    if dataset == "got10k":  # time file first: the box file marks completion
+        data.write_atomic(target.with_name(f"{seq.name}_time.txt"), "".join("%.8f\n" % t for t in times))
+    data.write_atomic(target, data.format_boxes(boxes))
+
+
+def finished(out: Path, seq, dataset: str) -> bool:
+    """Whether a resumed run can skip `seq`: its box file holds a valid box per frame (a
+    file cut short or damaged some other way is tracked again and replaced)."""
+    path = result_path(out, seq.name, dataset)
+    try:
+        return path.exists() and len(data.read_boxes(path, results=True)) == len(seq.frames)
+    except ValueError:
+        return False
+
+
+def static_box(seq) -> np.ndarray:
+    """The first ground-truth box held for every frame (N, 4): the floor any tracker must beat."""
+    return np.repeat(seq.gt[:1], len(seq.frames), axis=0)  # (1, 4) -> (N, 4)
+
+
+# -------------------- 3. Metrics
 
 # pytracking builds its thresholds with torch.arange(0, 1.05, 0.05, float64); build them
 # the same way (its floats differ from linspace / i * 0.05 in the last bit at 0.65 and
@@ -74,11 +405,6 @@ def iou_inclusive(pred, gt) -> np.ndarray:
     union = pred[:, 2:].prod(axis=1) + gt[:, 2:].prod(axis=1) - inter
     with np.errstate(invalid="ignore", divide="ignore"):  # invalid gt rows are masked later
         return inter / union
-
-
-def _centres(boxes: np.ndarray) -> np.ndarray:
-    # pytracking's (and the GOT-10k toolkit's) pixel centre: x + (w - 1) / 2.
-    return boxes[:, :2] + 0.5 * (boxes[:, 2:] - 1.0)
 
 
 def _prepare_pred(pred, gt) -> np.ndarray:
@@ -115,7 +441,8 @@ def ope_errors(pred, gt, visible=None, uav: bool = False):
         if visible.shape != (len(gt),):
             raise ValueError(f"visible has shape {visible.shape}, expected ({len(gt)},)")
         valid &= visible
-    diff = _centres(pred) - _centres(gt)  # (N, 2)
+    # pytracking's pixel centre x + (w - 1) / 2; (N, 2)
+    diff = (pred[:, :2] + 0.5 * (pred[:, 2:] - 1.0)) - (gt[:, :2] + 0.5 * (gt[:, 2:] - 1.0))
     with np.errstate(invalid="ignore", divide="ignore"):
         dist = np.sqrt((diff**2).sum(axis=1))
         norm = np.sqrt(((diff / gt[:, 2:]) ** 2).sum(axis=1))
@@ -139,21 +466,6 @@ def ope_curves(pred, gt, visible=None, uav: bool = False):
             (norm[:, None] <= NORM_THRESHOLDS).mean(axis=0))
 
 
-def success_curve(pred, gt, visible=None, uav: bool = False) -> np.ndarray:
-    """(21,) fraction of frames with IoU strictly greater than 0, 0.05, ..., 1."""
-    return ope_curves(pred, gt, visible, uav)[0]
-
-
-def precision_curve(pred, gt, visible=None, uav: bool = False) -> np.ndarray:
-    """(51,) fraction of frames with centre distance <= 0, 1, ..., 50 pixels."""
-    return ope_curves(pred, gt, visible, uav)[1]
-
-
-def norm_precision_curve(pred, gt, visible=None, uav: bool = False) -> np.ndarray:
-    """(51,) fraction of frames with normalised centre distance <= 0, 0.01, ..., 0.5."""
-    return ope_curves(pred, gt, visible, uav)[2]
-
-
 def _unpack(result):
     """(pred, gt) | (pred, gt, visible) | (pred, gt, visible, image_wh) -> 4-tuple."""
     if not 2 <= len(result) <= 4:
@@ -173,14 +485,9 @@ def ope_summary(results, uav: bool = False) -> dict:
     per_seq = [ope_curves(*_unpack(r)[:3], uav=uav) for r in results]
     names = ("success_curve", "precision_curve", "norm_precision_curve")
     mean = {k: np.mean([c[i] for c in per_seq], axis=0) for i, k in enumerate(names)}
-    return {
-        "auc": float(mean["success_curve"].mean() * 100),
-        "precision": float(mean["precision_curve"][20] * 100),
-        "norm_precision": float(mean["norm_precision_curve"][20] * 100),
-        "sequences": len(results),
-        "per_sequence": [float(c[0].mean() * 100) for c in per_seq],  # AUC of each sequence
-        **mean,
-    }
+    return {"auc": float(mean["success_curve"].mean() * 100), "precision": float(mean["precision_curve"][20] * 100),
+            "norm_precision": float(mean["norm_precision_curve"][20] * 100), "sequences": len(results),
+            "per_sequence": [float(c[0].mean() * 100) for c in per_seq], **mean}  # per_sequence: each one's AUC
 
 
 def iou_got10k(pred, gt, image_wh=None) -> np.ndarray:
@@ -188,11 +495,10 @@ def iou_got10k(pred, gt, image_wh=None) -> np.ndarray:
     both boxes to the image (its `bound` = resolution), eps in the union, result in [0, 1]."""
     pred, gt = _boxes(pred, "pred"), _boxes(gt, "gt")
     if image_wh is not None:
+        wh = np.asarray(image_wh, np.float64)
         for r in (pred, gt):
-            r[:, 0] = np.clip(r[:, 0], 0, image_wh[0])
-            r[:, 1] = np.clip(r[:, 1], 0, image_wh[1])
-            r[:, 2] = np.clip(r[:, 2], 0, image_wh[0] - r[:, 0])
-            r[:, 3] = np.clip(r[:, 3], 0, image_wh[1] - r[:, 1])
+            r[:, :2] = np.clip(r[:, :2], 0, wh)
+            r[:, 2:] = np.clip(r[:, 2:], 0, wh - r[:, :2])
     tl = np.maximum(pred[:, :2], gt[:, :2])
     br = np.minimum(pred[:, :2] + pred[:, 2:], gt[:, :2] + gt[:, 2:])
     inter = np.clip(br - tl, 0, None).prod(axis=1)
@@ -222,386 +528,29 @@ def got10k_summary(results) -> dict:
     ious = np.concatenate(pooled)
     if ious.size == 0:
         raise ValueError("no evaluable frames (all absent or single-frame sequences)")
-    return {
-        "ao": float(ious.mean() * 100),
-        "sr50": float((ious > 0.5).mean() * 100),
-        "sr75": float((ious > 0.75).mean() * 100),
-        "sequences": len(results),
-        # each sequence's mean IoU (NaN when it has no evaluable frame), for paired comparisons
-        "per_sequence": [float(i.mean() * 100) if i.size else float("nan") for i in pooled],
-        "success_curve": (ious[:, None] > GOT10K_THRESHOLDS).mean(axis=0),
-    }
+    return {"ao": float(ious.mean() * 100), "sr50": float((ious > 0.5).mean() * 100),
+            "sr75": float((ious > 0.75).mean() * 100), "sequences": len(results),
+            # each sequence's mean IoU (NaN when it has no evaluable frame), for paired comparisons
+            "per_sequence": [float(i.mean() * 100) if i.size else float("nan") for i in pooled],
+            "success_curve": (ious[:, None] > GOT10K_THRESHOLDS).mean(axis=0)}
 
 
-# ---------------------------------------------------------------------------------------
-# 2. Box helpers (the released tracker's rules, stated in each docstring)
-# ---------------------------------------------------------------------------------------
+def paired(first, other) -> dict:
+    """Per-sequence comparison of two trackers on the same sequences (percent): the mean
+    difference other - first with its standard error, and on how many sequences each is
+    ahead. Far tighter than comparing two averages: most of their spread is which
+    sequences are hard, shared by both. Every sequence weighs the same here, so for GOT-10k
+    the mean difference can differ slightly from the difference of the frame-pooled AOs."""
+    a, b = np.asarray(first, float), np.asarray(other, float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    d = b[keep] - a[keep]
+    if d.size < 2:
+        raise ValueError("a paired comparison needs at least 2 sequences with scores")
+    return {"mean_diff": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(d.size)),
+            "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "sequences": int(d.size)}
 
 
-def map_box_back(pred_cxcywh, prev_box, resize_factor: float, search_size: int = 256):
-    """Network output (cx, cy, w, h in [0, 1] of the search crop) -> (x, y, w, h) pixels.
-
-    The crop side is sz = search_size / resize_factor; the crop is taken to be centred on
-    the previous box's exact (unrounded) centre, as the released `map_box_back` does, even
-    though the real crop corner was rounded.
-    """
-    sz = search_size / resize_factor
-    cx, cy, w, h = (float(v) * sz for v in pred_cxcywh)
-    cx_prev = prev_box[0] + 0.5 * prev_box[2]
-    cy_prev = prev_box[1] + 0.5 * prev_box[3]
-    cx_img = cx + (cx_prev - 0.5 * sz)
-    cy_img = cy + (cy_prev - 0.5 * sz)
-    return (cx_img - 0.5 * w, cy_img - 0.5 * h, w, h)
-
-
-def clip_box(box, height: int, width: int, margin: float = 10):
-    """Released `clip_box`: keep at least `margin` pixels of the box inside the image."""
-    x1, y1, w, h = box
-    x2, y2 = x1 + w, y1 + h
-    x1 = min(max(0, x1), width - margin)
-    x2 = min(max(margin, x2), width)
-    y1 = min(max(0, y1), height - margin)
-    y2 = min(max(margin, y2), height)
-    return (x1, y1, max(margin, x2 - x1), max(margin, y2 - y1))
-
-
-# ---------------------------------------------------------------------------------------
-# 3. Tracker
-# ---------------------------------------------------------------------------------------
-
-TEMPLATE_FACTOR, TEMPLATE_SIZE = 2.0, 128
-SEARCH_FACTOR, SEARCH_SIZE = 4.0, 256
-
-
-def _check_image(image) -> np.ndarray:
-    """PIL image (any mode data.py can convert) or RGB uint8 (H, W, 3) array -> array."""
-    if isinstance(image, Image.Image):
-        return data.pil_to_rgb(image)
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array or PIL image, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 RGB, got dtype {image.dtype}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
-    return image
-
-
-def _check_box(box, image: np.ndarray):
-    try:
-        x, y, w, h = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise ValueError(f"box must be 4 numbers (x, y, w, h), got {box!r}") from None
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
-        raise ValueError(f"box has non-finite values: {box!r}")
-    if w <= 0 or h <= 0:
-        raise ValueError(f"box must have positive width and height, got {box!r}")
-    height, width = image.shape[:2]
-    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-        raise ValueError(f"box {box!r} lies fully outside the {width}x{height} image")
-    return (x, y, w, h)
-
-
-def _sync(device: torch.device) -> None:
-    # Kernels are asynchronous on GPUs; synchronise so the timing split is honest.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-class Tracker:
-    """HiT single-object tracker: fixed first-frame template, no post-processing.
-
-    `mode` is one of fast.MODES: the model is prepared with fast.prepare (in place; every
-    mode except "eager" folds BatchNorm first, as the released tracker does). Crops go in
-    as float32 in every mode: each prepared model casts to its own precision inside, so
-    the input dtype never depends on which parameter a model happens to list first.
-    `path` says what runs (for `fast`, which of its paths).
-    """
-
-    def __init__(self, model: torch.nn.Module, device=None, mode: str = "fused", batch: int = 1):
-        param = next(model.parameters())
-        self.device = torch.device(device) if device is not None else param.device
-        self.mode, self.batch = mode, batch  # batch: the widest forward (run_batched's slots)
-        self.model = fast.prepare(model, mode, self.device, batch)
-        self.exact_cuda = self.device.type == "cuda" and mode in fast.EXACT_MODES  # float32, not TF32
-        self.path = fast.path_of(self.model, mode)
-        self.dtype = torch.float32
-        self.template = None  # (1, 3, 128, 128) normalised, on device
-        self.state = None  # previous box (x, y, w, h) in pixels
-        self.last_timing = {}  # ms of the last track(): preprocess / network / postprocess
-
-    def _crop_tensor(self, image: np.ndarray, box, factor: float, size: int):
-        # data.crop_resize + data.normalize (the released rules), cut on the model's device
-        # by run_batched's crop: the same bits, faster than numpy on the CPU (SPEED.md) and
-        # no CPU crop to copy over beside a GPU.
-        crops, resize_factors, _ = fast.crop_resize_torch([image], [box], factor, size, self.device)
-        return fast.normalize_torch(crops).to(self.dtype), resize_factors[0]  # (1, 3, S, S)
-
-    def template_crop(self, image: np.ndarray, box):
-        """(checked box, template (1, 3, 128, 128) on the device) for a first frame."""
-        box = _check_box(box, image)
-        return box, self._crop_tensor(image, box, TEMPLATE_FACTOR, TEMPLATE_SIZE)[0]
-
-    def search_crop(self, image: np.ndarray, prev_box):
-        """(search (1, 3, 256, 256) on the device, resize factor) around the previous box."""
-        return self._crop_tensor(image, prev_box, SEARCH_FACTOR, SEARCH_SIZE)
-
-    def forward(self, templates, searches):
-        """One forward of (B, 3, 128, 128) templates and (B, 3, 256, 256) searches ->
-        (B predicted boxes (cx, cy, w, h) in [0, 1] of each crop, B scores)."""
-        with fast.no_tf32() if self.exact_cuda else contextlib.nullcontext():
-            out = self.model(templates, searches)
-        return out["pred_boxes"].float().tolist(), out["score"].float().tolist()  # waits for the device
-
-    @staticmethod
-    def next_box(pred, prev_box, resize_factor: float, image: np.ndarray):
-        """The prediction mapped back into the image around the previous box, clipped."""
-        box = map_box_back(pred, prev_box, resize_factor, SEARCH_SIZE)
-        return clip_box(box, image.shape[0], image.shape[1], margin=10)
-
-    @torch.inference_mode()
-    def initialize(self, image, box) -> None:
-        self.state, self.template = self.template_crop(_check_image(image), box)
-
-    @torch.inference_mode()
-    def track(self, image):
-        """-> ((x, y, w, h) in pixels, corner-map score (hit.CornerHead.from_maps))."""
-        if self.template is None:
-            raise ValueError("track() called before initialize()")
-        image = _check_image(image)
-        t0 = time.perf_counter()
-        search, resize_factor = self.search_crop(image, self.state)
-        _sync(self.device)
-        t1 = time.perf_counter()
-        preds, scores = self.forward(self.template, search)
-        t2 = time.perf_counter()
-        self.state, score = self.next_box(preds[0], self.state, resize_factor, image), scores[0]
-        t3 = time.perf_counter()
-        self.last_timing = {
-            "preprocess": 1e3 * (t1 - t0),
-            "network": 1e3 * (t2 - t1),
-            "postprocess": 1e3 * (t3 - t2),
-        }
-        return self.state, score
-
-
-# ---------------------------------------------------------------------------------------
-# 4. Sequences
-# ---------------------------------------------------------------------------------------
-
-
-class FrameError(ValueError):
-    """A frame that could not be read or tracked (a truncated JPEG, an initial box outside
-    the image). It carries the boxes and times of the frames before it, so that a caller
-    can keep what was computed instead of losing it with the exception."""
-
-    def __init__(self, message: str, frame: int, boxes: np.ndarray, times: np.ndarray):
-        super().__init__(message)
-        self.frame = frame  # 1-based number of the frame that failed
-        self.boxes, self.times = boxes, times  # (frame - 1, 4), (frame - 1,)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during run_sequence, with the boxes and times of the frames done before it."""
-
-    def __init__(self, boxes: np.ndarray, times: np.ndarray):
-        super().__init__(f"interrupted after {len(boxes)} frames")
-        self.boxes, self.times = boxes, times
-
-
-def run_sequence(tracker: Tracker, seq, init_box=None):
-    """Track `seq` (data.Sequence) -> (boxes (N, 4), seconds per frame (N,)).
-
-    Frame 0 initialises with `init_box` or the first ground-truth box and reports that
-    box. Times cover initialize/track only, not image reading (as pytracking records).
-    A frame that cannot be read or tracked raises FrameError, and Ctrl-C Interrupted,
-    each holding the boxes so far.
-    """
-    if init_box is None:
-        if seq.gt is None or len(seq.gt) == 0:
-            raise ValueError(f"sequence {seq.name}: no init box and no ground truth")
-        init_box = seq.gt[0]
-    n = len(seq.frames)
-    boxes = np.zeros((n, 4))
-    times = np.zeros(n)
-    for i, frame in enumerate(seq.frames):
-        try:
-            image = data.read_image(frame)
-            t0 = time.perf_counter()
-            if i == 0:
-                tracker.initialize(image, init_box)
-                box = tracker.state
-            else:
-                box, _ = tracker.track(image)
-        except ValueError as err:  # the message of data.read_image names the file
-            raise FrameError(f"sequence {seq.name}, frame {i + 1} of {n}: {err}",
-                             i + 1, boxes[:i].copy(), times[:i].copy()) from err
-        except KeyboardInterrupt:
-            raise Interrupted(boxes[:i].copy(), times[:i].copy()) from None
-        times[i] = time.perf_counter() - t0
-        boxes[i] = box
-    return boxes, times
-
-
-# Modes whose prepared model runs one fixed batch size (compiled graphs, CUDA graphs,
-# OpenVINO reshaped at load): run_batched pads their forwards to Tracker.batch rows.
-FIXED_BATCH_MODES = ("compile", "cuda_graph", "fast", "openvino", "openvino_fp32")
-
-
-class _Slot:
-    """One sequence in flight in run_batched: its own template and previous box, and its
-    frames 1, 2, ... read (and, where a core is free, decoded) ahead in a background thread
-    (fast.prefetch_images, fast.decode_ahead)."""
-
-    def __init__(self, seq, boxes, times, box, template, decode_ahead: bool):
-        self.seq, self.boxes, self.times = seq, boxes, times  # (N, 4), (N,) filled as it goes
-        self.box, self.template, self.next = box, template, 1  # frame 0 is initialisation
-        self.frames = fast.prefetch_images(seq.frames[1:], decode=decode_ahead)
-
-    def close(self):
-        self.frames.close()  # stops and joins the decoding thread
-
-
-def _start(tracker: Tracker, seq, decode_ahead: bool):
-    """Read and initialise frame 0 of `seq` -> its _Slot (FrameError if it cannot)."""
-    n = len(seq.frames)
-    if seq.gt is None or len(seq.gt) == 0:
-        raise ValueError(f"sequence {seq.name}: no init box and no ground truth")
-    try:
-        image = data.read_image(seq.frames[0])
-        t0 = time.perf_counter()
-        box, template = tracker.template_crop(image, seq.gt[0])
-    except ValueError as err:
-        raise FrameError(f"sequence {seq.name}, frame 1 of {n}: {err}", 1, np.zeros((0, 4)),
-                         np.zeros(0)) from err
-    boxes, times = np.zeros((n, 4)), np.zeros(n)
-    boxes[0], times[0] = box, time.perf_counter() - t0
-    return _Slot(seq, boxes, times, box, template, decode_ahead)
-
-
-@torch.inference_mode()
-def run_batched(tracker: Tracker, sequences, on_done, on_error):
-    """Track `sequences` tracker.batch at a time, in lockstep: every step, the next frame of
-    each sequence in flight goes through one batched forward; a finished sequence's slot
-    takes the next sequence. Each slot keeps its own template and previous box, so a
-    sequence's boxes do not depend on its neighbours (up to the float rounding of batched
-    GEMMs). Frames are read ahead in background threads (and decoded there where a core is
-    free: fast.decode_ahead; otherwise a step's frames are decoded side by side,
-    _decoding_pool) and the search crops of a step are cut, resized and normalised together
-    on the model's device (fast.crop_resize_torch: the same bits as the released numpy
-    crops, data.crop_resize). Calls on_done(seq, boxes (N, 4), times (N,))
-    per finished sequence, in the order they finish, and on_error(seq, FrameError) for one
-    that cannot be read. A frame's time is its share of the step's preprocessing and
-    forward (decoding excluded); frame 0's is initialisation, as run_sequence records."""
-    queue, slots = iter(sequences), [None] * tracker.batch
-    ahead = fast.decode_ahead(tracker.device)  # frames decoded in the readers, or here
-
-    def refill(i):
-        slots[i] = None
-        for seq in queue:
-            try:
-                slot = _start(tracker, seq, ahead)
-            except ValueError as err:
-                on_error(seq, err)
-                continue
-            if len(seq.frames) == 1:  # a one-frame sequence ends at initialisation
-                on_done(seq, slot.boxes, slot.times)
-                continue
-            slots[i] = slot
-            return
-
-    def finish(i):
-        slot = slots[i]
-        if slot.next == len(slot.seq.frames):
-            slot.close()
-            on_done(slot.seq, slot.boxes, slot.times)
-            refill(i)
-
-    def fail(i, err):
-        slots[i].close()
-        on_error(slots[i].seq, err)
-        refill(i)
-
-    pool = None if ahead else _decoding_pool(tracker.batch)
-    for i in range(len(slots)):
-        refill(i)
-    try:
-        while any(slots):
-            live, images = _next_frames(slots, fail, pool)
-            if live:
-                _step(tracker, [slots[i] for i in live], images)
-                for i in live:
-                    finish(i)
-    finally:  # an error or an interrupt: no decoding thread outlives the run
-        if pool is not None:  # first: a reader still in use by a pool thread could not be closed
-            pool.shutdown(cancel_futures=True)
-        for slot in filter(None, slots):
-            slot.close()
-
-
-def _decoding_pool(batch: int):
-    """For run_batched where frames are decoded in its own thread (not fast.decode_ahead):
-    threads that decode one step's frames side by side, one per usable core, where a step
-    has several. PIL lets go of the GIL while it decodes, so between two forwards the
-    decoding takes every core instead of one (SPEED.md). None at batch 1."""
-    if batch == 1:
-        return None
-    return ThreadPoolExecutor(max_workers=fast.usable_cores(), thread_name_prefix="hit_decode")
-
-
-def _next_frame(slot: _Slot):
-    """A slot's next frame, or the ValueError (naming the file) that reading it raised."""
-    try:
-        return next(slot.frames)
-    except ValueError as err:
-        return err
-
-
-def _next_frames(slots, fail, pool=None):
-    """The next decoded frame of every slot -> (slot indices, images), side by side in
-    `pool` where given (each slot's frames are read by one task at a time); a slot whose
-    frame cannot be read is failed (and refilled) instead."""
-    busy = [i for i, slot in enumerate(slots) if slot is not None]
-    frames = list((pool.map if pool is not None else map)(_next_frame, [slots[i] for i in busy]))
-    live, images = [], []
-    for i, frame in zip(busy, frames):
-        if isinstance(frame, ValueError):
-            slot = slots[i]
-            k, n = slot.next, len(slot.seq.frames)
-            fail(i, FrameError(f"sequence {slot.seq.name}, frame {k + 1} of {n}: {frame}",
-                               k + 1, slot.boxes[:k].copy(), slot.times[:k].copy()))
-        else:
-            live.append(i)
-            images.append(frame)
-    return live, images
-
-
-def _step(tracker, slots, images):
-    """One step for the slots in flight: their search crops together on the device, one
-    forward (padded to tracker.batch rows where the mode needs it), each box mapped back."""
-    t0 = time.perf_counter()
-    crops, factors, _ = fast.crop_resize_torch(images, [s.box for s in slots], SEARCH_FACTOR,
-                                               SEARCH_SIZE, tracker.device)
-    searches = fast.normalize_torch(crops)  # (R, 3, 256, 256)
-    templates = torch.cat([s.template for s in slots])  # R x (1, 3, 128, 128) -> (R, 3, 128, 128)
-    pad = tracker.batch - len(slots) if tracker.mode in FIXED_BATCH_MODES else 0
-    if pad:  # repeat the last row: its outputs are dropped
-        templates = torch.cat([templates, templates[-1:].expand(pad, -1, -1, -1)])  # (B, 3, 128, 128)
-        searches = torch.cat([searches, searches[-1:].expand(pad, -1, -1, -1)])  # (B, 3, 256, 256)
-    preds, _ = tracker.forward(templates, searches)
-    share = (time.perf_counter() - t0) / len(slots)
-    for slot, pred, resize_factor, image in zip(slots, preds, factors, images):
-        k = slot.next
-        slot.box = tracker.next_box(pred, slot.box, resize_factor, image)
-        slot.boxes[k], slot.times[k], slot.next = slot.box, share, k + 1
-
-
-# ---------------------------------------------------------------------------------------
-# 5. Drawing (Pillow only) and video files (PyAV, optional)
-# ---------------------------------------------------------------------------------------
+# -------------------- 4. Drawing (Pillow only) and video files (PyAV, optional)
 
 PRED_COLOUR, GT_COLOUR = (255, 40, 40), (40, 220, 40)
 CURVE_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189),
@@ -648,8 +597,7 @@ def draw_gif(frames, pred, gt=None, path="track.gif", max_side: int = 480, fps: 
     if not images:
         raise ValueError("draw_gif: no frames")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:],
-                   duration=round(1000 / fps), loop=0)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
 
 
 PLOT_KINDS = {
@@ -688,15 +636,14 @@ def plot_curves(summaries: dict, path, kind: str = "success", size=(640, 480)) -
     left, top, right, bottom = 64, 36, size[0] - 20, size[1] - 52
     x_max = float(entries[0][3][-1]) if entries else 1.0
 
-    def to_px(x, y):  # data -> pixel coordinates
-        return (left + (right - left) * x / x_max, bottom - (bottom - top) * y / 100)
-
     _axes(draw, (left, top, right, bottom), x_max, small)
     draw.text(((left + right) / 2, 8), title, fill="black", font=font, anchor="mt")
     draw.text(((left + right) / 2, size[1] - 8), xlabel, fill="black", font=small, anchor="mb")
-    _vertical_text(img, ylabel, (14, (top + bottom) / 2), small)
+    strip = Image.new("RGB", (int(draw.textlength(ylabel, font=small)) + 4, 18), "white")
+    ImageDraw.Draw(strip).text((strip.width / 2, 9), ylabel, fill="black", font=small, anchor="mm")
+    img.paste(strip.rotate(90, expand=True), (5, int((top + bottom - strip.width) / 2)))  # Pillow draws no rotated text
     for i, (_, _, _, xs, curve) in enumerate(entries):
-        points = [to_px(x, y) for x, y in zip(xs, curve)]
+        points = [(left + (right - left) * x / x_max, bottom - (bottom - top) * y / 100) for x, y in zip(xs, curve)]
         draw.line(points, fill=CURVE_COLOURS[i % len(CURVE_COLOURS)], width=2)
     short = {"auc": "AUC", "ao": "AO", "precision": "P", "norm_precision": "P_norm"}
     labels = [f"{name} [{short[key]} {score:.1f}]" for score, name, key, _, _ in entries]
@@ -706,7 +653,6 @@ def plot_curves(summaries: dict, path, kind: str = "success", size=(640, 480)) -
 
 def _axes(draw, box, x_max: float, font) -> None:
     left, top, right, bottom = box
-    draw.rectangle([left, top, right, bottom], outline="black", width=1)
     for k in range(6):  # 6 ticks on each axis, light grid
         x = left + (right - left) * k / 5
         y = bottom - (bottom - top) * k / 5
@@ -717,16 +663,6 @@ def _axes(draw, box, x_max: float, font) -> None:
         draw.text((x, bottom + 8), f"{x_max * k / 5:g}", fill="black", font=font, anchor="mt")
         draw.text((left - 8, y), f"{20 * k}", fill="black", font=font, anchor="rm")
     draw.rectangle([left, top, right, bottom], outline="black", width=1)
-
-
-def _vertical_text(img: Image.Image, text: str, centre, font) -> None:
-    # Pillow cannot draw rotated text directly: draw it on a strip and rotate the strip.
-    probe = ImageDraw.Draw(img)
-    w, h = int(probe.textlength(text, font=font)) + 4, 18
-    strip = Image.new("RGB", (w, h), "white")
-    ImageDraw.Draw(strip).text((w / 2, h / 2), text, fill="black", font=font, anchor="mm")
-    strip = strip.rotate(90, expand=True)
-    img.paste(strip, (int(centre[0] - h / 2), int(centre[1] - w / 2)))
 
 
 def _legend(draw, labels, box, corner: str, font) -> None:
@@ -795,14 +731,11 @@ def _declared_frames(container, stream) -> int:
 
 
 def read_video(path):
-    """Yield (index, RGB uint8 (H, W, 3) array) for each frame of a video file.
-
-    RGB is the order the network was trained on (the released demo reads with OpenCV,
-    which gives BGR). A file that stops early raises ValueError naming it, after the
-    frames before the damage: data that cannot be decoded (a cut-off MP4; the frames the
-    decoder still holds come first), fewer frames than the header declares (a cut-off
-    MKV decodes without complaint), or no frames at all.
-    """
+    """Yield an RGB uint8 (H, W, 3) array per frame of a video file (RGB: the network's
+    order; the released demo feeds OpenCV's BGR). A file that stops early raises ValueError
+    naming it, after the frames before the damage: data that cannot be decoded (a cut-off
+    MP4; the frames the decoder still holds come first), fewer frames than the header
+    declares (a cut-off MKV decodes without complaint), or no frames at all."""
     av = _import_av()
     container, stream = _open_video(path)
     damage = []  # the decoding error that stopped the file, if any
@@ -820,7 +753,7 @@ def read_video(path):
     with container:
         declared = _declared_frames(container, stream)
         for count, frame in enumerate(decoded(), 1):
-            yield count - 1, frame.to_ndarray(format="rgb24")
+            yield frame.to_ndarray(format="rgb24")
     if damage:
         raise ValueError(f"{path}, frame {count + 1}: cannot decode (a truncated or damaged "
                          f"file): {_reason(damage[0])}")
@@ -878,16 +811,8 @@ class VideoWriter:
         finally:
             self.container.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-# ---------------------------------------------------------------------------------------
-# 6. Command line
-# ---------------------------------------------------------------------------------------
+# -------------------- 5. Command line
 
 DATASETS = ("got10k", "lasot", "trackingnet", "otb", "folder")
 EXAMPLES = """examples:
@@ -904,27 +829,11 @@ EXAMPLES = """examples:
 
 
 def parse_box(text: str):
-    """'x,y,w,h' -> 4 floats (argparse type): finite, width and height > 0."""
+    """'x,y,w,h' -> 4 floats (argparse type): finite, width and height > 0 (data.check_box)."""
     try:
-        box = tuple(float(v) for v in text.replace(" ", "").split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4:
-        raise argparse.ArgumentTypeError(f"expected x,y,w,h, got {text!r}")
-    if not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
-        raise argparse.ArgumentTypeError(f"expected finite x,y,w,h with w, h > 0, got {text!r}")
-    return box
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts such as --threads."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        return tuple(float(v) for v in data.check_box(text.split(",")))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected x,y,w,h: {err}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -933,46 +842,34 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="released *.pth.tar or a checkpoint of this project")
     p.add_argument("--sequence", help="folder of frames (optional groundtruth.txt)")
-    p.add_argument("--init", type=parse_box,
-                   help="initial box x,y,w,h in pixels (a negative x: --init=-5,3,30,30)")
+    p.add_argument("--init", type=parse_box, help="initial box x,y,w,h in pixels (a negative x: --init=-5,3,30,30)")
     p.add_argument("--gif", help="write an animated GIF of the boxes (with --sequence)")
-    p.add_argument("--video", help="video file to track, any format FFmpeg reads (needs --init "
-                                   "and PyAV: pip install av); frames go in as RGB")
-    p.add_argument("--out-video", help="write the video back with the box and score drawn (with "
-                                       "--video; same size and frame rate; H.264, else MPEG-4)")
+    p.add_argument("--video", help="video file to track, any format FFmpeg reads (needs --init and PyAV)")
+    p.add_argument("--out-video", help="write the video back with the box and score drawn (H.264, else MPEG-4)")
     p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--root", help="dataset root")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
-    p.add_argument("--out", help="result file, one x,y,w,h line per frame (--sequence, --video; "
-                                 "default: ./<name>.txt) or folder (--dataset)")
+    p.add_argument("--out", help="result file (--sequence, --video; default ./<name>.txt) or folder (--dataset)")
     p.add_argument("--analyze", action="store_true", help="score --results folders")
-    p.add_argument("--results", nargs="+",
-                   help="result folders to score; each after the first is also compared with "
-                        "the first, paired per sequence (difference, standard error, wins)")
+    p.add_argument("--results", nargs="+", help="result folders to score; each after the first is also "
+                   "compared with the first, paired per sequence (difference, standard error, wins)")
     p.add_argument("--json", help="write the summary (percent) to this file")
-    p.add_argument("--plots", help="write the success / precision plot PNGs into this folder "
-                                   "(default: no plots)")
-    p.add_argument("--static-box", action="store_true",
-                   help="with --analyze: score the static box too (the first box held for "
-                        "every frame), first, so that every tracker is compared with it")
-    p.add_argument("--uav", action="store_true",
-                   help="pytracking's UAV123 rule: invalid frames count as precision hits")
-    p.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
-    p.add_argument("--mode", default="fused", choices=fast.MODES,
-                   help="inference mode (fast.prepare; speeds in bench.py; default: fused)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads")
-    p.add_argument("--batch", type=positive_int, default=1,
-                   help="with --dataset: track this many sequences in lockstep, one batched "
-                        "forward per step (default 1). Under torchrun each rank (one GPU per "
-                        "rank where present) takes every world-th sequence")
+    p.add_argument("--plots", help="write the success / precision plot PNGs into this folder")
+    p.add_argument("--static-box", action="store_true", help="with --analyze: score the static box "
+                   "(the first box held for every frame) first, so that every tracker is compared with it")
+    p.add_argument("--uav", action="store_true", help="pytracking's UAV123 rule: invalid frames are precision hits")
+    p.add_argument("--device", help="auto (the default: cuda, else mps, else cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--mode", default="fused", choices=fast.MODES, help="fast.prepare's mode (SPEED.md; default fused)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--batch", type=int, default=1, help="with --dataset: track this many sequences in lockstep, "
+                   "one batched forward per step. Under torchrun each rank (one GPU per rank where present) "
+                   "takes every world-th sequence")
     return p
 
 
-# What each command uses (argparse dests): any other flag given with it is an error, not
-# silently ignored. It needs the ones in REQUIRED.
+# The flags (argparse dests) each command uses, any other is an error, and those it needs.
 RUN = {"checkpoint", "device", "mode", "threads", "out"}
-COMMANDS = {"sequence": RUN | {"init", "gif"},
-            "video": RUN | {"init", "out_video"},
+COMMANDS = {"sequence": RUN | {"init", "gif"}, "video": RUN | {"init", "out_video"},
             "dataset": RUN | {"root", "split", "batch"},
             "analyze": {"dataset", "root", "split", "results", "json", "plots", "static_box", "uav"}}
 REQUIRED = {"sequence": ["checkpoint"], "video": ["checkpoint", "init"],
@@ -999,76 +896,14 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         p.error(f"{_flag(command)} needs {', '.join(map(_flag, missing))}")
     if command == "analyze" and len({Path(f).resolve() for f in args.results}) != len(args.results):
         p.error("--results: a folder is given twice")
+    if args.batch < 1 or (args.threads is not None and args.threads < 1):
+        p.error(f"--batch and --threads take a positive integer, got {args.batch} and {args.threads}")
 
 
-def format_boxes(boxes) -> str:
-    return "".join("%.4f,%.4f,%.4f,%.4f\n" % tuple(b) for b in boxes)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file, flushed to the disk, then renamed: a crash or a power
-    cut leaves the old file or the whole new one, never part of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def load_boxes(path) -> np.ndarray:
-    """Result file with comma-, tab- or space-separated x,y,w,h lines -> (N, 4). Every box
-    must be finite with w, h >= 0, as the toolkits require of a tracker's output."""
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as err:  # e.g. UTF-16, as PowerShell's > writes
-        raise ValueError(f"cannot read results file {path}: {err}") from None
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        parts = line.replace(",", " ").split()
-        if not parts:
-            continue
-        try:
-            rows.append([float(v) for v in parts])
-        except ValueError:
-            raise ValueError(f"{path}:{i}: not numbers: {line!r}") from None
-        if len(parts) != 4:
-            raise ValueError(f"{path}:{i}: expected 4 values x,y,w,h, got {len(parts)}")
-        if not all(math.isfinite(v) for v in rows[-1]) or min(rows[-1][2:]) < 0:
-            raise ValueError(f"{path}:{i}: invalid box (NaN, infinite, or negative width/height): {line!r}")
-    return np.array(rows, dtype=np.float64).reshape(-1, 4)  # (N, 4); an empty file's (0,) -> (0, 4)
-
-
-def result_path(folder, seq_name: str, dataset: str) -> Path:
-    # GOT-10k submission layout <seq>/<seq>_001.txt; everything else <seq>.txt.
-    if dataset == "got10k":
-        return Path(folder) / seq_name / f"{seq_name}_001.txt"
-    return Path(folder) / f"{seq_name}.txt"
-
-
-def _device(name):
-    """--device -> torch.device; a misspelt or absent device is bad input (ValueError)."""
-    if not name:
-        return fast.default_device()
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device {name!r}: {err}") from None
-    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
-    if device.type in available and not available[device.type]():
-        raise ValueError(f"--device {name!r}: no {device.type} device on this machine")
-    return device
-
-
-def _make_tracker(args, batch: int = 1) -> Tracker:
+def _make_tracker(args, batch: int = 1, device=None) -> Tracker:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = _device(args.device)
+    device = device or hit.parse_device(args.device)
     model = hit.load_checkpoint(args.checkpoint, device=device)
     tracker = Tracker(model, device=device, mode=args.mode, batch=batch)
     if tracker.path != args.mode:  # `fast` has several paths: say which one runs
@@ -1076,17 +911,21 @@ def _make_tracker(args, batch: int = 1) -> Tracker:
     return tracker
 
 
-def _fps(times) -> float:
-    # frame 0 is initialisation; fps counts tracked frames, as the toolkits report speed
+def _done(name: str, boxes, times, tracker: Tracker, out: Path, extra: str = "") -> None:
+    """Write the boxes of --sequence / --video and say so, with the tracking speed: frame 0
+    is initialisation, so fps counts tracked frames, as the toolkits report speed."""
+    data.write_atomic(out, data.format_boxes(boxes))
     t = np.asarray(times[1:] if len(times) > 1 else times)
-    return float(len(t) / t.sum()) if t.sum() > 0 else float("nan")
+    fps = float(len(t) / t.sum()) if t.sum() > 0 else float("nan")
+    print(f"{name}: {len(boxes)} frames, {fps:.1f} fps on {tracker.device} ({tracker.mode}{extra}); "
+          f"boxes written to {out}")
 
 
 def _stop_keeping_boxes(err, boxes, out: Path):
     """Write the boxes computed before `err` (none: no file), then stop with one line."""
     if len(boxes) == 0:
         raise SystemExit(f"error: {err}") from None
-    write_atomic(out, format_boxes(boxes))
+    data.write_atomic(out, data.format_boxes(boxes))
     raise SystemExit(f"error: {err} (the {len(boxes)} boxes before it are written to {out})")
 
 
@@ -1118,94 +957,59 @@ def cmd_sequence(args) -> None:
         boxes, times = run_sequence(tracker, seq, args.init)
     except (FrameError, Interrupted) as err:  # keep what was computed, then stop with one line
         _stop_keeping_boxes(err, err.boxes, out)
-    write_atomic(out, format_boxes(boxes))
-    print(f"{seq.name}: {len(boxes)} frames, {_fps(times):.1f} fps on {tracker.device}"
-          f" ({tracker.mode}); boxes written to {out}")
+    _done(seq.name, boxes, times, tracker, out)
     if args.gif:
         draw_gif(seq.frames, boxes, seq.gt, args.gif)
         print(f"GIF written to {args.gif}")
 
 
 def cmd_video(args) -> None:
-    try:
-        _import_av()
-    except ImportError as err:
-        raise SystemExit(f"error: {err}") from None
     video = Path(args.video)
     fps, size = video_info(video)  # a missing or unreadable file fails before the model loads
+    try:
+        data.check_box(args.init, size[::-1])  # (width, height) -> (height, width)
+    except ValueError as err:
+        raise ValueError(f"{video}, frame 1: {err}") from None
     tracker = _make_tracker(args)
     out = Path(args.out) if args.out else Path.cwd() / f"{video.stem}.txt"
     boxes, times, start = [], [], time.perf_counter()
     writer = VideoWriter(args.out_video, fps, size) if args.out_video else None
     try:
-        with writer or contextlib.nullcontext():  # closed (playable) on errors too
-            for i, image in read_video(video):
-                t0 = time.perf_counter()
-                try:
-                    if i == 0:
-                        tracker.initialize(image, args.init)
-                        box, score = tracker.state, None
-                    else:
-                        box, score = tracker.track(image)
-                except ValueError as err:  # an init box outside the frame
-                    raise ValueError(f"{video}, frame {i + 1}: {err}") from None
-                times.append(time.perf_counter() - t0)
+        with contextlib.closing(writer) if writer else contextlib.nullcontext():  # playable on errors too
+            for image, box, score, seconds in track_frames(tracker, read_video(video), args.init):
                 boxes.append(box)
+                times.append(seconds)
                 if writer:
                     writer.write(image, box, score)
     except (ValueError, KeyboardInterrupt) as err:  # keep what was computed, then stop with one line
         _stop_keeping_boxes(err if isinstance(err, ValueError) else "interrupted", boxes, out)
-    write_atomic(out, format_boxes(boxes))
     overall = len(boxes) / (time.perf_counter() - start)
-    print(f"{video.name}: {len(boxes)} frames, {_fps(times):.1f} fps on {tracker.device} "
-          f"({tracker.mode}; {overall:.1f} fps with decoding and writing); boxes written to "
-          f"{out}" + (f", video to {args.out_video}" if writer else ""))
+    _done(video.name, boxes, times, tracker, out, f"; {overall:.1f} fps with decoding and writing")
+    if writer:
+        print(f"video written to {args.out_video}")
 
 
-def _shard():
-    """(rank, world) under torchrun (its environment), else (0, 1); joins the process group
-    (gloo: only small results travel between ranks) so that rank 0 can report for all."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+def _shard(args):
+    """(rank, world, device) under torchrun: each rank tracks every world-th sequence, on
+    its own GPU (LOCAL_RANK) where it has one, and joins the process group (gloo: only
+    small results travel between ranks) so that rank 0 can report for all. Else (0, 1, --device)."""
+    rank, world, local_rank = hit.distributed_env()
+    device = hit.parse_device(args.device)
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
-    return rank, world
-
-
-def _rank_device(args, rank: int):
-    """One GPU per rank under torchrun (LOCAL_RANK); the CPU or --device otherwise."""
-    device = _device(args.device)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
-
-
-def write_result(out: Path, dataset: str, seq, boxes, times) -> None:
-    """A sequence's result files, each written atomically; the box file marks completion."""
-    target = result_path(out, seq.name, dataset)
-    if dataset == "got10k":  # time file first: the box file marks completion
-        write_atomic(target.with_name(f"{seq.name}_time.txt"), "".join("%.8f\n" % t for t in times))
-    write_atomic(target, format_boxes(boxes))
-
-
-def _finished(out: Path, seq, dataset: str) -> bool:
-    """Whether a resumed run can skip `seq`: its box file holds a valid box per frame (a
-    file cut short or damaged some other way is tracked again and replaced)."""
-    path = result_path(out, seq.name, dataset)
-    try:
-        return path.exists() and len(load_boxes(path)) == len(seq.frames)
-    except ValueError:
-        return False
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return rank, world, device
 
 
 def cmd_dataset(args) -> None:
     from tqdm import tqdm
 
     sequences = data.read_dataset(args.dataset, args.root, args.split)
-    rank, world = _shard()
+    rank, world, device = _shard(args)
     out, mine = Path(args.out), sequences[rank::world]  # each rank writes its own sequences
-    todo = [s for s in mine if not _finished(out, s, args.dataset)]  # resumable
-    args.device = str(_rank_device(args, rank))
-    tracker = _make_tracker(args, batch=args.batch)
+    todo = [s for s in mine if not finished(out, s, args.dataset)]  # resumable
+    tracker = _make_tracker(args, args.batch, device)
     failed, frames, t0 = {}, [0], time.perf_counter()
     bar = tqdm(total=len(todo), unit="seq", desc=f"{args.dataset} {args.split}"
                + (f" rank {rank}/{world}" if world > 1 else ""), position=rank)
@@ -1251,21 +1055,13 @@ def _image_wh(frame):
 
 
 def _collect(folder, sequences, dataset: str) -> list:
-    """(pred, gt, ...) per sequence from a result folder; folder None: the static box (the
-    first ground-truth box held for every frame), the floor any tracker must beat."""
+    """(pred, gt, ...) per sequence from a result folder; folder None: the static box."""
     results = []
     for seq in sequences:
-        path = None if folder is None else result_path(folder, seq.name, dataset)
-        if path is not None and not path.exists():
-            raise SystemExit(f"error: result file for sequence {seq.name} not found: {path}")
         if seq.gt is None or (len(seq.gt) == 1 and len(seq.frames) > 1):
             raise SystemExit(f"error: sequence {seq.name} has no full ground truth to score "
                              "against (a test split with first-frame boxes only?)")
-        if path is None:
-            pred = np.repeat(seq.gt[:1], len(seq.frames), axis=0)
-        else:
-            pred = load_boxes(path)
-            _check_result(pred, seq.gt, dataset, path)
+        pred = static_box(seq) if folder is None else _read_result(folder, seq, dataset)
         if dataset == "got10k":
             results.append((pred, seq.gt, seq.visible, _image_wh(seq.frames[0])))
         else:  # pytracking uses visibility flags for LaSOT only
@@ -1273,29 +1069,28 @@ def _collect(folder, sequences, dataset: str) -> list:
     return results
 
 
-def _check_result(pred, gt, dataset: str, path) -> None:
-    """Fail on a result file the scoring would refuse, naming the file (the scoring
-    itself only sees arrays)."""
+def _read_result(folder, seq, dataset: str) -> np.ndarray:
+    """A sequence's result boxes, refused (naming the file) where the scoring would refuse them."""
+    path = result_path(folder, seq.name, dataset)
+    if not path.exists():
+        raise SystemExit(f"error: result file for sequence {seq.name} not found: {path}")
+    pred = data.read_boxes(path, results=True)
     try:
-        if dataset == "got10k":
-            if pred.shape != gt.shape:
-                raise ValueError(f"{len(pred)} predicted boxes for {len(gt)} ground-truth frames")
-        else:
-            _prepare_pred(pred.copy(), gt)
+        if dataset != "got10k":
+            _prepare_pred(pred.copy(), seq.gt)
+        elif pred.shape != seq.gt.shape:
+            raise ValueError(f"{len(pred)} predicted boxes for {len(seq.gt)} ground-truth frames")
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-
-
-def _names(folders) -> list:
-    names = [Path(f).resolve().name for f in folders]
-    return names if len(set(names)) == len(names) else [str(f) for f in folders]
+    return pred
 
 
 def analyze(dataset: str, root, split: str, folders, uav: bool = False, static: bool = False) -> dict:
     """Score result folders (and, with static, the static box first) -> {name: summary}."""
     sequences = data.read_dataset(dataset, root, split)
-    summaries = {}
-    named = ([("static box", None)] if static else []) + list(zip(_names(folders), folders))
+    summaries, names = {}, [Path(f).resolve().name for f in folders]
+    names = names if len(set(names)) == len(names) else [str(f) for f in folders]
+    named = ([("static box", None)] if static else []) + list(zip(names, folders))
     for name, folder in named:
         results = _collect(folder, sequences, dataset)
         summaries[name] = (got10k_summary(results) if dataset == "got10k"
@@ -1303,33 +1098,13 @@ def analyze(dataset: str, root, split: str, folders, uav: bool = False, static: 
     return summaries
 
 
-def paired(first, other) -> dict:
-    """Per-sequence comparison of two trackers on the same sequences (percent): the mean
-    difference other - first with its standard error, and on how many sequences each is
-    ahead. Far tighter than comparing two averages: most of their spread is which
-    sequences are hard, shared by both. Every sequence weighs the same here, so for GOT-10k
-    the mean difference can differ slightly from the difference of the frame-pooled AOs."""
-    a, b = np.asarray(first, float), np.asarray(other, float)
-    keep = ~(np.isnan(a) | np.isnan(b))
-    d = b[keep] - a[keep]
-    if d.size < 2:
-        raise ValueError("a paired comparison needs at least 2 sequences with scores")
-    return {"mean_diff": float(d.mean()), "se": float(d.std(ddof=1) / np.sqrt(d.size)),
-            "better": int((d > 0).sum()), "worse": int((d < 0).sum()), "sequences": int(d.size)}
-
-
-def _score_keys(dataset: str):
-    return ("ao", "sr50", "sr75") if dataset == "got10k" else ("auc", "precision", "norm_precision")
-
-
 def cmd_analyze(args) -> None:
     summaries = analyze(args.dataset, args.root, args.split, args.results, args.uav, args.static_box)
-    keys = _score_keys(args.dataset)
+    keys = ("ao", "sr50", "sr75") if args.dataset == "got10k" else ("auc", "precision", "norm_precision")
     width = max(len(n) for n in summaries) + 2
     print(f"{'results':<{width}}" + "".join(f"{k:>16}" for k in keys) + f"{'sequences':>12}")
     for name, s in summaries.items():
-        scores = "".join(f"{s[k]:>16.2f}" for k in keys)
-        print(f"{name:<{width}}{scores}{s['sequences']:>12}")
+        print(f"{name:<{width}}" + "".join(f"{s[k]:>16.2f}" for k in keys) + f"{s['sequences']:>12}")
     names = list(summaries)
     try:
         pairs = {n: paired(summaries[names[0]]["per_sequence"], summaries[n]["per_sequence"])
@@ -1352,7 +1127,7 @@ def cmd_analyze(args) -> None:
         table = {n: {k: s[k] for k in keys + ("sequences",)} for n, s in summaries.items()}
         report = {"dataset": args.dataset, "split": args.split, "results": table,
                   "paired_vs_first": pairs}
-        write_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
+        data.write_atomic(args.json, json.dumps(report, indent=2) + "\n")
 
 
 def main(argv=None) -> int:
@@ -1363,11 +1138,7 @@ def main(argv=None) -> int:
                else cmd_video if args.video else cmd_dataset)
     try:
         command(args)
-    except (ValueError, OSError) as err:
-        # Bad input: data.py, hit.py and this file raise ValueError naming the file, line
-        # or value (a missing folder, a malformed ground-truth line, a corrupt checkpoint),
-        # and OSError names the path it could not write; one line says it, a traceback
-        # would bury it.
+    except (ValueError, OSError, ImportError) as err:  # bad input, named; a missing package: one line
         raise SystemExit(f"error: {err}") from None
     except KeyboardInterrupt:  # --dataset: each finished sequence's files are written already
         raise SystemExit("interrupted" + ("; the same command resumes" if command is cmd_dataset else "")) from None

@@ -61,20 +61,24 @@ def run(model, seqs, batch, mode="fused"):
     return results, order
 
 
-def test_batch_one_equals_the_sequential_tracker(sequences, model):
+@pytest.fixture(scope="module")
+def reference(sequences, model):
+    """run_batched at batch 1: what every other batch size is compared with."""
+    return run(model, track.data.read_dataset("folder", sequences), batch=1)[0]
+
+
+def test_batch_one_equals_the_sequential_tracker(sequences, model, reference):
     seqs = track.data.read_dataset("folder", sequences)
-    results, _ = run(model, seqs, batch=1)
     tracker = track.Tracker(copy.deepcopy(model))
     for seq in seqs:
         boxes, times = track.run_sequence(tracker, seq)
-        assert np.array_equal(results[seq.name][0], boxes), seq.name  # same ops, same bits
-        assert results[seq.name][1].shape == times.shape and (results[seq.name][1] > 0).all()
+        assert np.array_equal(reference[seq.name][0], boxes), seq.name  # same ops, same bits
+        assert reference[seq.name][1].shape == times.shape and (reference[seq.name][1] > 0).all()
 
 
 @pytest.mark.parametrize("batch,reverse", [(3, False), (2, True), (8, True)])
-def test_slots_are_independent_of_order_and_batch(sequences, model, batch, reverse):
+def test_slots_are_independent_of_order_and_batch(sequences, model, reference, batch, reverse):
     seqs = track.data.read_dataset("folder", sequences)
-    reference, _ = run(model, seqs, batch=1)
     results, order = run(model, seqs[::-1] if reverse else seqs, batch=batch)
     assert sorted(order) == sorted(s.name for s in seqs) and len(order) == len(seqs)  # each once
     for name, (boxes, _) in results.items():
@@ -83,7 +87,7 @@ def test_slots_are_independent_of_order_and_batch(sequences, model, batch, rever
         assert np.array_equal(boxes[0], reference[name][0][0])  # the init box, exactly
 
 
-def test_slots_refill_as_sequences_finish(sequences, model):
+def test_slots_refill_as_sequences_finish_padded_where_the_mode_needs(sequences, model, monkeypatch):
     seqs = track.data.read_dataset("folder", sequences)
     _, order = run(model, seqs, batch=2)
     # Lengths 5, 2, 8, 3, 6, 1, 4 (tracked frames: one fewer), two slots. Step 1 ends seq1,
@@ -91,14 +95,10 @@ def test_slots_refill_as_sequences_finish(sequences, model):
     # then seq4 (7-11); step 8 ends seq2, its slot takes seq5 (one frame: done at once) and
     # seq6 (9-11); step 11 ends seq4 and seq6, in slot order.
     assert order == ["seq1", "seq0", "seq3", "seq2", "seq5", "seq4", "seq6"]
-
-
-def test_fixed_batch_modes_are_padded(sequences, model, monkeypatch):
-    """compile / cuda_graph / openvino run one batch size: the last steps, with fewer
-    sequences in flight, must still send tracker.batch rows."""
-    seqs = track.data.read_dataset("folder", sequences)
+    # cuda_graph / openvino / ... run one batch size: the last steps, with fewer sequences
+    # in flight, must still send tracker.batch rows.
     tracker = track.Tracker(copy.deepcopy(model), mode="fused", batch=4)
-    tracker.mode = "compile"  # pretend: only the padding rule is under test
+    tracker.mode = track.FIXED_BATCH_MODES[0]  # pretend: only the padding rule is under test
     shapes = []
     forward = tracker.forward
     tracker.forward = lambda z, x: shapes.append(len(x)) or forward(z, x)
@@ -106,14 +106,14 @@ def test_fixed_batch_modes_are_padded(sequences, model, monkeypatch):
     assert set(shapes) == {4}
 
 
-def test_decoding_side_by_side_changes_nothing(sequences, model, tmp_path, monkeypatch):
+def test_decoding_side_by_side_changes_nothing(sequences, model, reference, tmp_path, monkeypatch):
     """Where frames are decoded in run_batched's thread (every core runs the forward), a
     pool decodes each step's frames side by side: the same boxes, and a broken frame still
     fails only its own sequence, naming the frame and the file."""
     from test_track import truncate
     import threading
     seqs = track.data.read_dataset("folder", sequences)
-    want, _ = run(model, seqs, 3)
+    want = reference
     real_read, decoders = track.data.read_image, set()
 
     def read(path, raw=None):  # read-ahead only: decoded by whoever asks for the frame
@@ -166,8 +166,8 @@ def test_an_interrupt_mid_decoding_leaves_no_thread(sequences, model, monkeypatc
     monkeypatch.setattr(track.fast, "decode_ahead", lambda device: False)
     monkeypatch.setattr(track.data, "read_image", read)
     pools = []
-    real_pool = track._decoding_pool
-    monkeypatch.setattr(track, "_decoding_pool", lambda batch: pools.append(real_pool(batch)) or pools[-1])
+    real_pool = track.ThreadPoolExecutor
+    monkeypatch.setattr(track, "ThreadPoolExecutor", lambda **kw: pools.append(real_pool(**kw)) or pools[-1])
     before = set(threading.enumerate())
     with pytest.raises(RuntimeError, match="interrupted"):
         run(model, seqs, 3)
@@ -179,7 +179,7 @@ def test_an_interrupt_mid_decoding_leaves_no_thread(sequences, model, monkeypatc
 def write_results(root, out, batch, extra=()):
     return [sys.executable, os.path.join(ROOT, "track.py"), "--checkpoint", str(root / "tiny.pth"),
             "--dataset", "folder", "--root", str(root / "seqs"), "--out", str(out),
-            "--device", "cpu", "--threads", "1", "--batch", str(batch), *extra]
+            "--device", "cpu", "--threads", "1", "--batch", str(batch), "--mode", "eager", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +194,20 @@ def cli_root(tmp_path_factory, model):
 
 
 def load_all(folder):
-    return {p.name: track.load_boxes(p) for p in sorted(folder.glob("*.txt"))}
+    return {p.name: track.data.read_boxes(p, results=True) for p in sorted(folder.glob("*.txt"))}
 
 
-def test_killed_run_resumes(cli_root, tmp_path):
+@pytest.fixture(scope="module")
+def one_process(cli_root, tmp_path_factory):
+    """The files of a run never interrupted, in one process (batch 2)."""
+    out = tmp_path_factory.mktemp("one") / "out"
+    subprocess.run(write_results(cli_root, out, 2), check=True, capture_output=True, timeout=300)
+    reference = load_all(out)
+    assert len(reference) == 8
+    return reference
+
+
+def test_killed_run_resumes(cli_root, one_process, tmp_path):
     """SIGKILL once the first sequence is written; the rerun finishes the rest, and the
     files equal a run never interrupted (no half-written file survives the kill)."""
     out = tmp_path / "killed"
@@ -214,25 +224,22 @@ def test_killed_run_resumes(cli_root, tmp_path):
     r = subprocess.run(write_results(cli_root, out, 3), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"{8 - len(first)} sequences tracked, {len(first)} already done" in r.stdout
-    clean = tmp_path / "clean"
-    subprocess.run(write_results(cli_root, clean, 3), check=True, capture_output=True, timeout=300)
-    resumed, reference = load_all(out), load_all(clean)
-    assert resumed.keys() == reference.keys() and len(reference) == 8
-    for name in reference:
-        assert np.abs(resumed[name] - reference[name]).max() < BOX_TOL
+    resumed = load_all(out)
+    assert resumed.keys() == one_process.keys()
+    for name in one_process:
+        assert np.abs(resumed[name] - one_process[name]).max() < BOX_TOL
 
 
-def test_sharded_run_writes_what_one_process_writes(cli_root, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run(write_results(cli_root, one, 2), check=True, capture_output=True, timeout=300)
+def test_sharded_run_writes_what_one_process_writes(cli_root, one_process, tmp_path):
+    two = tmp_path / "two"
     cmd = write_results(cli_root, two, 2)
     cmd[1:2] = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                 str(29500 + os.getpid() % 1000), cmd[1]]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("8 sequences tracked, 0 already done, 0 failed") == 1  # rank 0 only
-    a, b = load_all(one), load_all(two)
-    assert a.keys() == b.keys() and len(a) == 8
+    a, b = one_process, load_all(two)
+    assert a.keys() == b.keys()
     for name in a:
         assert np.abs(a[name] - b[name]).max() < BOX_TOL
 

@@ -19,21 +19,16 @@ def test_thresholds_match_pytracking_arange():
 
 
 # ---- OPE, hand-computed ----------------------------------------------------------------
-
-
-def test_identical_boxes_best_possible_auc():
+def test_identical_and_disjoint_boxes():
     gt = np.array([[10, 20, 30, 40]] * 5, float)
     s = track.ope_summary([(gt.copy(), gt)])
     # IoU 1 is "strictly greater" than every threshold except 1.0 itself: 20 of 21 bins.
     # This is pytracking's ceiling: a perfect tracker scores 95.24, not 100.
     assert s["auc"] == pytest.approx(100 * 20 / 21, abs=1e-9)
     assert s["precision"] == 100 and s["norm_precision"] == 100
-
-
-def test_disjoint_boxes_score_zero():
     gt = np.array([[0, 0, 10, 10]] * 4, float)
     pred = np.array([[100, 100, 10, 10]] * 4, float)
-    curve = track.success_curve(pred, gt)
+    curve = track.ope_curves(pred, gt)[0]
     # frame 0 is replaced by the ground truth (the given box): 1 of 4 frames succeeds
     assert np.allclose(curve[:-1], 0.25) and curve[-1] == 0
     # with many frames the first-frame contribution vanishes; disjoint frames give IoU 0,
@@ -53,39 +48,30 @@ def test_partial_overlap_inclusive_pixels():
     assert track.iou_inclusive([[10, 0, 10, 10]], gt)[0] == 0
     # one-pixel overlap: x 0..9 vs 9..18
     assert track.iou_inclusive([[9, 0, 10, 10]], gt)[0] == pytest.approx(10 / 190)
-
-
-def test_partial_overlap_success_curve():
     gt = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], float)
     pred = np.array([[0, 0, 1, 1], [5, 0, 10, 10]], float)  # frame 1 IoU = 1/3
-    curve = track.success_curve(pred, gt)
+    curve = track.ope_curves(pred, gt)[0]
     t = track.OVERLAP_THRESHOLDS
     expected = ((t < 1.0).astype(float) + (t < 1 / 3)) / 2
     assert np.allclose(curve, expected)
 
 
-def test_precision_at_20px():
+def test_precision_and_normalised_precision():
     gt = np.array([[100, 100, 20, 20]] * 5, float)
     offsets = [0, 3, 20, 21, 40]  # frame 0 is the given box whatever its offset
     pred = gt.copy()
     pred[:, 0] += offsets
-    curve = track.precision_curve(pred, gt)
+    curve = track.ope_curves(pred, gt)[1]
     assert curve[20] == pytest.approx(3 / 5)  # 0, 3, 20 (<= counts)
     assert curve[0] == pytest.approx(1 / 5)
     assert curve[50] == pytest.approx(1.0)
     assert track.ope_summary([(pred, gt)])["precision"] == pytest.approx(60)
-
-
-def test_diagonal_offset_distance():
     gt = np.array([[0, 0, 10, 10]] * 2, float)
     pred = np.array([[0, 0, 10, 10], [3, 4, 10, 10]], float)  # distance 5
     assert track.ope_errors(pred, gt)[1][1] == pytest.approx(5)
     # centre uses x + (w - 1) / 2: a wider box with the same x moves its centre
     pred2 = np.array([[0, 0, 10, 10], [0, 0, 12, 10]], float)
     assert track.ope_errors(pred2, gt)[1][1] == pytest.approx(1)
-
-
-def test_norm_precision():
     gt = np.array([[0, 0, 100, 50]] * 4, float)
     pred = gt.copy()
     pred[1, 0] += 10  # 0.1 of the width
@@ -93,12 +79,12 @@ def test_norm_precision():
     pred[3, 0] += 30  # 0.3 of the width
     norm = track.ope_errors(pred, gt)[2]
     assert np.allclose(norm, [0, 0.1, 0.2, 0.3])
-    curve = track.norm_precision_curve(pred, gt)
+    curve = track.ope_curves(pred, gt)[2]
     assert curve[20] == pytest.approx(3 / 4)
     assert track.ope_summary([(pred, gt)])["norm_precision"] == pytest.approx(75)
 
 
-def test_invalid_gt_counts_as_failure():
+def test_invalid_absent_zero_sized_and_bad_results():
     gt = np.array([[0, 0, 10, 10], [0, 0, 0, 10], [np.nan] * 4, [0, 0, 10, -1]], float)
     pred = np.array([[0, 0, 10, 10]] * 4, float)
     iou, dist, norm = track.ope_errors(pred, gt)
@@ -111,9 +97,6 @@ def test_invalid_gt_counts_as_failure():
     assert s["precision"] == pytest.approx(25)
     # UAV123 rule in pytracking: invalid frames get pixel distance -1 too
     assert np.array_equal(track.ope_errors(pred, gt, uav=True)[1][1:], [-1, -1, -1])
-
-
-def test_absent_frames_fail_lasot_rule():
     gt = np.array([[0, 0, 10, 10]] * 4, float)
     pred = gt.copy()
     visible = np.array([True, True, False, False])
@@ -122,9 +105,6 @@ def test_absent_frames_fail_lasot_rule():
     assert np.isinf(dist[2:]).all() and np.isinf(norm[2:]).all()
     s = track.ope_summary([(pred, gt, visible)])
     assert s["precision"] == pytest.approx(50) and s["norm_precision"] == pytest.approx(50)
-
-
-def test_curves_average_over_sequences():
     gt_a = np.array([[0, 0, 10, 10]] * 2, float)
     gt_b = np.array([[0, 0, 10, 10]] * 4, float)
     pred_a = np.array([[0, 0, 10, 10], [50, 50, 10, 10]], float)  # 1/2 frames good
@@ -132,31 +112,23 @@ def test_curves_average_over_sequences():
     s = track.ope_summary([(pred_a, gt_a), (pred_b, gt_b)])
     # per-sequence first: (0.5 + 1) / 2, not frame-pooled 5/6
     assert s["precision"] == pytest.approx(75)
-
-
-def test_zero_size_prediction_repeats_previous():
     gt = np.array([[0, 0, 10, 10]] * 3, float)
     pred = np.array([[0, 0, 10, 10], [1, 0, 10, 10], [50, 50, 0, 0]], float)
     iou = track.ope_errors(pred, gt)[0]
     assert iou[2] == pytest.approx(iou[1])
-
-
-def test_bad_results_raise():
     gt = np.zeros((3, 4)) + 5
     with pytest.raises(ValueError, match="predicted boxes"):
         track.ope_summary([(gt[:2], gt)])
     with pytest.raises(ValueError, match="NaN"):
-        track.success_curve(np.full((3, 4), np.nan), gt)
+        track.ope_curves(np.full((3, 4), np.nan), gt)
     with pytest.raises(ValueError, match="shape"):
-        track.success_curve(np.zeros((3, 5)), gt)
+        track.ope_curves(np.zeros((3, 5)), gt)
     # longer results are truncated (pytracking)
-    assert track.success_curve(np.zeros((5, 4)) + 5, gt).shape == (21,)
+    assert track.ope_curves(np.zeros((5, 4)) + 5, gt)[0].shape == (21,)
 
 
 # ---- GOT-10k, hand-computed ------------------------------------------------------------
-
-
-def test_got10k_continuous_iou():
+def test_got10k_iou_first_frame_absence_and_pooling():
     gt = np.array([[0, 0, 10, 10]], float)
     assert track.iou_got10k([[5, 0, 10, 10]], gt)[0] == pytest.approx(50 / 150)
     assert track.iou_got10k([[10, 0, 10, 10]], gt)[0] == 0  # touching: no area
@@ -168,9 +140,6 @@ def test_got10k_continuous_iou():
     assert track.iou_got10k(pred, gt)[0] == pytest.approx(0.5)
     pred = np.array([[-10, 0, 20, 10]], float)  # x -> 0, w stays 20
     assert track.iou_got10k(pred, [[0, 0, 10, 10]], (100, 100))[0] == pytest.approx(0.5)
-
-
-def test_got10k_summary_first_frame_and_absence():
     gt = np.array([[0, 0, 10, 10]] * 5, float)
     pred = np.array(
         [[100, 100, 1, 1], [0, 0, 10, 10], [5, 0, 10, 10], [0, 0, 10, 8], [90, 90, 5, 5]],
@@ -183,9 +152,6 @@ def test_got10k_summary_first_frame_and_absence():
     assert s["sr50"] == pytest.approx(100 * 2 / 3)
     assert s["sr75"] == pytest.approx(100 * 2 / 3)
     assert len(s["success_curve"]) == 101
-
-
-def test_got10k_pools_frames_over_sequences():
     gt_a = np.array([[0, 0, 10, 10]] * 2, float)  # 1 scored frame, IoU 0
     pred_a = np.array([[0, 0, 10, 10], [50, 50, 10, 10]], float)
     gt_b = np.array([[0, 0, 10, 10]] * 4, float)  # 3 scored frames, IoU 1
@@ -194,8 +160,6 @@ def test_got10k_pools_frames_over_sequences():
 
 
 # ---- against a plain-loop re-implementation ---------------------------------------------
-
-
 def _loop_iou_incl(p, g):
     iw = min(p[0] + p[2] - 1, g[0] + g[2] - 1) - max(p[0], g[0]) + 1
     ih = min(p[1] + p[3] - 1, g[1] + g[3] - 1) - max(p[1], g[1]) + 1
@@ -256,7 +220,7 @@ def _random_sequence(rng, n):
     return pred, gt
 
 
-def test_ope_matches_loop_reimplementation():
+def test_ope_and_got10k_match_loop_reimplementations():
     rng = np.random.default_rng(0)
     results = [_random_sequence(rng, int(rng.integers(5, 60))) for _ in range(12)]
     s = track.ope_summary(results)
@@ -264,9 +228,6 @@ def test_ope_matches_loop_reimplementation():
     assert abs(s["auc"] - auc) < 1e-9
     assert abs(s["precision"] - prec) < 1e-9
     assert abs(s["norm_precision"] - norm) < 1e-9
-
-
-def test_got10k_matches_loop_reimplementation():
     rng = np.random.default_rng(1)
     results = []
     for _ in range(10):

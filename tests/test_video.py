@@ -1,5 +1,6 @@
 """Video files in and out of track.py (PyAV): `--video`, `--out-video`, their errors."""
 
+import contextlib
 import importlib
 import os
 import re
@@ -109,8 +110,6 @@ INIT_ARG = ",".join(map(str, INIT))
 
 
 # ---- end to end ---------------------------------------------------------------------------
-
-
 def test_cli_tracks_a_video_and_writes_it_back(tmp_path, tiny_checkpoint):
     clip = make_video(tmp_path / "clip.mp4")
     done = run_cli("--checkpoint", tiny_checkpoint, "--video", clip, "--init", INIT_ARG,
@@ -118,7 +117,7 @@ def test_cli_tracks_a_video_and_writes_it_back(tmp_path, tiny_checkpoint):
                    "--device", "cpu", "--threads", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"clip.mp4: {N} frames" in done.stdout and " fps on cpu (fused" in done.stdout
-    boxes = track.load_boxes(tmp_path / "clip.txt")  # default --out: ./<video name>.txt
+    boxes = track.data.read_boxes(tmp_path / "clip.txt", results=True)  # default --out: ./<video name>.txt
     assert boxes.shape == (N, 4) and np.allclose(boxes[0], INIT)
     with av.open(str(tmp_path / "tracked.mp4")) as written:
         stream = written.streams.video[0]
@@ -130,7 +129,7 @@ def test_cli_tracks_a_video_and_writes_it_back(tmp_path, tiny_checkpoint):
     assert frames[0][100, 120, 2] > 120 and frames[0][100, 120, 0] < 60
 
 
-def test_frames_reach_the_tracker_as_rgb(tmp_path, monkeypatch):
+def test_frames_go_in_and_out_as_rgb_and_odd_sizes_as_mpeg4(tmp_path, monkeypatch):
     """The released demo feeds OpenCV's BGR frames; here the network gets RGB."""
     clip = make_video(tmp_path / "clip.mp4")
     recorder = RecordingTracker()
@@ -143,14 +142,11 @@ def test_frames_reach_the_tracker_as_rgb(tmp_path, monkeypatch):
     target = first[INIT[1] + 5 : INIT[1] + 25, INIT[0] + 5 : INIT[0] + 35].reshape(-1, 3)
     assert target[:, 0].min() > 200 and target[:, 2].max() < 60  # R high where the target is
     assert first[100:, 100:, 2].min() > 120 and first[100:, 100:, 0].max() < 60  # blue around
-
-
-def test_odd_sized_video_is_written_as_mpeg4(tmp_path):
-    """libx264's yuv420p needs even sizes: an odd-sized video falls back to MPEG-4."""
+    # libx264's yuv420p needs even sizes: an odd-sized video falls back to MPEG-4.
     path = tmp_path / "odd.mp4"
     image = np.zeros((121, 161, 3), np.uint8)
     image[..., 2] = 200
-    with track.VideoWriter(path, FPS, (161, 121)) as writer:
+    with contextlib.closing(track.VideoWriter(path, FPS, (161, 121))) as writer:
         for _ in range(3):
             writer.write(image, (40, 40, 30, 20), 0.9)
     with av.open(str(path)) as video:
@@ -161,9 +157,7 @@ def test_odd_sized_video_is_written_as_mpeg4(tmp_path):
 
 
 # ---- bad input: one line naming the file (and frame), the boxes so far written ----------------
-
-
-def test_cut_off_mp4_keeps_the_boxes_before_the_damage(tmp_path, tiny_checkpoint):
+def test_cut_off_files_keep_the_boxes_before_the_damage(tmp_path, tiny_checkpoint):
     clip = cut(make_video(tmp_path / "clip.mp4", intra=True, faststart=True))
     done = run_cli("--checkpoint", tiny_checkpoint, "--video", clip, "--init", INIT_ARG,
                    "--out", tmp_path / "boxes.txt", "--out-video", tmp_path / "tracked.mp4",
@@ -171,15 +165,12 @@ def test_cut_off_mp4_keeps_the_boxes_before_the_damage(tmp_path, tiny_checkpoint
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert "clip.mp4, frame " in done.stderr and "truncated" in done.stderr
-    boxes = track.load_boxes(tmp_path / "boxes.txt")
+    boxes = track.data.read_boxes(tmp_path / "boxes.txt", results=True)
     assert 2 <= len(boxes) < N and np.allclose(boxes[0], INIT)
     assert f"frame {len(boxes) + 1}: cannot decode" in done.stderr
     assert len(decode(tmp_path / "tracked.mp4")) == len(boxes)  # closed, playable
-
-
-def test_cut_off_mkv_is_reported_not_silently_short(tmp_path, tiny_checkpoint):
-    """FFmpeg decodes a cut-off Matroska file without complaint, just fewer frames: the
-    count its header declares tells."""
+    # FFmpeg decodes a cut-off Matroska file without complaint, just fewer frames: the
+    # count its header declares tells.
     clip = cut(make_video(tmp_path / "clip.mkv", intra=True))
     decoded = len(decode(clip))
     assert 2 <= decoded < N - 1  # the premise: fewer frames, no error
@@ -187,10 +178,10 @@ def test_cut_off_mkv_is_reported_not_silently_short(tmp_path, tiny_checkpoint):
     message = error_line(["--checkpoint", tiny_checkpoint, "--video", clip, "--init", INIT_ARG,
                           "--out", out, "--mode", "eager", "--device", "cpu", "--threads", "1"])
     assert f"clip.mkv: truncated: {decoded} frames decoded" in message
-    assert len(track.load_boxes(out)) == decoded
+    assert len(track.data.read_boxes(out, results=True)) == decoded
 
 
-def test_bad_videos_are_one_line_errors(tmp_path, tiny_checkpoint, monkeypatch):
+def test_bad_videos_and_no_pyav_are_one_line_errors(tmp_path, tiny_checkpoint, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where --video writes <name>.txt by default
     (tmp_path / "notes.mp4").write_text("not a video\n")
     clip = make_video(tmp_path / "clip.mp4")
@@ -216,9 +207,6 @@ def test_bad_videos_are_one_line_errors(tmp_path, tiny_checkpoint, monkeypatch):
     assert "clip.mp4, frame 1: box (170.0, 40.0, 20.0, 20.0) lies fully outside the 160x120" \
         in message
     assert not list(tmp_path.glob("*.txt"))  # nothing tracked: no empty result files
-
-
-def test_video_without_pyav_names_the_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError
     message = error_line(["--checkpoint", "unused", "--video", tmp_path / "clip.mp4",
                           "--init", INIT_ARG])
