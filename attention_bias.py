@@ -38,10 +38,8 @@ def token_positions(grids, layout="diagonal"):
     """Integer (row, col) of every token, images in sequence order, each row-major.
 
     grids: [(h, w), ...]; the first is the search image (or the single LeViT image).
-    Returns an int64 array (N, 2).
+    Returns an int64 array (N, 2). `layout` is one of LAYOUTS (checked by hit.HiTConfig).
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown position layout {layout!r}; expected one of {LAYOUTS}")
     rows, cols = grids[0]  # Rx: the search grid's sides; the template is placed past them
     origins = {"diagonal": (rows, cols), "separate": (0, 0), "absolute": (0, 0),
                "vertical": (rows, 0), "horizontal": (0, cols)}[layout]

@@ -32,13 +32,11 @@ def upsample(c_in, c_out):
 class Bridge(nn.Module):
     """Bridge Module on token tensors: inputs are the search tokens of each stage
     (B, h*w, C) row-major, output O (B, 256, C_max). `proj1` (tokens of O) and `proj2`
-    (G) live here, as in the release, and are applied by hit.HiT."""
+    (G) live here, as in the release, and are applied by hit.HiT. `stages`: a non-empty
+    subset of STAGES (checked with the rest of the config, hit.HiTConfig)."""
 
     def __init__(self, dims, stages=STAGES, out_dim=256):
         super().__init__()
-        stages = tuple(stages)
-        if not stages or any(s not in STAGES for s in stages) or len(set(stages)) != len(stages):
-            raise ValueError(f"bridge_stages must be a non-empty subset of {STAGES}, got {stages}")
         c_max, c_mid, c_min = dims
         self.stages = stages
         # Identity keeps the released index of layers.1 when up1 is not needed (no params)
