@@ -1,8 +1,8 @@
 """Tests of train.py: the loss of Eq. 4, optimisation, checkpoints, resume and DDP.
 
 Everything runs on a tiny procedural data set written once per module (4 sequences of
-12 frames) and HiT-tiny with a handful of pairs, so the whole file stays within a few
-minutes on a 2-core CPU.
+20 frames, the fewest the released sampler takes) and HiT-tiny with a handful of pairs,
+so the whole file stays within a few minutes on a 2-core CPU.
 """
 import copy
 import json
@@ -29,13 +29,14 @@ import levit  # noqa: E402
 import synth  # noqa: E402
 import train  # noqa: E402
 
-SYNTH = dict(sequences=4, frames=12, seed=0)
+SYNTH = dict(sequences=4, frames=20, seed=0)
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synth") / "set"
-    train.ensure_synth(folder, SYNTH["sequences"], SYNTH["frames"], SYNTH["seed"], log=lambda *a: None)
+    synth.ensure(folder, SYNTH["sequences"], SYNTH["frames"], SYNTH["seed"], log=lambda *a: None)
     return folder
 
 
@@ -51,36 +52,34 @@ def fixed_batch(synth_dir, n=2, seed=0):
     return torch.utils.data.default_collate([ds[i] for i in range(n)])
 
 
+def read_log(out):
+    return [json.loads(s) for s in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(want, got):
+    want, got = want.state_dict(), got.state_dict()
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+
+
 # ----------------------------------------------------------------------------- loss
 def xyxy(*b):
     return torch.tensor([b], dtype=torch.float64)
 
 
-def test_giou_identical_boxes_give_zero_loss():
-    b = xyxy(0.1, 0.2, 0.5, 0.9)
-    assert train.giou(b, b).item() == pytest.approx(1.0)
-    assert train.giou_loss(b, b).item() == pytest.approx(0.0, abs=1e-12)
-
-
-def test_giou_disjoint_boxes():
-    # [0,1]^2 and [2,3]^2: IoU 0, union 2, enclosing box [0,3]^2 of area 9
-    a, b = xyxy(0, 0, 1, 1) / 4, xyxy(2, 2, 3, 3) / 4
-    assert train.giou(a, b).item() == pytest.approx(-7 / 9)
-    assert train.giou_loss(a, b).item() == pytest.approx(1 + 7 / 9)
-
-
-def test_giou_partial_overlap():
-    # [0,2]^2 and [1,3]^2: intersection 1, union 4 + 4 - 1 = 7, enclosing [0,3]^2 = 9
-    a, b = xyxy(0, 0, 2, 2) / 4, xyxy(1, 1, 3, 3) / 4
-    expected = 1 / 7 - (9 - 7) / 9
-    assert train.giou(a, b).item() == pytest.approx(expected)
-    assert train.giou_loss(a, b).item() == pytest.approx(1 - expected)
+@pytest.mark.parametrize("a,b,expected", [
+    ((0.1, 0.2, 0.5, 0.9), (0.1, 0.2, 0.5, 0.9), 1.0),  # identical
+    ((0, 0, 0.25, 0.25), (0.5, 0.5, 0.75, 0.75), -7 / 9),  # [0,1]^2, [2,3]^2 / 4: IoU 0, union 2, enclosing 9
+    ((0, 0, 0.5, 0.5), (0.25, 0.25, 0.75, 0.75), 1 / 7 - (9 - 7) / 9)])  # [0,2]^2, [1,3]^2: inter 1, union 7
+def test_giou_by_hand(a, b, expected):
+    assert train.giou(xyxy(*a), xyxy(*b)).item() == pytest.approx(expected)
+    assert train.giou_loss(xyxy(*a), xyxy(*b)).item() == pytest.approx(1 - expected, abs=1e-12)
 
 
 def test_giou_degenerate_boxes_are_finite():
-    gt = torch.tensor([[0.2, 0.2, 0.6, 0.6]] * 4)
+    gt = torch.tensor([[0.2, 0.2, 0.6, 0.6]] * 3)
     pred = torch.tensor([[0.3, 0.3, 0.3, 0.3],  # a point
-                         [0.5, 0.5, 0.4, 0.4],  # corners swapped
                          [0.2, 0.2, 0.6, 0.6],  # exact
                          [0.0, 0.0, 0.0, 0.0]], requires_grad=True)
     g = train.giou(pred, gt)
@@ -105,6 +104,36 @@ def test_box_loss_is_2_giou_plus_5_l1_with_gt_clamped():
     assert parts["l1"].item() == pytest.approx(l1)
     assert total.item() == pytest.approx(2 * (1 - g) + 5 * l1)
     assert torch.allclose(train.box_cxcywh_to_xyxy(gt), torch.tensor([[0.5, 0.25, 1.1, 0.75]]))
+
+
+class FixedBoxes(torch.nn.Module):
+    """A 'network' whose predicted boxes are its parameter: train_step's loss, seen whole."""
+
+    def __init__(self, boxes):
+        super().__init__()
+        self.boxes = torch.nn.Parameter(torch.tensor(boxes))
+
+    def forward(self, template, search, maps=False):
+        return {"pred_boxes": self.boxes}
+
+
+def test_an_inverted_box_zeroes_the_batch_giou_as_released():
+    """The released generalized_box_iou asserts x2 >= x1, y2 >= y1; compute_losses catches
+    the failure and sets the GIoU term of the whole batch to 0: that step trains on L1."""
+    gt = torch.tensor([[0.5, 0.5, 0.4, 0.4]] * 2)  # cxcywh: xyxy (0.3, 0.3, 0.7, 0.7)
+    boxes = [[0.5, 0.5, 0.3, 0.3], [0.4, 0.5, -0.1, 0.2]]  # the second has x2 < x1
+    batch = {"template": torch.zeros(2, 1), "search": torch.zeros(2, 1), "search_box": gt}
+    model = FixedBoxes(boxes)
+    m = train.train_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.0), CPU, grad_clip=0)
+    assert m["giou"] == 0.0 and m["loss"] == pytest.approx(5 * m["l1"])
+    l1_only = torch.tensor(boxes, requires_grad=True)
+    (5 * torch.nn.functional.l1_loss(train.box_cxcywh_to_xyxy(l1_only), train.box_cxcywh_to_xyxy(gt))).backward()
+    assert torch.equal(model.boxes.grad, l1_only.grad)  # no gradient from the GIoU term
+    # an inverted target, or a NaN, zeroes it too; without one: the usual value
+    assert train.box_loss(torch.tensor(boxes[:1]), torch.tensor([[0.5, 0.5, -0.4, 0.4]]))[1]["giou"].item() == 0.0
+    assert train.box_loss(torch.tensor([[0.5, 0.5, float("nan"), 0.3]]), gt[:1])[1]["giou"].item() == 0.0
+    # (0.35, 0.35, 0.65, 0.65) in (0.3, 0.3, 0.7, 0.7): IoU 0.09 / 0.16, enclosing = union
+    assert train.box_loss(torch.tensor(boxes[:1]), gt[:1])[1]["giou"].item() == pytest.approx(1 - 0.09 / 0.16)
 
 
 def test_corner_loss_prefers_the_true_corner_cells():
@@ -147,45 +176,47 @@ def test_one_step_changes_every_parameter(synth_dir):
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
     start = {k: p.detach().clone() for k, p in model.named_parameters()}
     batch = fixed_batch(synth_dir)
-    m = train.train_step(model, batch, opt, torch.device("cpu"), grad_clip=0.1)
+    m = train.train_step(model, batch, opt, CPU, grad_clip=0.1)
     assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
     params = dict(model.named_parameters())
     stuck = [k for k, p in params.items() if torch.equal(p, start[k])]
     assert all(params[k].grad is not None and not params[k].grad.any() for k in stuck), stuck
     assert all(".m." in k and k.startswith("backbone.body.blocks.") for k in stuck), stuck
     assert params["box_head.conv5_tl.bias"].grad.abs().sum() > 0
-    train.train_step(model, batch, opt, torch.device("cpu"), grad_clip=0.1)
+    train.train_step(model, batch, opt, CPU, grad_clip=0.1)
     unchanged = [k for k, p in model.named_parameters() if p.requires_grad and torch.equal(p, start[k])]
     assert not unchanged, f"parameters not updated after two steps: {unchanged}"
 
 
 def test_overfitting_a_small_batch_lowers_the_loss(synth_dir):
-    # 30 AdamW steps (lr 1e-3, clip 0.1) on 4 fixed procedural pairs; over seeds 0-3 the
-    # last losses end at 0.2-0.45 of the first ones, so 0.7 leaves a wide margin.
+    # 20 AdamW steps (lr 1e-3, clip 0.1) on 4 fixed procedural pairs. The L1 term, since the
+    # GIoU term is 0 while any predicted box is inverted (as released: here the first 19
+    # steps), so the total jumps when it starts to count; L1 ended at 0.27 of its start
+    # (0.18 after 30 steps), so 0.7 leaves a wide margin.
     torch.manual_seed(0)
     model = hit.build_hit("tiny").train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     batch = fixed_batch(synth_dir, n=4, seed=1)
-    losses = [train.train_step(model, batch, opt, torch.device("cpu"), grad_clip=0.1)["loss"]
-              for _ in range(30)]
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.7 * first, losses
+    l1 = [train.train_step(model, batch, opt, CPU, grad_clip=0.1)["l1"] for _ in range(20)]
+    first, last = sum(l1[:3]) / 3, sum(l1[-3:]) / 3
+    assert last < 0.7 * first, l1
 
 
 def test_amp_settings_per_device(monkeypatch):
-    cpu = torch.device("cpu")
-    assert train.amp_settings(False, cpu) == (None, None)
+    assert train.amp_settings(False, CPU) == (None, None)
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: True)
-    assert train.amp_settings(True, cpu) == (torch.bfloat16, None)
+    assert train.amp_settings(True, CPU) == (torch.bfloat16, None)
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda cpuinfo=None: False)
     with pytest.warns(UserWarning, match="no native bfloat16"):  # emulated bf16: slower
-        assert train.amp_settings(True, cpu) == (None, None)
+        assert train.amp_settings(True, CPU) == (None, None)
 
 
 def test_bf16_autocast_step_keeps_float32_boxes_and_weights(synth_dir):
     """--amp's step (bf16 autocast, forced here even where bf16 is emulated): the
     soft-argmax runs in float32 (a bf16 one would round corners to ~1 px), weights and
-    their gradients stay float32, and the loss matches the fp32 step's within bf16's error."""
+    their gradients stay float32, and Eq. 4's loss matches the fp32 step's within bf16's
+    error. (The corner term, a cross-entropy of the bf16 maps, carries their rounding:
+    3.8e-3 relative on this batch; it is left out of the comparison.)"""
     torch.manual_seed(0)
     model = hit.build_hit("tiny").train()
     batch = fixed_batch(synth_dir)
@@ -197,13 +228,12 @@ def test_bf16_autocast_step_keeps_float32_boxes_and_weights(synth_dir):
     assert torch.equal(hit.xyxy_to_cxcywh(box), out["pred_boxes"])
     ref = copy.deepcopy(model)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
-    m = train.train_step(model, batch, opt, torch.device("cpu"), 0.1, None, torch.bfloat16, 1.0)
-    m32 = train.train_step(ref, batch, torch.optim.AdamW(ref.parameters()), torch.device("cpu"), 0.1,
-                           corner_weight=1.0)
+    m = train.train_step(model, batch, opt, CPU, 0.1, None, torch.bfloat16, 1.0)
+    m32 = train.train_step(ref, batch, torch.optim.AdamW(ref.parameters()), CPU, 0.1, corner_weight=1.0)
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
-    # Measured 2.9e-5 relative (Sapphire Rapids); bf16's own step is 2^-8 = 3.9e-3, so 2e-3
+    # Measured 4.9e-4 relative (AMD EPYC, AVX512-BF16); bf16's own step is 2^-8 = 3.9e-3, so 2e-3
     # leaves room for other CPUs and still fails a step that leaves a whole tensor in bf16.
-    assert m["loss"] == pytest.approx(m32["loss"], rel=2e-3), (m, m32)
+    assert m["loss"] - m["corner"] == pytest.approx(m32["loss"] - m32["corner"], rel=2e-3), (m, m32)
 
 
 # ----------------------------------------------------------------------------- lr schedule
@@ -235,18 +265,12 @@ def test_cosine_schedule_and_warmup_closed_form():
     assert train.lr_factor(4 + 18, 4, args) == pytest.approx(0.5)
 
 
-def test_cosine_run_logs_decaying_lr_and_resumes_exactly(synth_dir, tmp_path):
-    args = tiny_args(synth_dir, tmp_path / "a", "--epochs", "3", "--schedule", "cosine", "--warmup", "1")
-    whole = train.main(args)
-    lrs = [json.loads(s)["lr"] for s in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+def test_cosine_run_logs_decaying_lr(synth_dir, tmp_path):
+    # (test_time_budget_lowers_epochs_and_resumes_exactly resumes a cosine run exactly)
+    train.main(tiny_args(synth_dir, tmp_path, "--epochs", "3", "--schedule", "cosine", "--warmup", "1"))
     # last step of each epoch (2 steps per epoch): warm-up's 2/2, then cos over 4 steps at 1/4 and 3/4
     want = [5e-4, 5e-4 * 0.5 * (1 + math.cos(math.pi / 4)), 5e-4 * 0.5 * (1 + math.cos(3 * math.pi / 4))]
-    assert lrs == pytest.approx(want)
-    args = tiny_args(synth_dir, tmp_path / "b", "--epochs", "3", "--schedule", "cosine", "--warmup", "1")
-    train.main(args + ["--stop-after", "2"])
-    resumed = train.main(args + ["--resume"])
-    for k, v in whole.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert [r["lr"] for r in read_log(tmp_path)] == pytest.approx(want)
 
 
 def test_compile_trains_like_eager(synth_dir, tmp_path):
@@ -271,9 +295,7 @@ def test_compile_trains_like_eager(synth_dir, tmp_path):
     # ~1 lr each can move a weight: these buffers, which the bound above once covered).
     for k in eager.keys() - set(params):
         torch.testing.assert_close(compiled[k], eager[k], rtol=1e-2, atol=1e-3, msg=k)
-    log = [json.loads(s) for s in (tmp_path / "compiled" / "log.jsonl").read_text().splitlines()]
-    assert log[0]["loss"] == pytest.approx(
-        json.loads((tmp_path / "eager" / "log.jsonl").read_text())["loss"], rel=1e-4)
+    assert read_log(tmp_path / "compiled")[0]["loss"] == pytest.approx(read_log(tmp_path / "eager")[0]["loss"], rel=1e-4)
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume
@@ -292,22 +314,20 @@ def test_checkpoint_and_log_format(straight_run):
     assert ckpt["epoch"] == 2 and ckpt["config"]["variant"] == "tiny"
     assert set(ckpt["rng"]) == {"torch", "cuda", "mps", "numpy", "python"}
     assert ckpt["rng"]["mps"] is None or torch.backends.mps.is_available()
-    lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
+    lines = read_log(out)
     assert [r["epoch"] for r in lines] == [1, 2]
     assert {"epoch", "loss", "giou", "l1", "lr", "samples_per_s", "seconds"} <= set(lines[0])
     assert lines[0]["lr"] == pytest.approx(5e-4) and lines[1]["lr"] == pytest.approx(5e-5)  # x0.1 at 50 %
-
-
-def test_load_checkpoint_reads_train_checkpoints(straight_run):
-    out, model = straight_run
-    loaded = hit.load_checkpoint(out / "last.pth")
+    loaded = hit.load_checkpoint(out / "last.pth")  # the tracker's loader reads it
     assert not loaded.training and loaded.cfg == model.cfg
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert_same_weights(model, loaded)
 
 
 def test_crash_while_saving_then_resume_matches_uninterrupted_run(straight_run, synth_dir, tmp_path, monkeypatch):
-    _, reference = straight_run
+    """A kill while the checkpoint of epoch 2 is written: the one of epoch 1 survives, a new
+    run refuses to overwrite it, and --resume PATH drops the log lines past it (the line of
+    epoch 2, a half-written line) and ends with the uninterrupted run's weights and log."""
+    out, reference = straight_run
     real_save, calls = torch.save, []
 
     def save_then_crash(obj, f, *a, **k):
@@ -323,15 +343,17 @@ def test_crash_while_saving_then_resume_matches_uninterrupted_run(straight_run, 
         train.main(args)
     monkeypatch.setattr(torch, "save", real_save)
     assert hit.safe_load(tmp_path / "last.pth")["epoch"] == 1  # the previous checkpoint survived
-    hit.load_checkpoint(tmp_path / "last.pth")
-
-    resumed = train.main(args + ["--resume"])
-    ref, got = reference.state_dict(), resumed.state_dict()
-    assert ref.keys() == got.keys()
-    for k in ref:
-        assert torch.equal(ref[k], got[k]), k
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth", "log.jsonl"]  # no temporary file left
+    with pytest.raises(ValueError, match="--resume"):  # no silent overwrite of a run
+        train.main(args)
+    assert [r["epoch"] for r in read_log(tmp_path)] == [1, 2]  # the log line goes before the checkpoint
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"epoch": 3, "lo')
+    assert_same_weights(reference, train.main(args + ["--resume", str(tmp_path / "last.pth")]))
     ck = hit.safe_load(tmp_path / "last.pth")
     assert ck["epoch"] == 2 and ck["scheduler"]["last_epoch"] == 4  # stepped per step: 2 epochs x 2
+    for w, g in zip(read_log(out), read_log(tmp_path), strict=True):
+        assert (w["epoch"], w["loss"], w["lr"]) == (g["epoch"], g["loss"], g["lr"])
 
 
 def run_interrupted(monkeypatch, args, at_step=1, sig=signal.SIGINT):
@@ -356,13 +378,14 @@ def run_interrupted(monkeypatch, args, at_step=1, sig=signal.SIGINT):
     return exc.value, len(calls)
 
 
-@pytest.mark.parametrize("at_step,sig", [(3, signal.SIGINT), (4, signal.SIGINT), (3, signal.SIGTERM)])
+@pytest.mark.parametrize("at_step,sig", [(3, signal.SIGTERM), (4, signal.SIGINT)])
 def test_interrupt_saves_where_it_stopped_and_resume_continues_exactly(straight_run, synth_dir, tmp_path,
                                                                        monkeypatch, at_step, sig):
-    # at step 3: mid-epoch 2 (of 2 steps each); at step 4: its last step
-    """Ctrl-C during a step: the step finishes, the run so far is saved (mid-epoch: the step
-    reached and the epoch's sums), train.py stops with 130; --resume then ends with the
-    uninterrupted run's weights and log. The signal handlers are the caller's again after."""
+    """Ctrl-C or SIGTERM during a step (at step 3: mid-epoch 2 of 2 steps each; at step 4:
+    its last): the step finishes, the run so far is saved (mid-epoch: the step reached and
+    the epoch's sums), train.py stops with 130; --resume then ends with the uninterrupted
+    run's weights and log. The signal handlers are the caller's again after. A mid-epoch
+    checkpoint resumes in one process only."""
     out, reference = straight_run
     handler = signal.getsignal(sig)
     args = tiny_args(synth_dir, tmp_path, "--epochs", "2", "--lr-drop", "0.5")
@@ -371,27 +394,16 @@ def test_interrupt_saves_where_it_stopped_and_resume_continues_exactly(straight_
     ckpt = hit.safe_load(tmp_path / "last.pth")
     if at_step == 3:
         assert ckpt["epoch"] == 1 and ckpt["partial"]["step"] == 1 and ckpt["partial"]["sums"][3] == 2
+        with monkeypatch.context() as ddp:  # as under torchrun, 2 ranks
+            ddp.setattr(train.dist, "is_initialized", lambda: True)
+            ddp.setattr(train.dist, "get_world_size", lambda: 2)
+            with pytest.raises(ValueError, match="resume it in one process"):
+                train.main(args + ["--resume"])
     else:
         assert ckpt["epoch"] == 2 and ckpt["partial"] is None
-    resumed = train.main(args + ["--resume"])
-    for k, v in reference.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
-    want = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
-    got = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
-    for w, g in zip(want, got, strict=True):
+    assert_same_weights(reference, train.main(args + ["--resume"]))
+    for w, g in zip(read_log(out), read_log(tmp_path), strict=True):
         assert (w["epoch"], w["loss"], w["giou"], w["lr"]) == (g["epoch"], g["loss"], g["giou"], g["lr"])
-
-
-def test_interrupt_and_resume_with_match_loss_draws_the_same_views(synth_dir, tmp_path, monkeypatch):
-    """--match-loss draws view pairs per (epoch, step): a run resumed mid-epoch 1 (of 2
-    steps) must draw the same views for its remaining step."""
-    args = tiny_args(synth_dir, tmp_path / "a", "--epochs", "1", "--match-loss", "1")
-    reference = train.main(args)
-    args = tiny_args(synth_dir, tmp_path / "b", "--epochs", "1", "--match-loss", "1")
-    run_interrupted(monkeypatch, args)
-    resumed = train.main(args + ["--resume"])
-    for k, v in reference.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
 
 
 def test_a_second_interrupt_stops_at_once():
@@ -402,22 +414,39 @@ def test_a_second_interrupt_stops_at_once():
             interrupt.handle(signal.SIGINT, None)
 
 
-def test_stop_after_then_resume_gives_same_log(straight_run, synth_dir, tmp_path):
-    out, _ = straight_run
-    args = tiny_args(synth_dir, tmp_path, "--epochs", "2", "--lr-drop", "0.5")
-    train.main(args + ["--stop-after", "1"])
-    assert hit.safe_load(tmp_path / "last.pth")["epoch"] == 1
-    with pytest.raises(ValueError, match="--resume"):  # no silent overwrite of a run
-        train.main(args)
-    with open(tmp_path / "log.jsonl", "a") as f:  # a killed run may have logged past its checkpoint
-        f.write('{"epoch": 2, "loss": 9.0, "lr": 1.0}\n{"epoch": 3, "lo')
-    train.main(args + ["--resume", str(tmp_path / "last.pth")])
-    want = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
-    got = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
-    for w, g in zip(want, got, strict=True):
-        assert (w["epoch"], w["loss"], w["lr"]) == (g["epoch"], g["loss"], g["lr"])
+def test_base_resumed_mid_epoch_draws_the_same_drop_path_masks(synth_dir, tmp_path, monkeypatch):
+    """HiT-Base (LeViT-384) has drop path, drawn from the global generator on the CPU: the
+    resumed run must not shift it (opening a DataLoader used to take one draw from it)."""
+    base = ["--variant", "base", "--samples-per-epoch", "2", "--batch-size", "1", "--epochs", "1"]  # later flags win
+    reference = train.main(tiny_args(synth_dir, tmp_path / "a", *base))
+    args = tiny_args(synth_dir, tmp_path / "b", *base)
+    run_interrupted(monkeypatch, args)
+    assert_same_weights(reference, train.main(args + ["--resume"]))
 
 
+def test_an_epoch_is_whole_batches_only(synth_dir, tmp_path, monkeypatch, capsys):
+    """The last partial batch is dropped (the released LTRLoader's drop_last): 5 pairs in
+    batches of 2 are 2 steps of 2; fewer pairs than a batch is an error, not an empty epoch.
+    DDP does not broadcast buffers (as the release). Without --workers, the count is
+    default_workers' for this device."""
+    calls = []
+    monkeypatch.setattr(train, "default_workers", lambda *a: calls.append(a) or 0)
+    args = tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "5")
+    i = args.index("--workers")
+    train.main(args[:i] + args[i + 2:])  # no --workers given
+    assert len(calls) == 1 and calls[0][0] == "cpu" and calls[0][1] >= 1 and calls[0][2] == 1
+    assert "2 steps/epoch of 2x1 pairs; 0 loader worker(s)" in capsys.readouterr().out
+    assert hit.safe_load(tmp_path / "last.pth")["scheduler"]["last_epoch"] == 2
+    with pytest.raises(ValueError, match=r"--samples-per-epoch 1 gives 1 pairs per process, fewer than one "
+                                         r"--batch-size 2 \(the last partial batch is dropped\)"):
+        train.main(tiny_args(synth_dir, tmp_path / "few", "--samples-per-epoch", "1"))
+    seen = []
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda net, **k: seen.append(k) or net)
+    train.wrap(torch.nn.Linear(1, 1), 2, CPU, False)
+    assert seen == [{"device_ids": None, "broadcast_buffers": False}]
+
+
+# ----------------------------------------------------------------------------- time budget
 def test_epochs_within_budget_by_hand():
     assert train.epochs_within(3600, 100, 100, 1, 46) == 36  # 1 + floor(3500 / 100)
     assert train.epochs_within(3600, 100, 70, 1, 46) == 46  # 51 fit; never above --epochs
@@ -431,13 +460,13 @@ def test_time_budget_lowers_epochs_and_resumes_exactly(synth_dir, tmp_path, monk
     train.main(args)
     ckpt = hit.safe_load(tmp_path / "spent" / "last.pth")
     assert (ckpt["epoch"], ckpt["args"]["epochs"]) == (1, 1)
-    assert len((tmp_path / "spent" / "log.jsonl").read_text().splitlines()) == 1
+    assert len(read_log(tmp_path / "spent")) == 1
     # A budget that fits 2 of 4 epochs: the cosine spans 2, and a resume continues exactly.
     monkeypatch.setattr(train, "epochs_within", lambda *a: 2)
     base = tiny_args(synth_dir, tmp_path / "whole", "--epochs", "4", "--time-budget", "50",
                      "--schedule", "cosine", "--warmup", "1")
     whole = train.main(base)
-    lrs = [json.loads(s)["lr"] for s in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in read_log(tmp_path / "whole")]
     assert lrs == pytest.approx([5e-4, 5e-4 * 0.5 * (1 + math.cos(math.pi / 2))])  # 2 epochs, not 4
     split = tiny_args(synth_dir, tmp_path / "split", "--epochs", "4", "--time-budget", "50",
                       "--schedule", "cosine", "--warmup", "1")
@@ -445,8 +474,7 @@ def test_time_budget_lowers_epochs_and_resumes_exactly(synth_dir, tmp_path, monk
     monkeypatch.setattr(train, "epochs_within", lambda *a: 4)  # resumed runs do not re-decide
     resumed = train.main(split + ["--resume"])
     assert hit.safe_load(tmp_path / "split" / "last.pth")["epoch"] == 2
-    for k, v in whole.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert_same_weights(whole, resumed)
     with pytest.raises(ValueError, match="--time-budget"):
         train.main(tiny_args(synth_dir, tmp_path / "neg", "--time-budget", "-1"))
 
@@ -462,7 +490,7 @@ def test_resume_keeps_the_time_budget_and_refuses_a_new_one(synth_dir, tmp_path,
     train.main(args + ["--resume"])  # no --time-budget: the count the budget set is kept
     ckpt = hit.safe_load(tmp_path / "tb" / "last.pth")
     assert (ckpt["epoch"], ckpt["args"]["epochs"], ckpt["args"]["time_budget"]) == (2, 2, 50.0)
-    assert len((tmp_path / "tb" / "log.jsonl").read_text().splitlines()) == 2
+    assert len(read_log(tmp_path / "tb")) == 2
     unbudgeted = tiny_args(synth_dir, tmp_path / "plain", "--epochs", "2")
     train.main(unbudgeted + ["--stop-after", "1"])
     with pytest.raises(ValueError, match=r"--time-budget 50 on --resume: .* was started without --time-budget"):
@@ -471,13 +499,14 @@ def test_resume_keeps_the_time_budget_and_refuses_a_new_one(synth_dir, tmp_path,
 
 def test_time_budget_pace_counts_validation_and_checkpoint():
     now = [0.0]
-    param = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.SGD([param], lr=1.0)
-    run = SimpleNamespace(optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
 
     def fitted(val_s, val_every):
         """Epochs kept of 46 in 2 minutes: 10 steps of 1 s, then 10 s of log, checkpoint and validation."""
         args = train.parse_args(["--epochs", "46", "--time-budget", "2", "--val-every", str(val_every)])
+        run = SimpleNamespace(args=args, optimizer=optimizer, scheduler=scheduler, steps=10, world=1, device=CPU,
+                              log=lambda *a: None)
         now[0] = 0.0
         pace = train.Pace(args.time_budget, t_launch=0.0, clock=lambda: now[0])
         pace.start_epoch()
@@ -486,7 +515,7 @@ def test_time_budget_pace_counts_validation_and_checkpoint():
             pace.step_done(step, 10, 1000, lambda *a: None)
         pace.end_epoch()
         now[0] += 10.0
-        assert pace.fit_budget(args, run, 10, 1, torch.device("cpu"), lambda *a: None, val_s)
+        assert pace.fit_budget(run, val_s)
         return args.epochs
 
     # 100 s left after 20; each epoch 10.3 s of steps (+3 %) and 10 s after them: 1 + floor(100 / 20.3)
@@ -503,67 +532,6 @@ def test_time_budget_is_not_fitted_on_the_warm_up_steps_of_a_resumed_epoch():
     for first, measured in [(0, True), (50, True), (100 - 2 * train.Pace.WARMUP, False), (98, False)]:
         pace.start_epoch(first)
         assert pace.measured(100) == measured, first
-
-
-def test_mid_epoch_checkpoint_resumes_in_one_process_only(synth_dir, tmp_path, monkeypatch):
-    args = tiny_args(synth_dir, tmp_path, "--epochs", "2")
-    run_interrupted(monkeypatch, args, at_step=3)
-    monkeypatch.setattr(train.dist, "is_initialized", lambda: True)  # as under torchrun, 2 ranks
-    monkeypatch.setattr(train.dist, "get_world_size", lambda: 2)
-    with pytest.raises(ValueError, match="resume it in one process"):
-        train.main(args + ["--resume"])
-
-
-def test_base_resumed_mid_epoch_draws_the_same_drop_path_masks(synth_dir, tmp_path, monkeypatch):
-    """HiT-Base (LeViT-384) has drop path, drawn from the global generator on the CPU: the
-    resumed run must not shift it (opening a DataLoader used to take one draw from it)."""
-    base = ["--variant", "base", "--samples-per-epoch", "3", "--batch-size", "1", "--epochs", "1"]  # later flags win
-    reference = train.main(tiny_args(synth_dir, tmp_path / "a", *base))
-    args = tiny_args(synth_dir, tmp_path / "b", *base)
-    run_interrupted(monkeypatch, args)
-    resumed = train.main(args + ["--resume"])
-    for k, v in reference.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
-
-
-def test_time_budget_validates_the_first_epoch_to_time_it(synth_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "validate", lambda *a: 50.0)
-    for name, extra in (("plain", []), ("budget", ["--time-budget", "50"])):
-        train.main(tiny_args(synth_dir, tmp_path / name, "--epochs", "1", "--val-every", "3", *extra))
-    assert "val_auc" not in json.loads((tmp_path / "plain" / "log.jsonl").read_text())
-    assert json.loads((tmp_path / "budget" / "log.jsonl").read_text())["val_auc"] == 50.0
-
-
-def test_log_line_is_written_before_the_checkpoint(synth_dir, tmp_path, monkeypatch):
-    def killed(*a):
-        raise KeyboardInterrupt("killed before the checkpoint")
-
-    monkeypatch.setattr(train, "save_checkpoint", killed)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1"))
-    assert [json.loads(s)["epoch"] for s in (tmp_path / "log.jsonl").read_text().splitlines()] == [1]
-    assert not (tmp_path / "last.pth").exists()  # resume's trim_log drops the line
-
-
-def test_out_clash_and_bad_resume_fail_before_data_and_model(synth_dir, tmp_path, monkeypatch):
-    def too_late(*a, **k):
-        raise AssertionError("reached data generation or the model")
-
-    monkeypatch.setattr(train, "procedural_set", too_late)
-    monkeypatch.setattr(train, "make_training", too_late)
-    (tmp_path / "last.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'last.pth'} exists: pass --resume")):
-        train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1"))
-    with pytest.raises(FileNotFoundError, match=r"--resume: checkpoint .*missing\.pth does not exist"):
-        train.main(tiny_args(synth_dir, tmp_path, "--resume", str(tmp_path / "missing.pth")))
-    with pytest.raises(ValueError, match=r"last\.pth: not a readable PyTorch zip checkpoint"):
-        train.main(tiny_args(synth_dir, tmp_path, "--resume"))
-
-
-def test_epochs_0_says_no_checkpoint_was_written(synth_dir, tmp_path, capsys):
-    train.main(tiny_args(synth_dir, tmp_path, "--epochs", "0"))
-    assert "done: 0 epoch(s) in 0 s; no checkpoint was written" in capsys.readouterr().out
-    assert not (tmp_path / "last.pth").exists()
 
 
 def test_pace_says_once_when_a_run_projects_more_than_a_day():
@@ -584,58 +552,48 @@ def test_pace_says_once_when_a_run_projects_more_than_a_day():
     assert not first_epoch(train.Pace(60, clock=lambda: now[0]), 1_000_000)  # --time-budget 60 caps it
 
 
-def test_long_run_line_is_printed_once_per_run(synth_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train, "DAY_S", 0.0)  # every run is "long"
-    train.main(tiny_args(synth_dir, tmp_path, "--epochs", "2"))
-    assert capsys.readouterr().out.count("this run projects") == 1
-
-
-def test_resume_without_checkpoint_names_it(synth_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="last.pth"):
-        train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--resume"))
-
-
-def test_val_every_logs_auc(synth_dir, tmp_path):
-    train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "2",
+# ----------------------------------------------------------------------------- runs: logs, validation, refusals
+def test_validation_and_the_long_run_line(synth_dir, tmp_path, monkeypatch, capsys):
+    """--val-every logs the AUC of the saved model, tracked on the first val sequences and
+    scored as track.py does; with --time-budget the first epoch is validated to time it.
+    The long-run line is printed once per run."""
+    train.main(tiny_args(synth_dir, tmp_path / "val", "--epochs", "1", "--samples-per-epoch", "2",
                          "--val-every", "1", "--val-sequences", "1"))
-    record = json.loads((tmp_path / "log.jsonl").read_text())
-    # the logged AUC is the saved model tracked on the first val sequence, scored as track.py does
     import track
     seq = data.read_got10k(synth_dir, "val")[0]
-    tracker = track.Tracker(hit.load_checkpoint(tmp_path / "last.pth"))
-    boxes, _ = track.run_sequence(tracker, seq)
-    assert record["val_auc"] == pytest.approx(track.ope_summary([(boxes, seq.gt, seq.visible)])["auc"], abs=1e-9)
+    boxes, _ = track.run_sequence(track.Tracker(hit.load_checkpoint(tmp_path / "val" / "last.pth")), seq)
+    auc = track.ope_summary([(boxes, seq.gt, seq.visible)])["auc"]
+    assert read_log(tmp_path / "val")[0]["val_auc"] == pytest.approx(auc, abs=1e-9)
+    monkeypatch.setattr(train, "validate", lambda *a: 50.0)
+    monkeypatch.setattr(train, "DAY_S", 0.0)  # every run is "long"
+    capsys.readouterr()
+    for name, extra in (("plain", ["--epochs", "2"]), ("budget", ["--epochs", "1", "--time-budget", "50"])):
+        train.main(tiny_args(synth_dir, tmp_path / name, "--val-every", "3", *extra))
+    # once in the run of 2 epochs, at its check (step 2); the run of 1 has no step left to project then
+    assert capsys.readouterr().out.count("this run projects") == 1
+    assert all("val_auc" not in r for r in read_log(tmp_path / "plain"))
+    assert read_log(tmp_path / "budget")[0]["val_auc"] == 50.0
 
 
-def test_static_box_baseline(synth_dir):
-    auc = train.main(tiny_args(synth_dir, synth_dir / "unused", "--baseline-only", "--val-sequences", "1"))
-    import track
-    seq = data.read_got10k(synth_dir, "val")[0]  # the first box held, scored by hand
-    want = track.ope_summary([(np.repeat(seq.gt[:1], len(seq.frames), axis=0), seq.gt, seq.visible)])["auc"]
-    assert auc == pytest.approx(want, abs=1e-9) and 0.0 < auc < 100.0
-    assert not (synth_dir / "unused").exists()
+def test_out_clash_and_bad_resume_fail_before_data_and_model(synth_dir, tmp_path, monkeypatch, capsys):
+    def too_late(*a, **k):
+        raise AssertionError("reached data generation or the model")
 
-
-def test_static_box_baseline_on_other_ranks(synth_dir, monkeypatch):
-    # torchrun ... --baseline-only: only rank 0 scores; the others once formatted None with :.2f
-    monkeypatch.setattr(train, "setup_distributed", lambda device: (1, 2, torch.device("cpu")))
-    monkeypatch.setattr(train, "barrier", lambda world: None)
-    assert train.main(tiny_args(synth_dir, synth_dir / "unused", "--baseline-only")) is None
-
-
-def test_save_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
-    path = tmp_path / "last.pth"
-    train.save_atomic({"epoch": 1, "w": torch.ones(3)}, path)
-
-    def broken(obj, f, *a, **k):
-        f.write(b"garbage")
-        raise OSError("disk full (simulated)")
-
-    monkeypatch.setattr(torch, "save", broken)
-    with pytest.raises(OSError):
-        train.save_atomic({"epoch": 2, "w": torch.zeros(3)}, path)
-    kept = hit.safe_load(path)
-    assert kept["epoch"] == 1 and torch.equal(kept["w"], torch.ones(3))
+    monkeypatch.setattr(train, "procedural_set", too_late)
+    monkeypatch.setattr(train, "make_training", too_late)
+    with pytest.raises(FileNotFoundError, match="last.pth"):
+        train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--resume"))
+    (tmp_path / "last.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'last.pth'} exists: pass --resume")):
+        train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1"))
+    with pytest.raises(FileNotFoundError, match=r"--resume: checkpoint .*missing\.pth does not exist"):
+        train.main(tiny_args(synth_dir, tmp_path, "--resume", str(tmp_path / "missing.pth")))
+    with pytest.raises(ValueError, match=r"last\.pth: not a readable PyTorch zip checkpoint"):
+        train.main(tiny_args(synth_dir, tmp_path, "--resume"))
+    monkeypatch.undo()
+    train.main(tiny_args(synth_dir, tmp_path / "zero", "--epochs", "0"))
+    assert "done: 0 epoch(s) in 0 s; no checkpoint was written" in capsys.readouterr().out
+    assert not (tmp_path / "zero" / "last.pth").exists()
 
 
 # ----------------------------------------------------------------------------- data options
@@ -653,75 +611,23 @@ def test_bad_data_spec_is_named(tmp_path):
     assert r.returncode != 0 and "lasot=/x" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_data_flag_trains_on_a_got10k_layout(synth_dir, tmp_path, monkeypatch):
+def test_data_and_jitter_flags_reach_the_pair_sampler(synth_dir, tmp_path, monkeypatch):
     other = tmp_path / "other"  # a GOT-10k layout that is not the procedural set of --synth-dir
-    synth.synth(other, sequences=3, frames=4, seed=5, size=(96, 96), val_fraction=0, progress=False)
+    synth.synth(other, sequences=3, frames=20, seed=5, size=(96, 96), val_fraction=0, progress=False)
     seen, real = [], data.PairDataset
-    monkeypatch.setattr(data, "PairDataset", lambda sources, *a, **k: seen.append(sources) or real(sources, *a, **k))
+    monkeypatch.setattr(data, "PairDataset", lambda sources, *a, **k: seen.append((sources, real(sources, *a, **k)))
+                        or seen[-1][1])
+    train.main(tiny_args(synth_dir, tmp_path / "j", "--epochs", "1", "--samples-per-epoch", "2"))
     # --amp: bf16 autocast where this CPU has native bf16, else a warning and float32
     train.main(tiny_args(synth_dir, tmp_path / "run", "--epochs", "1", "--samples-per-epoch", "2",
-                         "--data", f"got10k:{other}", "--amp"))
+                         "--data", f"got10k:{other}", "--amp", "--center-jitter", "1", "--scale-jitter", "0.25"))
     assert hit.safe_load(tmp_path / "run" / "last.pth")["epoch"] == 1
-    frames = [f for _, seqs in seen[0] for q in seqs for f in q.frames]
-    assert len(seen) == 1 and len(frames) == 12 and all(other in Path(f).parents for f in frames)
+    assert [ds.jitter for _, ds in seen] == [(3.5, 0.5), (1.0, 0.25)]  # released defaults, then the flags
+    frames = [f for _, seqs in seen[1][0] for q in seqs for f in q.frames]
+    assert len(seen) == 2 and len(frames) == 60 and all(other in Path(f).parents for f in frames)
 
 
-def test_jitter_flags_reach_the_pair_sampler(synth_dir, tmp_path, monkeypatch):
-    seen = []
-    real = data.PairDataset
-
-    def spy(*args, **kwargs):
-        ds = real(*args, **kwargs)
-        seen.append(ds.jitter)
-        return ds
-    monkeypatch.setattr(data, "PairDataset", spy)
-    train.main(tiny_args(synth_dir, tmp_path, "--epochs", "1", "--samples-per-epoch", "2"))
-    train.main(tiny_args(synth_dir, tmp_path / "j", "--epochs", "1", "--samples-per-epoch", "2",
-                         "--center-jitter", "1", "--scale-jitter", "0.25"))
-    assert seen == [(3.5, 0.5), (1.0, 0.25)]  # released defaults, then the flags
-
-
-def test_synth_cache_is_redone_when_incomplete(tmp_path):
-    folder = tmp_path / "synth"
-    partial = tmp_path / "synth.partial"  # an interrupted generation
-    (partial / "train").mkdir(parents=True)
-    (partial / "train" / "stale.txt").write_text("x")
-    train.ensure_synth(folder, 2, 3, 0, log=lambda *a: None)
-    assert (folder / train.SYNTH_MARKER).is_file() and not partial.exists()
-    assert not (folder / "train" / "stale.txt").exists()
-    stamp = (folder / train.SYNTH_MARKER).stat().st_mtime_ns
-    train.ensure_synth(folder, 2, 3, 0, log=lambda *a: None)  # cached: not regenerated
-    assert (folder / train.SYNTH_MARKER).stat().st_mtime_ns == stamp
-    train.ensure_synth(folder, 2, 3, 0, log=lambda *a: None, mix=dict(synth.MIX))  # the default, spelled out
-    assert (folder / train.SYNTH_MARKER).stat().st_mtime_ns == stamp
-    train.ensure_synth(tmp_path / "region", 2, 3, 0, log=lambda *a: None, mix={"region": 1})
-    assert json.loads((tmp_path / "region" / train.SYNTH_MARKER).read_text())["mix"] == {"region": 1.0}
-
-
-def test_synth_set_made_with_other_settings_is_refused_not_deleted(tmp_path):
-    folder = tmp_path / "synth"
-    train.ensure_synth(folder, 2, 3, 0, log=lambda *a: None)
-    stamp = (folder / train.SYNTH_MARKER).stat().st_mtime_ns
-    with pytest.raises(ValueError, match=re.escape(
-            f"--synth-dir {folder} was made with {{'sequences': 2, 'frames': 3, 'seed': 0}}, not the "
-            "{'sequences': 2, 'frames': 4, 'seed': 0} asked for: pass another --synth-dir")):
-        train.ensure_synth(folder, 2, 4, 0, log=lambda *a: None)
-    with pytest.raises(ValueError, match=re.escape("'mix': {'region': 1.0}")):
-        train.ensure_synth(folder, 2, 3, 0, log=lambda *a: None, mix={"region": 1})
-    assert (folder / train.SYNTH_MARKER).stat().st_mtime_ns == stamp  # kept as it was
-    assert len(data.read_got10k(folder, "train")[0].frames) == 3
-
-
-def test_synth_mix_option():
-    assert train.build_parser().parse_args(["--synth-mix", "objects:1,region:0.5"]).synth_mix == \
-        {"objects": 1.0, "region": 0.5}
-    assert train.build_parser().parse_args([]).synth_mix == synth.MIX
-    r = subprocess.run([sys.executable, "train.py", "--synth-mix", "objects:x"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 2 and "--synth-mix" in r.stderr and "objects:x" in r.stderr
-
-
-def test_schedule_and_loss_options_are_checked():
+def test_options_are_checked(monkeypatch, capsys):
     assert train.parse_args([]).lr_drop == 0.8 and train.parse_args(["--schedule", "cosine"]).lr_drop == 0.8
     assert train.parse_args(["--lr-drop", "1"]).lr_drop == 1.0
     for argv, message in (
@@ -738,9 +644,6 @@ def test_schedule_and_loss_options_are_checked():
             (["--synth-frames", "0"], "--synth-frames must be >= 1, got 0")):
         with pytest.raises(ValueError, match=message):
             train.parse_args(argv)
-
-
-def test_bad_device_is_an_argparse_error(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
@@ -748,22 +651,30 @@ def test_bad_device_is_an_argparse_error(monkeypatch, capsys):
                             ("cuda", "'cuda': this machine has 0 usable CUDA device(s)"),
                             ("cuda:1", "'cuda:1': this machine has 0 usable CUDA device(s)"),
                             ("mps", "'mps': MPS is not available on this machine"),
-                            ("meta", "'meta': train.py runs on cpu, cuda or mps")):
+                            ("meta", "'meta': HiT runs on cpu, cuda or mps")):
         with pytest.raises(SystemExit) as exit_:
             train.parse_args(["--device", device])
-        assert exit_.value.code == 2 and f"argument --device: {message}" in capsys.readouterr().err
-    assert train.parse_args(["--device", "cpu"]).device == "cpu"
+        assert exit_.value.code == 2 and f"error: --device {message}" in capsys.readouterr().err
+    assert train.parse_args(["--device", "cpu"]).device == CPU and train.parse_args([]).device == CPU
 
 
-def test_mix_weights_must_be_finite():
-    for bad, item in (("objects:nan", "objects:nan"), ("objects:inf", "objects:inf"),
-                      ("objects:1,patch:nan", "patch:nan"), ("objects:1,region:-inf", "region:-inf")):
-        with pytest.raises(ValueError, match=f"mix item '{item}': the weight must be a finite number >= 0"):
-            synth.parse_mix(bad)
-    with pytest.raises(ValueError, match="expected finite weights >= 0"):
-        synth.check_mix({"objects": float("inf")})
+def test_levit_weights_reach_the_model(fixtures_dir):
+    weights = fixtures_dir / "LeViT_128S_random11.pth"
+    run = train.make_training(train.parse_args(["--variant", "tiny", "--levit-weights", str(weights)]), CPU, 2)
+    src = levit.read_state_dict(weights)
+    assert torch.equal(run.model.state_dict()["backbone.body.blocks.4.kv.c.weight"], src["blocks.4.kv.c.weight"])
 
 
+def test_help_works():
+    r = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--resume" in r.stdout and "--levit-weights" in r.stdout
+    for gone in ("--wide-fraction", "--max-steps", "--save-every", "--data-weights", "--tied-qk-init",
+                 "--distractor-pairs", "--pretrain-minutes", "--match-loss", "--backbone-lr-scale", "--synth-mix",
+                 "--baseline-only"):  # lost their use (issue 34: the static box is track.py --analyze --static-box)
+        assert gone not in r.stdout, gone
+
+
+# ----------------------------------------------------------------------------- synth.py's command line
 def synth_cli_error(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         synth.main(argv)
@@ -782,13 +693,11 @@ def test_synth_cli_refuses_bad_counts_and_sizes(tmp_path, capsys):
                           (["--val-fraction", "1.5"], "--val-fraction 1.5: expected a number in [0, 1]")):
         assert message in synth_cli_error(out + argv, capsys)
     assert not (tmp_path / "set").exists()
-    # 60 is the least side every kind renders at; 59 leaves the target's size range empty
-    for kind, render in synth.KINDS.items():
-        for seed in range(3):
-            frames = list(render(np.random.default_rng([seed, 0]), 3, 60, 60))
-            assert len(frames) == 3 and frames[0][0].shape == (60, 60, 3), kind
+    for seed in range(3):  # 60 is the least side it renders at; 59 leaves the target's size range empty
+        frames = list(synth.render_sequence(np.random.default_rng([seed, 0]), 3, 60, 60))
+        assert len(frames) == 3 and frames[0][0].shape == (60, 60, 3)
     with pytest.raises(ValueError):
-        list(synth.KINDS["objects"](np.random.default_rng([0, 0]), 3, 59, 60))
+        list(synth.render_sequence(np.random.default_rng([0, 0]), 3, 59, 60))
 
 
 def test_synth_cli_refuses_a_non_empty_out(tmp_path, capsys):
@@ -807,210 +716,7 @@ def test_synth_cli_refuses_a_non_empty_out(tmp_path, capsys):
     assert "at least one sequence stays in train/" in " ".join(capsys.readouterr().out.split())
 
 
-def test_distractor_pairs_option():
-    assert train.parse_args(["--distractor-pairs", "0.5"]).distractor_pairs == 0.5
-    assert train.parse_args([]).distractor_pairs == 0.0
-    for bad in ("-0.1", "1.5"):
-        with pytest.raises(ValueError, match=r"--distractor-pairs must be in \[0, 1\], got " + bad):
-            train.parse_args(["--distractor-pairs", bad])
-
-
-def _queries_and_keys(attn, x):
-    """q and k of one LeViT attention for tokens x (B, N, C), BN in eval mode."""
-    if isinstance(attn, levit.Attention):
-        qkv = attn.qkv(x).view(*x.shape[:2], attn.heads, -1)  # (B, N, heads, 2D + Dv)
-        return qkv[..., :attn.key_dim], qkv[..., attn.key_dim:2 * attn.key_dim]
-    q = attn.q[1](x).view(*x.shape[:2], attn.heads, -1)  # (B, N, heads, D), before subsampling
-    k = attn.kv(x).view(*x.shape[:2], attn.heads, -1)[..., :attn.key_dim]  # (B, N, heads, D)
-    return q, k
-
-
-def test_tied_qk_init_makes_keys_equal_queries():
-    torch.manual_seed(0)
-    model = hit.build_hit("tiny").eval()  # BN at its initial statistics: the same map for q and k
-    attentions = [m for m in model.modules() if isinstance(m, (levit.Attention, levit.ShrinkAttention))]
-    assert len(attentions) == 11  # HiT-Tiny (LeViT-128S): 2 + 3 + 4 attention blocks, 2 shrink attentions
-    x = torch.randn(2, 5, attentions[0].qkv.c.in_features)
-    q, k = _queries_and_keys(attentions[0], x)
-    assert (q - k).abs().max() > 0.01  # independent at random initialisation
-    before = {n: p.clone() for n, p in model.named_parameters()}
-    assert train.tie_query_key_init(model) == 11
-    for attn in attentions:
-        x = torch.randn(2, 5, (attn.qkv if isinstance(attn, levit.Attention) else attn.kv).c.in_features)
-        q, k = _queries_and_keys(attn, x)
-        assert torch.equal(q, k)
-    # Only the key rows change, inside the 11 qkv / kv weights; everything else keeps its draw.
-    changed = sorted(n for n, p in model.named_parameters() if not torch.equal(p, before[n]))
-    assert len(changed) == 11 and all(n.endswith(("qkv.c.weight", "kv.c.weight")) for n in changed)
-    args = train.parse_args(["--tied-qk-init"])
-    assert args.tied_qk_init and not train.parse_args([]).tied_qk_init
-
-
-def test_backbone_flags_reach_the_model(fixtures_dir):
-    """--levit-weights and --tied-qk-init act in make_training, the model train.py trains."""
-    weights = fixtures_dir / "LeViT_128S_random11.pth"
-    run = train.make_training(train.parse_args(["--variant", "tiny", "--levit-weights", str(weights)]), torch.device("cpu"), 2)
-    src = levit.read_state_dict(weights)
-    assert torch.equal(run.model.state_dict()["backbone.body.blocks.4.kv.c.weight"], src["blocks.4.kv.c.weight"])
-    run = train.make_training(train.parse_args(["--variant", "tiny", "--tied-qk-init"]), torch.device("cpu"), 2)
-    attn = run.model.backbone.body.blocks[0].m  # the first attention, in its residual
-    w = attn.qkv.c.weight.view(attn.heads, -1, attn.qkv.c.in_features)  # (heads, 2D + Dv, C): q, k, v rows
-    assert torch.equal(w[:, :attn.key_dim], w[:, attn.key_dim:2 * attn.key_dim])
-    with pytest.raises(ValueError, match="pick one"):
-        train.parse_args(["--tied-qk-init", "--levit-weights", str(weights)])
-
-
-def test_token_targets_closed_form():
-    # The same box for both crops: template pixel u is search pixel u + 64 (data.crop_to_crop),
-    # so template token (r, c) of stage 1 shows search token (r + 4, c + 4); stage 2 (r + 2,
-    # c + 2) of an 8 x 8 grid; stage 3 (r + 1, c + 1) of 4 x 4.
-    same = torch.tensor([[1.0, 64.0, 64.0]])
-    t1 = train.token_targets(same, 8, 16, 16)
-    assert t1.shape == (1, 64) and t1[0, 0] == 4 * 16 + 4 and t1[0, 63] == 11 * 16 + 11 and t1[0, 9] == 5 * 16 + 5
-    assert train.token_targets(same, 4, 8, 32)[0].tolist()[:5] == [18, 19, 20, 21, 26]
-    assert train.token_targets(same, 2, 4, 64)[0].tolist() == [5, 6, 9, 10]
-    # A template twice as zoomed, shifted left: half the columns land outside the search crop.
-    half = train.token_targets(torch.tensor([[0.5, -16.0, 100.0]]), 8, 16, 16).view(8, 8)
-    # Column c's centre 16 c + 7.5 lands on 8 c - 12.25: search column round((8 c - 19.75) / 16)
-    # = -1, -1, 0, 0, 1, 1, 2, 2; row 0's centre 7.5 on 103.75: search row 6.
-    assert half[0].tolist() == [-100, -100, 96, 96, 97, 97, 98, 98]
-
-
-def test_pretrain_lr_warms_up_then_follows_a_half_cosine_of_the_time():
-    assert train.pretrain_lr(1e-3, 0, 0.0, 100.0) == pytest.approx(1e-3 / train.PRETRAIN_WARMUP)
-    assert train.pretrain_lr(1e-3, train.PRETRAIN_WARMUP - 1, 0.0, 100.0) == pytest.approx(1e-3)
-    assert train.pretrain_lr(1e-3, 500, 50.0, 100.0) == pytest.approx(0.5e-3)
-    assert train.pretrain_lr(1e-3, 500, 75.0, 100.0) == pytest.approx(1e-3 * (1 - math.sqrt(0.5)) / 2)
-    assert train.pretrain_lr(1e-3, 500, 100.0, 100.0) == pytest.approx(0.0, abs=1e-18)
-
-
-def test_correspondence_loss_rewards_matching_tokens():
-    torch.manual_seed(0)
-    cfg = hit.build_hit("tiny").cfg
-    same = torch.tensor([[1.0, 64.0, 64.0], [1.0, 64.0, 64.0]])
-    stages, shuffled = [], []
-    for k, dim in enumerate((128, 256, 384)):
-        s, t = 16 >> k, 8 >> k
-        search = torch.randn(2, s * s, dim)
-        target = train.token_targets(same, t, s, 16 << k)  # every template token inside here
-        template = search.gather(1, target[:, :, None].expand(-1, -1, dim))  # the true tokens
-        stages.append(torch.cat([search, template], 1))
-        shuffled.append(torch.cat([search, template.roll(1, 1)], 1))
-    heads = [torch.nn.Identity()] * 3
-    loss, accuracy = train.correspondence_loss(stages, heads, same, cfg)
-    assert accuracy == [1.0, 1.0, 1.0] and loss.item() < 0.01
-    loss_bad, accuracy_bad = train.correspondence_loss(shuffled, heads, same, cfg)
-    assert max(accuracy_bad) < 0.2 and loss_bad.item() > 5
-
-
-def test_pretrain_trains_the_backbone_and_a_restart_loads_it(synth_dir, tmp_path, capsys):
-    out = tmp_path / "pre"
-    torch.manual_seed(0)
-    fresh = hit.build_hit("tiny").backbone.state_dict()
-    train.main(tiny_args(synth_dir, out, "--pretrain-minutes", "0.03", "--stop-after", "1"))
-    saved = hit.safe_load(out / "pretrained.pth")
-    assert saved["record"]["steps"] >= 1 and len(saved["record"]["top1_per_stage"]) == 3
-    assert set(saved["backbone"]) == set(fresh)  # the backbone only: no Bridge, no head
-    assert any(not torch.equal(saved["backbone"][k], fresh[k]) for k in fresh if k.endswith("weight"))
-    assert "pre-training:" in capsys.readouterr().out
-    # A crash before the first checkpoint: the restart loads the pre-trained backbone.
-    (out / "last.pth").unlink()
-    (out / "log.jsonl").unlink()
-    model = train.main(tiny_args(synth_dir, out, "--pretrain-minutes", "0.03", "--stop-after", "1", "--lr", "0"))
-    assert all(torch.equal(v, saved["backbone"][k]) for k, v in model.backbone.state_dict().items()
-               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
-    assert "pre-trained backbone loaded" in capsys.readouterr().out
-
-
-def test_backbone_lr_scale_gives_the_backbone_its_own_lr(synth_dir, tmp_path):
-    model = hit.build_hit("tiny")
-    assert len(train.param_groups(model, 1e-3)) == 1  # the paper: one lr for every parameter
-    groups = train.param_groups(model, 1e-3, 0.1)
-    assert groups[0]["lr"] == pytest.approx(1e-4) and "lr" not in groups[1]
-    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.backbone.parameters()}
-    assert sum(p.numel() for g in groups for p in g["params"]) == hit.count_params(model)  # each once
-    args = train.parse_args(tiny_args(synth_dir, tmp_path / "x", "--backbone-lr-scale", "0.1", "--warmup", "1"))
-    run = train.make_training(args, torch.device("cpu"), 4)
-    for _ in range(2):  # the schedule scales both groups alike
-        run.optimizer.step()
-        run.scheduler.step()
-    backbone_lr, rest_lr = (g["lr"] for g in run.optimizer.param_groups)
-    assert rest_lr == pytest.approx(args.lr * 3 / 4) and backbone_lr == pytest.approx(0.1 * rest_lr)
-    with pytest.raises(ValueError, match="--backbone-lr-scale must be > 0, got 0"):
-        train.parse_args(["--backbone-lr-scale", "0"])
-
-
-def test_match_loss_adds_the_matching_term_and_resumes_exactly(synth_dir, tmp_path):
-    torch.manual_seed(0)
-    model = hit.build_hit("tiny").train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    views = data.ViewPairDataset([("synth", data.read_got10k(synth_dir, "train"))], seed=1)
-    views = torch.utils.data.default_collate([views[i] for i in range(2)])
-    m = train.train_step(model, fixed_batch(synth_dir), optimizer, torch.device("cpu"), views=views,
-                         match_weight=0.5, plain=model)
-    assert m["match"] > 0 and m["loss"] == pytest.approx(2 * m["giou"] + 5 * m["l1"] + 0.5 * m["match"], rel=1e-5)
-    runs = {}
-    for name, extra in (("straight", []), ("resumed", ["--stop-after", "1"])):
-        args = tiny_args(synth_dir, tmp_path / name, "--epochs", "2", "--match-loss", "0.5", "--batch-size", "4")
-        train.main(args + extra)
-        if extra:
-            train.main(args + ["--resume"])
-        runs[name] = [json.loads(s) for s in (tmp_path / name / "log.jsonl").read_text().splitlines()]
-    assert len(runs["straight"]) == 2 and all(r["match"] > 0 for r in runs["straight"])
-    assert [(r["loss"], r["match"]) for r in runs["straight"]] == [(r["loss"], r["match"]) for r in runs["resumed"]]
-
-
-def test_pretrain_option_checks(synth_dir, tmp_path, monkeypatch):
-    assert train.parse_args(["--pretrain-minutes", "5"]).pretrain_minutes == 5.0
-    with pytest.raises(ValueError, match="--pretrain-minutes must be >= 0, got -1"):
-        train.parse_args(["--pretrain-minutes", "-1"])
-    with pytest.raises(ValueError, match="--match-loss must be >= 0, got -1"):
-        train.parse_args(["--match-loss", "-1"])
-    monkeypatch.setattr(train, "setup_distributed", lambda device: (0, 2, torch.device("cpu")))
-    with pytest.raises(ValueError, match="runs in one process"):
-        train.main(tiny_args(synth_dir, tmp_path / "ddp", "--pretrain-minutes", "1"))
-    with pytest.raises(ValueError, match="--match-loss runs in one process only"):
-        train.main(tiny_args(synth_dir, tmp_path / "ddp", "--match-loss", "1"))
-
-
-def test_synth_dir_not_made_by_train_is_never_deleted(tmp_path):
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "precious.txt").write_text("keep")
-    with pytest.raises(ValueError, match="not made by train.py"):
-        train.ensure_synth(tmp_path / "mine", 2, 3, 0, log=lambda *a: None)
-    assert (tmp_path / "mine" / "precious.txt").read_text() == "keep"
-
-
-def test_pretrained_backbone_of_other_settings_is_refused(synth_dir, tmp_path):
-    out = tmp_path / "pre"
-    out.mkdir()
-    args = tiny_args(synth_dir, out, "--pretrain-minutes", "0.03", "--stop-after", "1")
-    record = {"steps": 1, "pairs": 2, "seconds": 1.0, "loss": 1.0, "top1_per_stage": [0.0] * 3}
-    backbone = hit.build_hit("tiny").backbone.state_dict()
-    settings = train.pretrain_settings(train.parse_args(args))
-    assert settings == {"variant": "tiny", "pos_layout": "diagonal", "pretrain_minutes": 0.03, "seed": 0,
-                        "data": {"synth_sequences": 4, "synth_frames": 12, "synth_seed": 0,
-                                 "synth_mix": {"objects": 1.0}}}
-    train.save_atomic({"backbone": backbone, "heads": {}, "record": record, "settings": settings},
-                      out / "pretrained.pth")
-    for flag, value in (("--variant", "small"), ("--seed", "1"), ("--pretrain-minutes", "0.05")):
-        with pytest.raises(ValueError, match=r"pretrained\.pth was pre-trained with .*, not this run's .*"
-                           r"use another --out, or remove .*pretrained\.pth to pre-train again"):
-            train.main(args + [flag, value])
-    # A file saved before the settings were: another variant is a clear error, not a size mismatch.
-    train.save_atomic({"backbone": backbone, "heads": {}, "record": record}, out / "pretrained.pth")
-    with pytest.raises(ValueError, match=r"pretrained\.pth does not fit this run's HiT-small backbone"):
-        train.main(args + ["--variant", "small"])
-
-
-def test_help_works():
-    r = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "--resume" in r.stdout and "--levit-weights" in r.stdout
-    for gone in ("--wide-fraction", "--max-steps", "--save-every", "--data-weights"):  # lost their use
-        assert gone not in r.stdout, gone
-
-
-# ----------------------------------------------------------------------------- DDP
+# ----------------------------------------------------------------------------- DDP and workers
 def test_two_process_gloo_run(synth_dir, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -1019,8 +725,8 @@ def test_two_process_gloo_run(synth_dir, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run"
     assert sorted(p.name for p in out.iterdir()) == ["last.pth", "log.jsonl"]
-    lines = (out / "log.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1  # rank 0 only
+    lines = read_log(out)
+    assert len(lines) == 1 and lines[0]["epoch"] == 1  # rank 0 only
     assert (r.stdout + r.stderr).count("x2;") == 1  # the banner, printed by rank 0 alone
     assert hit.load_checkpoint(out / "last.pth").cfg.variant == "tiny"
 
@@ -1050,13 +756,3 @@ def test_default_workers_follow_device_and_cores(synth_dir, tmp_path):
     assert train.default_workers("mps", 10) == 4
     with pytest.raises(ValueError, match="--workers"):
         train.main(tiny_args(synth_dir, tmp_path, "--workers", "-1"))
-
-
-def test_workers_default_is_resolved_per_device(synth_dir, tmp_path, monkeypatch, capsys):
-    calls = []
-    monkeypatch.setattr(train, "default_workers", lambda *a: calls.append(a) or 0)
-    args = tiny_args(synth_dir, tmp_path, "--epochs", "1")
-    i = args.index("--workers")
-    train.main(args[:i] + args[i + 2:])  # no --workers given
-    assert len(calls) == 1 and calls[0][0] == "cpu" and calls[0][1] >= 1 and calls[0][2] == 1
-    assert "0 loader worker(s)" in capsys.readouterr().out
