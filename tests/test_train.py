@@ -215,8 +215,8 @@ def test_bf16_autocast_step_keeps_float32_boxes_and_weights(synth_dir):
     """--amp's step (bf16 autocast, forced here even where bf16 is emulated): the
     soft-argmax runs in float32 (a bf16 one would round corners to ~1 px), weights and
     their gradients stay float32, and Eq. 4's loss matches the fp32 step's within bf16's
-    error. (The corner term, a cross-entropy of the bf16 maps, carries their rounding:
-    3.8e-3 relative on this batch; it is left out of the comparison.)"""
+    error. The corner term, a cross-entropy of the bf16 maps, carries their rounding and
+    gets its own bound."""
     torch.manual_seed(0)
     model = hit.build_hit("tiny").train()
     batch = fixed_batch(synth_dir)
@@ -234,6 +234,8 @@ def test_bf16_autocast_step_keeps_float32_boxes_and_weights(synth_dir):
     # Measured 4.9e-4 relative (AMD EPYC, AVX512-BF16); bf16's own step is 2^-8 = 3.9e-3, so 2e-3
     # leaves room for other CPUs and still fails a step that leaves a whole tensor in bf16.
     assert m["loss"] - m["corner"] == pytest.approx(m32["loss"] - m32["corner"], rel=2e-3), (m, m32)
+    # Measured 3.8e-3 relative (AMD EPYC, AVX512-BF16); 1e-2 leaves 2.6x of room.
+    assert m["corner"] == pytest.approx(m32["corner"], rel=1e-2), (m, m32)
 
 
 # ----------------------------------------------------------------------------- lr schedule
