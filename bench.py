@@ -2,7 +2,6 @@
 
     python bench.py --device cpu --variant all          # model-only table, this machine
     python bench.py --device cuda --variant base --json out.json
-    python bench.py --device cuda                        # on a Jetson too (reads /etc/nv_tegra_release)
 
 Method: the paper's (model-only forward of backbone and head, random inputs of the real
 shapes, batch 1, BN fused), corrected twice: each timed call is bracketed by
@@ -13,32 +12,25 @@ we report median and p90.
 
 Modes (see fast.prepare): `released` re-runs the released implementation's op sequence on
 the same weights (the baseline for every speed-up claim), `eager` (unfused), `fused`
-(the default), `compile` (Inductor with frozen weights), `cuda_graph`; reduced precision
-`fp16` (GPU), `bf16` (GPU, and CPUs with native bfloat16), `int8` and `fast` (CPU, where
-it has native bf16: this project's ONNX export in OpenVINO, static int8 Linears and
-convolutions and bf16 elsewhere, when the deployment extras are installed, else bf16
-autocast compiled by Inductor; int8 Linears and head convs without bf16) are reported
-with their output deviation and never presented as exact. The compiled modes compile
-while they are prepared, before any timing. `onnxruntime`, `openvino_fp32` (exact) and
-`openvino` (OpenVINO's own precision) run this project's ONNX export (fast.export_onnx).
-The peers `released_ort`, `released_ov_fp32`, `released_ov`, `released_ort_int8` and
-`released_ov_int8` (quantised as `fast` quantises ours) run the released op sequence's
-export in the runtimes a deploying user would pick instead of PyTorch: the ratios to beat.
+(the default), `cuda_graph`, and `onnxruntime` and `openvino_fp32`, which run this
+project's ONNX export (fast.export_onnx); `fast` (CPU: int8 and bf16, fast.fast_cpu) is
+reported with its output deviation and never presented as exact. The peers
+`released_ort`, `released_ov_fp32`, `released_ov` (OpenVINO's own precision, bf16 where
+native) and `released_ov_int8` (quantised as `fast` quantises ours) run the released op
+sequence's export in the runtimes a deploying user would pick instead of PyTorch: the
+ratios to beat.
 
 Also measured: each mode's max |output - eager| on the same inputs (an exact mode beyond
-EXACT_TOL is flagged in the table), parameters and GMACs (torch.utils.flop_counter),
-peak memory, end-to-end tracking fps with track.Tracker on a procedural 640x360 sequence
-(crop + resize + network + box mapping, JPEG decoding excluded) next to model-only fps,
-and training throughput (forward + loss + backward + AdamW, samples/s; float32 and,
-where it runs natively, train.py --amp's bf16/fp16 autocast). Without
---checkpoint the weights are random but trained-like (`randomize`): random BN statistics
-and attention biases, and outputs that depend on the input, so errors cannot hide.
+EXACT_TOL is flagged), parameters and GMACs, peak memory, end-to-end tracking fps with
+track.Tracker on a procedural 640x360 sequence (JPEG decoding excluded) next to model-only
+fps, and training throughput (train.train_step, samples/s; float32 and, where native,
+--amp's autocast). Without --checkpoint the weights are random but trained-like
+(`randomize`): random BN statistics and attention biases, so errors cannot hide.
 
-On a Jetson (JetPack with NVIDIA's PyTorch wheel for it): fix the clocks first
-(`sudo nvpmodel -m 0 && sudo jetson_clocks`), then `python bench.py --device cuda
---variant all --json jetson.json`; the board is named from /etc/nv_tegra_release.
-bf16 is skipped on boards without it (Xavier); on small boards add `--train-batch 8`
-or `--no-train` (the GPU shares the board's memory).
+On a Jetson (JetPack with NVIDIA's PyTorch wheel): fix the clocks first (`sudo nvpmodel -m
+0 && sudo jetson_clocks`), then `python bench.py --device cuda --variant all --json
+jetson.json` (the board is named from /etc/nv_tegra_release); on small boards add
+`--train-batch 8` or `--no-train` (the GPU shares the board's memory).
 """
 import argparse
 import copy
@@ -48,9 +40,7 @@ import json
 import os
 import platform
 import resource
-import signal
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -58,9 +48,12 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+import data
 import fast
 import hit
 import levit
+import synth
+import track
 
 EXACT_TOL = 1e-4  # max |pred_boxes - eager| for a mode to count as exact
 
@@ -136,11 +129,9 @@ def cpu_name(path="/proc/cpuinfo"):
 
 
 def jetson_board(path="/etc/nv_tegra_release", model_path="/proc/device-tree/model"):
-    """The Jetson module and its L4T release on an NVIDIA Jetson, else None, e.g.
-    "NVIDIA Jetson AGX Xavier Developer Kit (L4T R32.7.1, board t186ref)".
-
-    /etc/nv_tegra_release starts "# R32 (release), REVISION: 7.1, GCID: ..., BOARD: t186ref,
-    EABI: aarch64, ..."; /proc/device-tree/model names the module when readable."""
+    """The Jetson module and L4T release, e.g. "NVIDIA Jetson AGX Xavier Developer Kit (L4T
+    R32.7.1, board t186ref)", from /etc/nv_tegra_release ("# R32 (release), REVISION: 7.1,
+    GCID: ..., BOARD: t186ref, ...") and /proc/device-tree/model; None elsewhere."""
     try:
         with open(path) as f:
             first = f.readline().strip().lstrip("#").strip()
@@ -165,8 +156,7 @@ def device_name(device):
     """Jetson board, GPU name, Apple GPU, or the CPU model for `device`."""
     device = torch.device(device)
     if device.type == "cuda":
-        jetson = jetson_board()
-        return jetson or torch.cuda.get_device_name(device)
+        return jetson_board() or torch.cuda.get_device_name(device)
     if device.type == "mps":
         return f"Apple GPU (MPS) on {platform.machine()}"
     return cpu_name()
@@ -191,10 +181,9 @@ def load_average():
 
 
 def busy_warning(threads):
-    """A warning line when other processes already keep the cores busy. With every core
-    taken, a multi-threaded forward stalls at each parallel region waiting for a
-    preempted thread (SPEED.md has a case of 60x): such timings measure the machine, not
-    the model."""
+    """A warning line when other processes already keep the cores busy: a multi-threaded
+    forward then stalls at each parallel region waiting for a preempted thread (SPEED.md
+    has a case of 60x): such timings measure the machine, not the model."""
     load, cores = load_average(), os.cpu_count() or 1
     if load is not None and load + threads > cores + 0.5:
         return (f"!! machine busy: load average {load:.1f} on {cores} cores before this run "
@@ -205,11 +194,9 @@ def busy_warning(threads):
 
 # ----------------------------------------------------------------------------- models and inputs
 def randomize(model, seed=0, branch_gain=(0.02, 0.06), logit_std=2.0):
-    """Trained-like random weights, in place, so that fusing, bias gathers and numerical
-    errors anywhere show in the outputs (with default initialisation the residual
-    branches are tiny, the corner head shrinks its input ~100x, the score maps are flat
-    and the outputs hardly depend on the input).
-
+    """Trained-like random weights, in place, so that errors anywhere show in the outputs
+    (at default initialisation the residual branches are tiny, the score maps flat and the
+    outputs hardly depend on the input):
     1. every BatchNorm gets random affine parameters: weight in [0.5, 1.5], except the
        last BN of each residual branch, in `branch_gain` (a larger gain makes the random
        network chaotic: outputs then jump between 16-pixel cells on float rounding);
@@ -310,21 +297,17 @@ def attempt(fn):
 # released_ov_int8 is the released export quantised the way `fast` quantises ours
 # (fast.quantize_onnx): what a user who knows that recipe could deploy without this project.
 PEERS = {"released_ort": ("onnxruntime", "float32"), "released_ov_fp32": ("openvino_fp32", "float32"),
-         "released_ov": ("openvino", "OpenVINO's default"),
-         "released_ort_int8": ("onnxruntime", "ONNX Runtime dynamic int8"),
-         "released_ov_int8": ("openvino", "static int8 as fast's")}
+         "released_ov": ("openvino", "OpenVINO's default"), "released_ov_int8": ("openvino", "static int8 as fast's")}
 ALL_MODES = ("released",) + tuple(PEERS) + fast.MODES
 
 
 def default_modes(device):
     device = torch.device(device)
     if device.type == "cuda":
-        return ["released", "released_ort", "eager", "fused", "cuda_graph", "onnxruntime", "fp16", "bf16"]
+        return ["released", "released_ort", "eager", "fused", "cuda_graph", "onnxruntime"]
     if device.type == "mps":
-        return ["released", "eager", "fused", "fp16"]
-    return (["released"] + list(PEERS) + ["eager", "fused", "compile", "onnxruntime", "openvino_fp32",
-                                          "int8", "fast", "openvino"]
-            + (["bf16"] if fast.cpu_has_bf16() else []))
+        return ["released", "eager", "fused"]
+    return ["released"] + list(PEERS) + ["eager", "fused", "onnxruntime", "openvino_fp32", "fast"]
 
 
 def is_exact(mode):
@@ -333,38 +316,24 @@ def is_exact(mode):
 
 def skip_reason(mode, device):
     """Why `mode` cannot run on `device` (a sentence), or None when it can."""
-    if mode == "released":
-        return None
-    if mode == "released_ov_int8":  # quantised by ONNX Runtime's tool, run by OpenVINO
-        return fast.unavailable("openvino", device) or fast.unavailable("onnxruntime", device)
-    return fast.unavailable(PEERS[mode][0] if mode in PEERS else mode, device)
+    if mode not in PEERS:
+        return None if mode == "released" else fast.unavailable(mode, device)
+    device = torch.device(device)
+    package = "onnxruntime" if PEERS[mode][0] == "onnxruntime" else "openvino"
+    return fast.runtime_unavailable(package, mode, device) or (  # int8: ONNX Runtime's tool quantises
+        fast.runtime_unavailable("onnxruntime", mode, device) if mode == "released_ov_int8" else None)
 
 
-def build_peer(model, mode, device, batch=1):
-    """The released op sequence (Released) exported to ONNX and run by a runtime."""
-    if mode == "released_ov_int8":  # exactly what `fast` runs, on the released export
-        return fast.onnx_runtime_mode(Released(model.eval()), "openvino", device, batch, int8=True)
-    runtime, precision = PEERS[mode]
-    with tempfile.TemporaryDirectory(prefix="hit_peer_") as tmp:
-        path = fast.export_onnx(Released(model.eval()), os.path.join(tmp, "released.onnx"))
-        if mode == "released_ort_int8":
-            quantization = fast.require("onnxruntime.quantization", "onnxruntime")
-            quantization.quantize_dynamic(path, os.path.join(tmp, "int8.onnx"))
-            path = os.path.join(tmp, "int8.onnx")
-        if runtime == "onnxruntime":
-            fn = fast.OnnxRuntime(path, model.cfg, device)
-            fn.path = fn.path.replace("float32", precision)
-            return fn
-        return fast.OpenVINO(path, model.cfg, "f32" if runtime == "openvino_fp32" else None, batch)
-
-
-def build_mode(model, mode, device, batch=1):
-    """f(template, search) -> {"pred_boxes", "score"} for `mode`, from a copy of `model`."""
+def build_mode(model, mode, device, batch=1, released_graph=None):
+    """f(template, search) -> {"pred_boxes", "score"} for `mode`, from a copy of `model`.
+    A peer runs the released op sequence's ONNX export: released_graph() (made once for
+    every peer, see prepare_modes), or exported here."""
     m = copy.deepcopy(model)
     if mode == "released":
         return Released(m.to(device).eval()).eval()
     if mode in PEERS:
-        return build_peer(m, mode, device, batch)
+        return fast.onnx_runtime_mode(Released(m.eval()), PEERS[mode][0], device, batch, mode == "released_ov_int8",
+                                      released_graph() if released_graph else None)
     return fast.prepare(m, mode, device, batch)
 
 
@@ -375,9 +344,8 @@ def outputs(fn, z, x):
 
 
 def reference64(model, z, x):
-    """Eager outputs in float64 on the CPU: the yardstick for float32 rounding. A random
-    network can amplify rounding past EXACT_TOL (eager itself then sits far from this);
-    a mode as far from it as eager is no less exact than eager."""
+    """Eager outputs in float64 on the CPU: the yardstick for float32 rounding (a random
+    network can amplify it past EXACT_TOL: a mode as far from this as eager is as exact)."""
     m = copy.deepcopy(model).cpu().double().eval()
     return outputs(m, z.cpu().double(), x.cpu().double())
 
@@ -402,48 +370,38 @@ def check(fn, inputs, refs, refs64):
 
 
 # ----------------------------------------------------------------------------- timing
-def sync_for(device):
-    """The device's synchronise function (None on the CPU, where calls are synchronous)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.synchronize
-    if device.type == "mps":
-        return torch.mps.synchronize
-    return None
-
-
-def time_fn(fn, warmup, iters, sync=None):
+def time_fn(fn, warmup, iters, device=None):
     """Call fn() `warmup` times untimed, then `iters` times; returns each timed call's ms.
-    `sync` (e.g. torch.cuda.synchronize) runs before starting and before stopping every
-    timed call, so queued GPU work is neither charged to nor hidden from the call."""
+    On a GPU `device` is synchronised (hit.sync) before starting and before stopping every
+    timed call, so queued work is neither charged to nor hidden from the call."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
-        if sync:
-            sync()
+        if device is not None:
+            hit.sync(device)
         t0 = time.perf_counter()
         fn()
-        if sync:
-            sync()
+        if device is not None:
+            hit.sync(device)
         times.append(1e3 * (time.perf_counter() - t0))
     return times
 
 
-def time_interleaved(fns, warmup, iters, sync=None, chunk=10):
+def time_interleaved(fns, warmup, iters, device=None, chunk=10):
     """Time several callables round-robin, `chunk` calls each per round, the order rotated
     every round, so that machine noise (other processes, clocks) hits them alike.
     Returns {name: [ms, ...]} with `iters` entries each."""
     names = list(fns)
     for name in names:
-        time_fn(fns[name], warmup, 0, sync)
+        time_fn(fns[name], warmup, 0, device)
     times = {name: [] for name in names}
     r = 0
     while any(len(t) < iters for t in times.values()):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             n = min(chunk, iters - len(times[name]))
-            times[name] += time_fn(fns[name], 0, n, sync)
+            times[name] += time_fn(fns[name], 0, n, device)
         r += 1
     return times
 
@@ -457,8 +415,7 @@ def summarize(ms):
 
 # ----------------------------------------------------------------------------- memory
 def reset_peak(device):
-    device = torch.device(device)
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -478,55 +435,61 @@ def forward_memory(call, device):
     """Memory around one call(): (peak MB, what it measures, MB the call itself added on
     top of what was allocated before it: CUDA only, else None)."""
     device = torch.device(device)
-    sync = sync_for(device)
-    if sync:
-        sync()
+    hit.sync(device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
     reset_peak(device)
     with torch.inference_mode():
         call()
-    if sync:
-        sync()
+    hit.sync(device)
     peak, kind = peak_memory(device)
     return peak, kind, (peak - before / 2 ** 20) if before is not None else None
 
 
 # ----------------------------------------------------------------------------- model-only benchmark
+def prepare_modes(model, args, device, checks, log=print):
+    """Each of args.modes built from a copy of `model` and checked against eager on `checks`
+    (inputs, refs, refs64) -> (calls on the first input, deviations, paths, skipped). The
+    peers share one export of the released op sequence."""
+    variant, (inputs, refs, refs64) = model.cfg.variant, checks
+    z, x = inputs[0]
+    fns, devs, paths, skipped = {}, {}, {}, []
+    with tempfile.TemporaryDirectory(prefix="hit_peer_") as tmp:
+        graph = functools.cache(lambda: fast.export_onnx(Released(copy.deepcopy(model).eval()),
+                                                         os.path.join(tmp, "released.onnx")))
+        for mode in args.modes:
+            reason = skip_reason(mode, device)
+            if reason is None:
+                try:
+                    fn = build_mode(model, mode, device, args.batch, graph)
+                    paths[mode] = fast.path_of(fn, mode)
+                    if paths[mode] != mode:  # `fast` has several paths: say which one is timed
+                        log(f"  [{variant}] mode {mode} runs as: {paths[mode]}")
+                    devs[mode] = check(fn, inputs, refs, refs64)
+                    fns[mode] = (lambda f: lambda: f(z, x))(fn)
+                except Exception as e:  # a mode this torch/device cannot run: note it, go on
+                    reason = failure(e)
+            note(skipped, variant, device, mode, reason, log)
+    return fns, devs, paths, skipped
+
+
 def bench_variant(model, args, device, log=print):
     """Prepare every mode from copies of `model` (unfused, CPU), check their outputs
     against eager on the same inputs, time all modes interleaved, in one process.
     Returns (records, skipped)."""
     variant = model.cfg.variant
     stats = model_stats(model)
-    # Outputs are checked on CHECK_INPUTS input pairs (a random network's score maps are
-    # one-hot for some inputs, where errors hide), of the timed batch size (CUDA graphs
-    # are captured for one); the first pair is also the timed one.
+    # CHECK_INPUTS input pairs (a random network's score maps are one-hot for some, hiding
+    # errors) of the timed batch size (CUDA graphs are captured for one); the first is timed.
     inputs = [make_inputs(model.cfg, args.batch, device, args.seed + 1 + i)
               for i in range(CHECK_INPUTS)]
     eager = copy.deepcopy(model).to(device)
     refs = [outputs(eager, z, x) for z, x in inputs]
     refs64 = [reference64(model, z, x) for z, x in inputs]
     eager_err = max(max(deviation(r, r64)) for r, r64 in zip(refs, refs64))  # float32 rounding
-    z, x = inputs[0]
-    fns, devs, paths, skipped = {}, {}, {}, []
-    for mode in args.modes:
-        reason = skip_reason(mode, device)
-        if reason is None:
-            try:
-                fn = build_mode(model, mode, device, args.batch)
-                paths[mode] = fast.path_of(fn, mode)
-                if paths[mode] != mode:  # `fast` has several paths: say which one is timed
-                    log(f"  [{variant}] mode {mode} runs as: {paths[mode]}")
-                devs[mode] = check(fn, inputs, refs, refs64)
-                fns[mode] = (lambda f: lambda: f(z, x))(fn)
-            except Exception as e:  # a mode this torch/device cannot run: note it, go on
-                reason = failure(e)
-        if reason is not None:
-            log(f"  [{variant}] skipping mode {mode}: {reason}")
-            skipped.append({"variant": variant, "mode": mode, "device": device.type, "reason": reason})
+    fns, devs, paths, skipped = prepare_modes(model, args, device, (inputs, refs, refs64), log)
     mems = {mode: forward_memory(f, device) for mode, f in fns.items()}
     with torch.inference_mode():
-        times = time_interleaved(fns, args.warmup, args.iters, sync_for(device))
+        times = time_interleaved(fns, args.warmup, args.iters, device)
     base = statistics.median(times["released"]) if "released" in times else None
     name = device_name(device)
     records = []
@@ -548,16 +511,12 @@ def bench_variant(model, args, device, log=print):
 
 
 # ----------------------------------------------------------------------------- end-to-end tracking
-BENCH_MIX = {"objects": 1.0}  # the sequences every speed in SPEED.md was measured on
-
-
-def make_sequence(folder, frames, size=(640, 360), seed=0):
-    """One procedural sequence (synth.py) of `frames` frames, written under `folder`."""
-    import data
-    import synth
-    synth.synth(folder, sequences=1, frames=frames, seed=seed, size=size, val_fraction=0,
-                progress=False, mix=BENCH_MIX)
-    return data.read_got10k(folder, "train")[0]
+def make_dataset(folder, sequences=16, frames=60, size=(640, 360), seed=0):
+    """A procedural set (synth.py) of `sequences` sequences, made once in `folder` (a
+    temporary folder of this run: synth.ensure's marker is not needed), as data.Sequence."""
+    if not os.path.isdir(folder):  # made once, for every variant of the run
+        synth.synth(folder, sequences, frames, seed, size, val_fraction=0, progress=False)
+    return data.read_got10k(folder, "train")
 
 
 def bench_tracking(model, mode, device, seq, model_ms=None, warmup_frames=10):
@@ -567,7 +526,6 @@ def bench_tracking(model, mode, device, seq, model_ms=None, warmup_frames=10):
     End-to-end time per frame = crop + resize + normalise + network + box mapping
     (track.run_sequence's per-frame times, which exclude JPEG decoding); the first frame
     (initialisation) is left out. Returns one record."""
-    import track
     tracker = track.Tracker(copy.deepcopy(model), device, mode)  # it runs fast.prepare
     splits = []
     inner = tracker.track
@@ -586,7 +544,7 @@ def bench_tracking(model, mode, device, seq, model_ms=None, warmup_frames=10):
     _, seconds = track.run_sequence(tracker, seq)
     per_frame = 1e3 * seconds[1:]
     rec = {"variant": model.cfg.variant, "mode": mode, "device": device.type,
-           "frames": len(seq.frames), "image_size": list(data_size(seq)),
+           "frames": len(seq.frames), "image_size": list(data.read_image(seq.frames[0]).shape[1::-1]),  # (w, h)
            "e2e_median_ms": float(statistics.median(per_frame)),
            "e2e_fps": float(len(per_frame) / (per_frame.sum() / 1e3)),
            "model_median_ms": model_ms, "model_fps": 1e3 / model_ms if model_ms else None}
@@ -596,22 +554,11 @@ def bench_tracking(model, mode, device, seq, model_ms=None, warmup_frames=10):
     return rec
 
 
-def make_dataset(folder, sequences=16, frames=60, size=(640, 360), seed=0):
-    """A procedural set (synth.py) of `sequences` sequences, its sequences as data.Sequence."""
-    import data
-    import synth
-    if not os.path.isdir(folder):  # made once, for every variant of the run
-        synth.synth(folder, sequences=sequences, frames=frames, seed=seed, size=size,
-                    val_fraction=0, progress=False, mix=BENCH_MIX)
-    return data.read_got10k(folder, "train")
-
-
 def bench_dataset(model, mode, device, seqs, batch):
     """Dataset frames per second of track.py --dataset --batch `batch` (track.run_batched:
     JPEG decoding, crops, network, box mapping, everything but writing files), after a
     warm-up on a few frames, and the model-only frames per second at that batch (the same
     prepared model on random inputs, interleaved runs of 10 calls). Returns one record."""
-    import track
     tracker = track.Tracker(copy.deepcopy(model), device, mode, batch=batch)
     warm = [dataclasses.replace(q, frames=q.frames[:3], gt=q.gt[:3], visible=None) for q in seqs[:batch]]
     track.run_batched(tracker, warm, lambda *a: None, lambda *a: None)
@@ -624,7 +571,7 @@ def bench_dataset(model, mode, device, seqs, batch):
     seconds = time.perf_counter() - t0
     z, x = make_inputs(model.cfg, batch, device)
     with torch.inference_mode():
-        model_ms = statistics.median(time_fn(lambda: tracker.forward(z, x), 3, 20, sync_for(device)))
+        model_ms = statistics.median(time_fn(lambda: tracker.forward(z, x), 3, 20, device))
     return {"variant": model.cfg.variant, "mode": mode, "device": device.type, "batch": batch,
             "sequences": len(seqs), "frames": frames[0], "dataset_fps": frames[0] / seconds,
             "model_fps": 1e3 * batch / model_ms}
@@ -634,13 +581,6 @@ def format_dataset(rec):
     return (f"dataset {rec['variant']} {rec['mode']} batch {rec['batch']}: {rec['dataset_fps']:.1f} "
             f"frames/s end to end over {rec['sequences']} sequences ({rec['frames']} frames); "
             f"model only at this batch {rec['model_fps']:.1f} frames/s")
-
-
-def data_size(seq):
-    """(width, height) of the sequence's first frame."""
-    from PIL import Image
-    with Image.open(seq.frames[0]) as im:
-        return im.size
 
 
 # ----------------------------------------------------------------------------- training throughput
@@ -665,11 +605,8 @@ def amp_dtype_for(device):
 
 def step_fn(model, optimizer, batch, device, amp_dtype=None):
     """One training step exactly as train.py takes it: train.train_step (Eq. 4 loss, clip,
-    AdamW; autocast to amp_dtype as --amp does). -> (fn, which).
-
-    Raises RuntimeError, naming the import error, when train.train_step cannot be
-    imported: timing a stand-in loss instead would report the speed of a step that
-    train.py never runs."""
+    AdamW; autocast to amp_dtype as --amp does) -> (fn, which). RuntimeError, naming the
+    import error, where train.train_step is missing: never time a stand-in."""
     try:
         import train
         train_step = train.train_step
@@ -689,7 +626,7 @@ def bench_training(model, device, batch, warmup=2, steps=5, amp_dtype=None):
     optimizer = torch.optim.AdamW(m.parameters(), lr=5e-4, weight_decay=1e-4)
     fn, which = step_fn(m, optimizer, random_batch(m.cfg, batch, device), device, amp_dtype)
     reset_peak(device)
-    ms = time_fn(fn, warmup, steps, sync_for(device))
+    ms = time_fn(fn, warmup, steps, device)
     mem, kind = peak_memory(device)
     median = statistics.median(ms)
     precision = "float32" if amp_dtype is None else f"amp {str(amp_dtype).split('.')[-1]}"
@@ -752,7 +689,7 @@ def build_parser():
     p = argparse.ArgumentParser(description="Measure HiT: model-only latency per inference "
                                 "mode (interleaved, against the released op sequence), "
                                 "end-to-end tracking fps and training throughput.")
-    p.add_argument("--device", choices=("cpu", "cuda", "mps"), default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps, or auto")
     p.add_argument("--variant", choices=("base", "small", "tiny", "all"), default="all")
     p.add_argument("--batch", type=int, default=1, help="model-only batch size (default 1)")
     p.add_argument("--threads", type=int, default=None,
@@ -760,10 +697,10 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=20, help="untimed calls per mode (default 20)")
     p.add_argument("--iters", type=int, default=100, help="timed calls per mode (default 100)")
     p.add_argument("--modes", default=None,
-                   help="comma list from " + ",".join(ALL_MODES) + "; default on a CPU: all "
-                   "but cuda_graph and fp16 (bf16 where the CPU has it); on CUDA: released, "
-                   "released_ort, eager, fused, cuda_graph, onnxruntime, fp16, bf16. released_* "
-                   "are the peers: the released model exported to ONNX, in a runtime")
+                   help="comma list from " + ",".join(ALL_MODES) + "; default on a CPU: all but "
+                   "cuda_graph; on CUDA: released, released_ort, eager, fused, cuda_graph, "
+                   "onnxruntime. released_* are the peers: the released model exported to ONNX, "
+                   "in a runtime")
     p.add_argument("--json", metavar="PATH", help="write records, tracking, training, machine")
     p.add_argument("--checkpoint", metavar="PATH",
                    help="real weights (released or ours); default: seeded random weights with "
@@ -787,11 +724,10 @@ def build_parser():
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: torch.cuda.is_available() is False")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        p.error("--device mps: torch.backends.mps.is_available() is False")
+    try:
+        device = hit.parse_device(args.device)
+    except ValueError as err:
+        p.error(str(err))
     args.modes = args.modes.split(",") if args.modes else default_modes(device)
     args.track_modes = args.track_modes.split(",")
     unknown = [m for m in args.modes + args.track_modes if m not in ALL_MODES]
@@ -812,8 +748,7 @@ def parse_args(argv=None):
     if args.track_frames < 2 and not args.no_track:
         p.error("--track-frames must be >= 2 (the first frame initialises)")
     args.threads = fast.usable_cores() if args.threads is None else args.threads
-    if args.train_batch is None:
-        args.train_batch = 8 if device.type == "cpu" else 32
+    args.train_batch = args.train_batch or (8 if device.type == "cpu" else 32)  # 0 was refused above
     return args, device
 
 
@@ -826,57 +761,36 @@ def variants_of(args):
     return list(hit.VARIANTS) if args.variant == "all" else [args.variant]
 
 
+def note(skipped, variant, device, what, reason, log=print):
+    """Say and record why a measurement was skipped (nothing when `reason` is None)."""
+    if reason:
+        log(f"  [{variant}] skipping {what}: {reason}")
+        skipped.append({"variant": variant, "mode": what, "device": device.type, "reason": reason})
+
+
 def track_variant(model, args, device, sequence, tracking, skipped, recs):
     """End-to-end tracking fps of `model` in each --track-modes mode (appends to `tracking`)."""
-    variant = model.cfg.variant
     for mode in ([] if args.no_track else args.track_modes):
-        reason = skip_reason(mode, device)
-        if reason is None:
-            seq = sequence()
-            ms = next((r["median_ms"] for r in recs if r["mode"] == mode), None)
-            reason = attempt(lambda: tracking.append(bench_tracking(
-                model, mode, device, seq, ms if args.batch == 1 else None)))
-        if reason:
-            print(f"  [{variant}] not tracking in {mode}: {reason}")
-            skipped.append({"variant": variant, "mode": f"tracking {mode}",
-                            "device": device.type, "reason": reason})
+        ms = next((r["median_ms"] for r in recs if r["mode"] == mode), None) if args.batch == 1 else None
+        note(skipped, model.cfg.variant, device, f"tracking {mode}", skip_reason(mode, device) or attempt(
+            lambda: tracking.append(bench_tracking(model, mode, device, sequence(), ms))))
 
 
 def dataset_variant(model, args, device, seq_dir, results, skipped):
     """Dataset frames/s at each --dataset-batches size in each --track-modes mode."""
-    if not args.dataset_batches:
-        return
-    seqs = make_dataset(os.path.join(seq_dir, "dataset"))
-    for mode in args.track_modes:
+    seqs = make_dataset(os.path.join(seq_dir, "dataset")) if args.dataset_batches else []
+    for mode in args.track_modes if seqs else []:
         for batch in args.dataset_batches:
-            reason = skip_reason(mode, device) or attempt(
-                lambda: results.append(bench_dataset(model, mode, device, seqs, batch)))
-            if reason:
-                print(f"  [{model.cfg.variant}] no dataset run in {mode} at batch {batch}: {reason}")
-                skipped.append({"variant": model.cfg.variant, "mode": f"dataset {mode} x{batch}",
-                                "device": device.type, "reason": reason})
+            note(skipped, model.cfg.variant, device, f"dataset {mode} x{batch}", skip_reason(mode, device) or attempt(
+                lambda: results.append(bench_dataset(model, mode, device, seqs, batch))))
 
 
 def train_variant(model, args, device, training, skipped):
     """Training throughput of `model`, float32 and --amp's autocast where it does anything."""
-    variant = model.cfg.variant
     amp = amp_dtype_for(device)
     for dtype in ([] if args.no_train else [None] + ([amp] if amp else [])):
-        reason = attempt(lambda: training.append(bench_training(
-            model, device, args.train_batch, steps=args.train_steps, amp_dtype=dtype)))
-        if reason:
-            print(f"  [{variant}] training throughput ({dtype or 'float32'}): {reason}")
-            skipped.append({"variant": variant, "mode": "training",
-                            "device": device.type, "reason": reason})
-
-
-def warn_not_exact(records):
-    for r in records:
-        if r["exact"] and not r["exact_ok"]:
-            print(f"!! WARNING: {r['variant']} {r['mode']} is an exact mode but deviates "
-                  f"from eager by {max(r['max_abs_dev'], r['score_dev']):.2e} > {EXACT_TOL:g} "
-                  f"(from float64 eager {r['dev_vs_fp64']:.2e}; eager float32 itself "
-                  f"{r['eager_fp32_err']:.2e} from it)")
+        step = functools.partial(bench_training, model, device, args.train_batch, steps=args.train_steps, amp_dtype=dtype)
+        note(skipped, model.cfg.variant, device, f"training ({dtype or 'float32'})", attempt(lambda: training.append(step())))
 
 
 def report(records, tracking, training, skipped, datasets=()):
@@ -898,7 +812,7 @@ def report(records, tracking, training, skipped, datasets=()):
 
 def main(argv=None):
     args, device = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill unwinds: no temporary folder left
+    fast.exit_on_sigterm()
     torch.set_num_threads(args.threads)
     machine = machine_info(device, args.threads)
     print(f"HiT bench on {machine['device_name']} ({device.type}), torch {torch.__version__}, "
@@ -909,14 +823,13 @@ def main(argv=None):
         print(warning)
     records, skipped, tracking, training, datasets = [], [], [], [], []
     with tempfile.TemporaryDirectory(prefix="hit_bench_") as seq_dir:
-        sequence = functools.cache(lambda: make_sequence(seq_dir, args.track_frames))  # made once
+        sequence = functools.cache(lambda: make_dataset(os.path.join(seq_dir, "sequence"), 1, args.track_frames)[0])
         for variant in variants_of(args):
             print(f"[{variant}] preparing and timing {len(args.modes)} modes ...", flush=True)
             model = make_model(variant, args.checkpoint, args.seed)
             with fast.no_tf32():  # every mode in true float32 (PyTorch's TF32 convs: ~1e-3)
                 recs, skip = bench_variant(model, args, device)
             records, skipped = records + recs, skipped + skip
-            warn_not_exact(recs)
             track_variant(model, args, device, sequence, tracking, skipped, recs)
             dataset_variant(model, args, device, seq_dir, datasets, skipped)
             train_variant(model, args, device, training, skipped)

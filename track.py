@@ -215,11 +215,6 @@ def run_sequence(tracker: Tracker, seq, init_box=None):
     return _arrays(boxes, times)
 
 
-# Modes whose prepared model runs one fixed batch size (CUDA graphs, OpenVINO reshaped at
-# load): run_batched pads their forwards to Tracker.batch rows.
-FIXED_BATCH_MODES = ("cuda_graph", "fast", "openvino_fp32")
-
-
 class _Slot:
     """One sequence in flight in run_batched: frame 0 read and initialised (FrameError if it
     cannot be), its own template and previous box, and its frames 1, 2, ... read (and, where
@@ -333,7 +328,7 @@ def _step(tracker, slots, images):
     t0 = time.perf_counter()
     searches, factors = tracker.crops(images, [s.box for s in slots], SEARCH_FACTOR, SEARCH_SIZE)  # (R, 3, 256, 256)
     templates = torch.cat([s.template for s in slots])  # R x (1, 3, 128, 128) -> (R, 3, 128, 128)
-    pad = tracker.batch - len(slots) if tracker.mode in FIXED_BATCH_MODES else 0
+    pad = tracker.batch - len(slots) if tracker.mode in fast.FIXED_BATCH_MODES else 0
     if pad:  # repeat the last row: its outputs are dropped
         templates = torch.cat([templates, templates[-1:].expand(pad, -1, -1, -1)])  # (B, 3, 128, 128)
         searches = torch.cat([searches, searches[-1:].expand(pad, -1, -1, -1)])  # (B, 3, 256, 256)

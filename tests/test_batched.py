@@ -98,7 +98,7 @@ def test_slots_refill_as_sequences_finish_padded_where_the_mode_needs(sequences,
     # cuda_graph / openvino / ... run one batch size: the last steps, with fewer sequences
     # in flight, must still send tracker.batch rows.
     tracker = track.Tracker(copy.deepcopy(model), mode="fused", batch=4)
-    tracker.mode = track.FIXED_BATCH_MODES[0]  # pretend: only the padding rule is under test
+    tracker.mode = track.fast.FIXED_BATCH_MODES[0]  # pretend: only the padding rule is under test
     shapes = []
     forward = tracker.forward
     tracker.forward = lambda z, x: shapes.append(len(x)) or forward(z, x)

@@ -3,11 +3,17 @@ with eager on the released fixture, the tracker in mode onnxruntime, the bench p
 
 The optional packages (requirements-deploy.txt) are skipped when absent, except under CI,
 which installs them: there a missing package fails the test."""
+import contextlib
 import copy
+import ctypes
 import importlib
+import io
 import os
+import signal
 import subprocess
 import sys
+import time
+import types
 
 import numpy as np
 import pytest
@@ -19,9 +25,11 @@ import fast
 import hit
 import levit
 import track
+from test_bench import one_thread  # noqa: F401 - autouse: one thread (two stall on a shared 2-core machine)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXACT_TOL = 1e-4  # the exact modes' promise (and the issue's parity bound for ONNX Runtime)
+ALL = ("max", "mid", "min")  # the Bridge's stages (Table 5)
 
 
 def extra(module):
@@ -30,17 +38,8 @@ def extra(module):
     return pytest.importorskip(module)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_bench.py: two threads stall on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
-
-
 def graph_of(path):
-    onnx = extra("onnx")
-    return onnx.load(str(path))
+    return extra("onnx").load(str(path))
 
 
 def dims(value_info):
@@ -48,12 +47,9 @@ def dims(value_info):
 
 
 # ----------------------------------------------------------------------------- the exported graph
-@pytest.mark.parametrize("variant,layout,stages", [
-    ("tiny", "diagonal", ("max", "mid", "min")), ("small", "diagonal", ("max", "mid", "min")),
-    ("base", "diagonal", ("max", "mid", "min")), ("tiny", "separate", ("max", "mid", "min")),
-    ("tiny", "vertical", ("max", "mid", "min")), ("tiny", "horizontal", ("max", "mid", "min")),
-    ("tiny", "absolute", ("max", "mid", "min")), ("tiny", "diagonal", ("max",)),
-    ("tiny", "diagonal", ("mid", "min"))])
+@pytest.mark.parametrize("variant,layout,stages", [(v, "diagonal", ALL) for v in ("tiny", "small", "base")]
+                         + [("tiny", layout, ALL) for layout in ("separate", "vertical", "horizontal", "absolute")]
+                         + [("tiny", "diagonal", ("max",)), ("tiny", "diagonal", ("mid", "min"))])
 def test_export_every_variant_and_ablation(tmp_path, variant, layout, stages):
     onnx = extra("onnx")
     ort = extra("onnxruntime")
@@ -90,8 +86,7 @@ def test_export_every_variant_and_ablation(tmp_path, variant, layout, stages):
 def test_graph_attention_is_levit_attend(with_bias):
     g = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, 3, 5, 4, generator=g), torch.randn(2, 3, 7, 4, generator=g)
-    v, bias = torch.randn(2, 3, 7, 8, generator=g), torch.randn(3, 5, 7, generator=g)
-    bias = bias if with_bias else None
+    v, bias = torch.randn(2, 3, 7, 8, generator=g), torch.randn(3, 5, 7, generator=g) if with_bias else None
     got = fast.attend_graph(q, k, v, bias, 0.5)
     want = levit.attend(q, k, v, bias, 0.5)
     assert got.shape == (2, 3, 5, 8)
@@ -108,9 +103,9 @@ def test_graph_attentions_compute_what_the_frozen_ones_do():
     graph = fast.graph_attentions(copy.deepcopy(frozen))
     twins = dict(graph.named_modules())
     pairs = [(a, twins[name]) for name, a in frozen.named_modules() if isinstance(a, fast.FrozenBias)]
-    assert [type(b).__name__ for _, b in pairs] == (["GraphAttention"] * 2 + ["GraphShrinkAttention"]
-                                                    + ["GraphAttention"] * 3 + ["GraphShrinkAttention"]
-                                                    + ["GraphAttention"] * 4)  # HiT-Tiny's 11 attentions
+    assert all(type(b) is fast.GraphAttention for _, b in pairs)
+    assert [isinstance(a, fast.FrozenShrinkAttention) for a, _ in pairs] == (  # HiT-Tiny's 11 attentions
+        [False] * 2 + [True] + [False] * 3 + [True] + [False] * 4)
     # Measured 0.0 on the CPU (the same GEMMs on the same rows); 1e-6 allows another blocking.
     with torch.no_grad():
         for a, b in pairs:
@@ -122,18 +117,32 @@ def test_graph_attentions_compute_what_the_frozen_ones_do():
     assert all((s - t).abs().max() < 1e-6 for s, t in zip(want, got))
 
 
-def test_export_command_reads_a_released_checkpoint(fixtures_dir, tmp_path):
-    extra("onnx")
-    out = tmp_path / "hit_tiny.onnx"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "fast.py"), "export", "--checkpoint",
-                        str(fixtures_dir / "HiT_Tiny_ep1500_random7.pth.tar"), "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "HiT-tiny" in r.stdout and out.stat().st_size > 30e6  # 9.6M float32 weights
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "fast.py"), "export", "--checkpoint",
-                          str(tmp_path / "missing.pth.tar"), "--out", str(out)],
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "missing.pth.tar" in bad.stderr and "Traceback" not in bad.stderr
+@pytest.fixture(scope="module")
+def released(fixtures_dir):
+    model = hit.load_checkpoint(fixtures_dir / "HiT_Tiny_ep1500_random7.pth.tar")
+    exp = torch.load(fixtures_dir / "HiT_Tiny_random7_expected.pt")
+    return model, exp["template"], exp["search"], exp["pred_boxes"][:, 0]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, fixtures_dir):
+    """The float and int8 export of the released Tiny fixture by the export command, and
+    what it printed, shared by every test on the fixture. Released weights: a fresh
+    build_hit's zero residual branches would be shared by the exporter (Identity nodes)."""
+    extra("onnxruntime")
+    folder = tmp_path_factory.mktemp("onnx")
+    checkpoint = str(fixtures_dir / "HiT_Tiny_ep1500_random7.pth.tar")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        fast.main(["export", "--checkpoint", checkpoint, "--out", str(folder / "hit.onnx")])
+        fast.main(["export", "--checkpoint", checkpoint, "--out", str(folder / "hit_int8.onnx"), "--int8"])
+    return folder / "hit.onnx", folder / "hit_int8.onnx", printed.getvalue()
+
+
+def test_export_command_reads_a_released_checkpoint(exported, tmp_path):
+    assert "HiT-tiny" in exported[2] and exported[0].stat().st_size > 30e6  # 9.6M float32 weights
+    with pytest.raises(SystemExit, match="fast.py export: error: .*missing.pth.tar"):  # a message, no traceback
+        fast.main(["export", "--checkpoint", str(tmp_path / "missing.pth.tar"), "--out", str(tmp_path / "x.onnx")])
 
 
 def test_export_command_checks_the_opset_and_writes_only_a_checked_graph(tmp_path, capsys, monkeypatch):
@@ -158,8 +167,6 @@ def test_export_command_checks_the_opset_and_writes_only_a_checked_graph(tmp_pat
 def test_killed_export_leaves_no_temporary_folder(tmp_path):
     """SIGTERM (what `timeout` and job schedulers send) unwinds the export: exit 143 and
     its temporary folder removed, nothing written at --out."""
-    import signal
-    import time
     extra("onnx")
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "fast.py"), "export", "--variant", "tiny",
@@ -175,95 +182,68 @@ def test_killed_export_leaves_no_temporary_folder(tmp_path):
 
 
 # ----------------------------------------------------------------------------- runtimes as modes
-@pytest.fixture(scope="module")
-def released(fixtures_dir):
-    model = hit.load_checkpoint(fixtures_dir / "HiT_Tiny_ep1500_random7.pth.tar")
-    exp = torch.load(fixtures_dir / "HiT_Tiny_random7_expected.pt")
-    return model, exp["template"], exp["search"], exp["pred_boxes"][:, 0]
-
-
-@pytest.mark.parametrize("batch", [1, 2])
-def test_onnxruntime_matches_the_released_fixture(released, batch):
+def test_runtimes_match_the_released_fixture_and_openvino_shares_buffers_safely(released, exported):
+    """onnxruntime (dynamic batch) and openvino_fp32 match the fixture; compile_model's own
+    alternate signal stack is taken off the calling thread again (a signal delivered on it
+    crashed the process: fast.same_signal_stack); OpenVINO reads inputs in place and hands
+    back its own output buffers: a non-contiguous input must read the same, one call's
+    outputs survive the next."""
     extra("onnxruntime")
+    extra("openvino")
     model, z, x, want = released
-    fn = fast.prepare(copy.deepcopy(model), "onnxruntime", "cpu", batch)
-    out = fn(z[:batch], x[:batch])
+    fn = fast.OnnxRuntime(exported[0], model.cfg)
     assert fn.path.startswith("ONNX Runtime") and "float32" in fn.path
-    assert (out["pred_boxes"] - want[:batch]).abs().max() < EXACT_TOL
-
-
-# Measured on the fixture's two inputs (2-core Sapphire Rapids with AMX, where OpenVINO picks
-# bfloat16): box deviation 0.047 (PyTorch's own bf16 mode on the same inputs: 0.025). The
-# bound is 2x the measured value, rounded up.
-OPENVINO_REDUCED_TOL = 0.1
-
-
-def test_openvino_float32_and_its_own_precision(released):
-    extra("openvino")
-    model, z, x, want = released
-    exact = fast.prepare(copy.deepcopy(model), "openvino_fp32", "cpu", batch=2)
-    assert exact.precision == "f32"
-    assert (exact(z, x)["pred_boxes"] - want).abs().max() < EXACT_TOL
-    own = fast.prepare(copy.deepcopy(model), "openvino", "cpu", batch=2)
-    assert own.path.startswith("OpenVINO") and own.precision in own.path  # says what ran
-    bf16 = own.precision == "bf16"
-    assert bf16 == fast.cpu_has_bf16()  # OpenVINO's choice on this CPU
-    assert (own(z, x)["pred_boxes"] - want).abs().max() < (OPENVINO_REDUCED_TOL if bf16 else EXACT_TOL)
-    assert "openvino" in fast.REDUCED_MODES and "openvino_fp32" in fast.EXACT_MODES  # never called exact
-
-
-def test_openvino_leaves_the_threads_signal_stack_as_it_was(released):
-    """compile_model installs an alternate signal stack of its own on the calling thread;
-    fast.OpenVINO puts the previous one back (a signal delivered on OpenVINO's crashed the
-    process: see fast.same_signal_stack)."""
-    import ctypes
-    extra("openvino")
-    libc = ctypes.CDLL(None)
-
-    def current():
-        stack = fast._StackT()
-        assert libc.sigaltstack(None, ctypes.byref(stack)) == 0
-        return stack.ss_sp, stack.ss_flags, stack.ss_size
-
-    before = current()
-    model, z, x, _ = released
-    fn = fast.prepare(copy.deepcopy(model), "openvino", "cpu")
-    fn(z[:1], x[:1])
-    assert current() == before  # without same_signal_stack: OpenVINO's, about 20 KB
-
-
-def test_openvino_shares_buffers_safely(released):
-    """OpenVINO reads the inputs in place and hands back its own output buffers: a
-    non-contiguous input must read the same, and one call's outputs must survive the next."""
-    extra("openvino")
-    model, z, x, _ = released
-    fn = fast.prepare(copy.deepcopy(model), "openvino_fp32", "cpu", batch=2)
+    for batch in (1, 2):
+        assert (fn(z[:batch], x[:batch])["pred_boxes"] - want[:batch]).abs().max() < EXACT_TOL
+    libc, before = ctypes.CDLL(None), fast._StackT()
+    assert libc.sigaltstack(None, ctypes.byref(before)) == 0
+    fn = fast.OpenVINO(exported[0], model.cfg, "f32", batch=2)
+    after = fast._StackT()
+    assert libc.sigaltstack(None, ctypes.byref(after)) == 0
+    assert (after.ss_sp, after.ss_flags, after.ss_size) == (before.ss_sp, before.ss_flags, before.ss_size)
+    assert fn.precision == "f32" and fn.path.startswith("OpenVINO") and "f32" in fn.path
+    assert "openvino_fp32" in fast.EXACT_MODES and fast.REDUCED_MODES == ("fast",)  # fast never called exact
     first = fn(z, x)
+    assert (first["pred_boxes"] - want).abs().max() < EXACT_TOL
     kept = {k: v.clone() for k, v in first.items()}
     transposed = x.transpose(2, 3).contiguous().transpose(2, 3)  # x's values, strides (.., 1, 256)
     assert not transposed.is_contiguous()
-    again = fn(z, transposed)
-    assert torch.equal(again["pred_boxes"], kept["pred_boxes"])
+    assert torch.equal(fn(z, transposed)["pred_boxes"], kept["pred_boxes"])
     fn(z.flip(0), x.flip(0))  # other outputs into the same buffers
     assert all(torch.equal(first[k], kept[k]) for k in kept)
 
 
-def test_fast_mode_is_openvino_int8_where_the_cpu_has_bf16(released):
+def test_fast_mode_tracks_batched(released, tmp_path):
+    """fast is OpenVINO's int8 graph where the CPU has native bf16 (bf16 between the int8
+    layers), else the eager int8 path; under run_batched (3 slots, 4 sequences, so the
+    last steps are padded to its fixed batch) every frame gets a finite box."""
     extra("openvino")
     extra("onnxruntime")
+    from test_track import make_frames, write_sequence
     model, z, x, _ = released
-    fn = fast.prepare(copy.deepcopy(model), "fast", "cpu", batch=2)
+    tracker = track.Tracker(copy.deepcopy(model), mode="fast", batch=3)
+    fn = tracker.model
     if fast.cpu_has_bf16():
         assert isinstance(fn, fast.OpenVINO) and fn.precision == "bf16"
-        assert fast.path_of(fn, "fast").startswith("OpenVINO") and "int8" in fast.path_of(fn, "fast")
-        # Numbers: a random-init network is chaotic under int8 (its boxes move as much as
-        # they vary between inputs), so int8's accuracy is measured on a trained tracker
-        # (SPEED.md); here the quantised graph's structure and scales are tested above.
-        out = fn(z, x)
-        assert out["pred_boxes"].shape == (2, 4) and out["score"].shape == (2,)
-        assert torch.isfinite(out["pred_boxes"]).all()
+        assert tracker.path.startswith("OpenVINO") and "int8" in tracker.path
     else:  # without native bf16 OpenVINO would run float32; fast stays the eager int8 path
-        assert not isinstance(fn, fast.OpenVINO) and "int8" in fast.path_of(fn, "fast")
+        assert not isinstance(fn, fast.OpenVINO) and tracker.path.startswith("eager int8")
+    # Not its numbers: chaotic under int8 here; int8's cost is measured on a trained tracker (SPEED.md)
+    with torch.inference_mode():
+        out = fn(torch.cat([z, z[:1]]), torch.cat([x, x[:1]]))
+    assert out["pred_boxes"].shape == (3, 4) and out["score"].shape == (3,)
+    assert torch.isfinite(out["pred_boxes"]).all()
+    for i in range(4):
+        frames, gt = make_frames(5 + i, seed=i)
+        write_sequence(tmp_path / f"s{i}", frames, gt, ext="jpg")
+    done = {}
+    track.run_batched(tracker, data.read_folder(tmp_path), lambda seq, boxes, times: done.update({seq.name: boxes}),
+                      lambda seq, err: pytest.fail(f"{seq.name}: {err}"))
+    assert sorted(done) == ["s0", "s1", "s2", "s3"]
+    for i in range(4):
+        boxes = done[f"s{i}"]
+        assert boxes.shape == (5 + i, 4) and np.isfinite(boxes).all()
+        assert np.allclose(boxes[0], make_frames(1, seed=i)[1][0])  # frame 0: the init box
 
 
 # ----------------------------------------------------------------------------- int8 graphs
@@ -284,22 +264,9 @@ def test_calibration_inputs_are_tracker_crops_and_deterministic():
             assert t.std() > 0.1  # a real picture, not a blank frame
 
 
-@pytest.fixture(scope="module")
-def int8_graph(tmp_path_factory, fixtures_dir):
-    """The float and the int8 export of the released Tiny fixture, written by the export
-    command. Released weights: a fresh build_hit has zero-initialised residual branches,
-    whose identical folded weights the exporter shares through Identity nodes."""
-    extra("onnxruntime")
-    folder = tmp_path_factory.mktemp("int8")
-    checkpoint = str(fixtures_dir / "HiT_Tiny_ep1500_random7.pth.tar")
-    fast.main(["export", "--checkpoint", checkpoint, "--out", str(folder / "hit.onnx")])
-    fast.main(["export", "--checkpoint", checkpoint, "--out", str(folder / "hit_int8.onnx"), "--int8"])
-    return graph_of(folder / "hit.onnx"), graph_of(folder / "hit_int8.onnx")
-
-
-def test_quantised_graph_has_int8_gemms_and_convs_and_float_attention(int8_graph):
+def test_quantised_graph_has_int8_gemms_and_convs_and_float_attention(exported):
     numpy_helper = extra("onnx").numpy_helper
-    source, model = int8_graph
+    source, model = graph_of(exported[0]), graph_of(exported[1])
     graph = model.graph
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["opset"] == str(fast.ONNX_OPSET) and "hit_config" in meta and "per output channel" in meta["int8"]
@@ -323,11 +290,7 @@ def test_quantised_graph_has_int8_gemms_and_convs_and_float_attention(int8_graph
     attentions = sum(isinstance(m, (levit.Attention, levit.ShrinkAttention)) for m in hit.build_hit("tiny").modules())
     # each attention's q k^T and A v; FoldedGate's O u; the soft-argmax's two expectations
     assert products == 2 * attentions + 3
-
-
-def test_quantised_inputs_take_their_scale_from_the_calibration_crops(int8_graph):
-    numpy_helper = extra("onnx").numpy_helper
-    graph = int8_graph[1].graph
+    # the inputs' scales come from the calibration crops
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     pairs = fast.calibration_inputs(hit.build_hit("tiny").cfg)  # what the export calibrated on
     for name in ("template", "search"):
@@ -368,29 +331,6 @@ def test_int8_export_calibrates_on_given_sequences(fixtures_dir, tmp_path, capsy
     assert "go with --int8" in capsys.readouterr().err
 
 
-def test_batched_evaluation_in_fast_mode_runs_the_int8_graph(released, tmp_path):
-    """fast (OpenVINO int8, reshaped to one batch size) under run_batched: 3 slots, 4
-    sequences, so the last steps are padded; every frame gets a finite box."""
-    extra("openvino")
-    extra("onnxruntime")
-    if not fast.cpu_has_bf16():
-        pytest.skip("fast is OpenVINO only on CPUs with native bf16")
-    from test_track import make_frames, write_sequence
-    for i in range(4):
-        frames, gt = make_frames(5 + i, seed=i)
-        write_sequence(tmp_path / f"s{i}", frames, gt, ext="jpg")
-    tracker = track.Tracker(copy.deepcopy(released[0]), mode="fast", batch=3)
-    assert "int8" in tracker.path
-    done = {}
-    track.run_batched(tracker, data.read_folder(tmp_path), lambda seq, boxes, times: done.update({seq.name: boxes}),
-                      lambda seq, err: pytest.fail(f"{seq.name}: {err}"))
-    assert sorted(done) == ["s0", "s1", "s2", "s3"]
-    for i in range(4):
-        boxes = done[f"s{i}"]
-        assert boxes.shape == (5 + i, 4) and np.isfinite(boxes).all()
-        assert np.allclose(boxes[0], make_frames(1, seed=i)[1][0])  # frame 0: the init box
-
-
 def test_tracker_in_onnxruntime_mode_follows_fused():
     extra("onnxruntime")
     from test_track import make_frames
@@ -406,14 +346,16 @@ def test_tracker_in_onnxruntime_mode_follows_fused():
 
 
 def test_a_missing_runtime_names_its_package(monkeypatch):
+    extra("openvino")  # installed, a runtime still refuses devices it does not run on
+    assert "CPU" in fast.unavailable("openvino_fp32", "cuda") and fast.unavailable("onnxruntime", "mps")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
-    assert "pip install openvino" in fast.unavailable("openvino", "cpu")
+    assert "pip install openvino" in fast.unavailable("openvino_fp32", "cpu")
     with pytest.raises(ValueError, match="pip install openvino"):
-        fast.prepare(hit.build_hit("tiny"), "openvino", "cpu")
-    assert not fast.openvino_available()  # so fast takes its Inductor path, and says why
+        fast.prepare(hit.build_hit("tiny"), "openvino_fp32", "cpu")
+    assert not fast.openvino_available()  # so fast takes its eager int8 path, and says why
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(fast, "Compiled", lambda *a, **k: type("Stub", (), {})())  # no compile here
+    monkeypatch.setattr(fast, "int8_cpu", lambda model: type("Stub", (), {})())  # no quantising here
     assert "without openvino: pip install -r requirements-deploy.txt" in fast.fast_cpu(None).path
     monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)
     with pytest.raises(ImportError, match="pip install onnxruntime"):
@@ -426,26 +368,22 @@ def test_a_missing_runtime_names_its_package(monkeypatch):
         assert "pip install onnx " in fast.unavailable(mode, "cpu")
 
 
-def test_runtimes_refuse_devices_they_do_not_run_on():
-    extra("openvino")
-    assert "CPU" in fast.unavailable("openvino", "cuda")
-    assert fast.unavailable("onnxruntime", "mps")
-
-
 # ----------------------------------------------------------------------------- bench's peers
-def test_bench_peers_run_the_released_export():
-    extra("onnxruntime")
-    extra("openvino")
+def test_bench_peers_run_one_export_of_the_released_model(monkeypatch):
+    extra("onnxruntime"), extra("openvino")
     model = bench.make_model("tiny", seed=0)
     z, x = bench.make_inputs(model.cfg, 1, "cpu", seed=1)
     ref = bench.outputs(copy.deepcopy(model), z, x)
-    for mode in ("released_ort", "released_ov_fp32"):
-        fn = bench.build_mode(model, mode, "cpu")
-        assert bench.is_exact(mode) and bench.skip_reason(mode, "cpu") is None
-        assert max(bench.deviation(bench.outputs(fn, z, x), ref)) < EXACT_TOL
-    for mode in ("released_ov", "released_ort_int8", "released_ov_int8"):
-        fn = bench.build_mode(model, mode, "cpu")
-        assert not bench.is_exact(mode) and bench.skip_reason(mode, "cpu") is None
-        assert torch.isfinite(bench.outputs(fn, z, x)["pred_boxes"]).all()
-        assert ("int8" in fn.path) == mode.endswith("int8")
+    exports, export = [], fast.export_onnx
+    monkeypatch.setattr(fast, "export_onnx", lambda m, *a: exports.append(type(m).__name__) or export(m, *a))
+    args = types.SimpleNamespace(modes=list(bench.PEERS), batch=1)
+    fns, devs, paths, skipped = bench.prepare_modes(model, args, torch.device("cpu"), ([(z, x)], [ref], [ref]))
+    assert exports == ["Released"] and not skipped and list(fns) == list(bench.PEERS)  # one export for all
+    for mode in bench.PEERS:
+        assert bench.skip_reason(mode, "cpu") is None
+        assert bench.is_exact(mode) == (mode in ("released_ort", "released_ov_fp32"))
+        if bench.is_exact(mode):
+            assert max(devs[mode][:2]) < EXACT_TOL
+        assert torch.isfinite(fns[mode]()["pred_boxes"]).all()
+        assert ("int8" in paths[mode]) == mode.endswith("int8")
     assert bench.skip_reason("released_ov_int8", "cuda")  # OpenVINO runs on the CPU here
