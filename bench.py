@@ -536,7 +536,7 @@ def bench_tracking(model, mode, device, seq, model_ms=None, warmup_frames=10):
         return result
 
     tracker.track = track_and_record
-    k = min(warmup_frames, max(2, len(seq.frames) // 10))  # warm-up (compile compiles here)
+    k = min(warmup_frames, max(2, len(seq.frames) // 10))  # warm-up
     track.run_sequence(tracker, dataclasses.replace(
         seq, frames=seq.frames[:k], gt=seq.gt[:k],
         visible=None if seq.visible is None else seq.visible[:k]))

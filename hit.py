@@ -214,10 +214,11 @@ class SafeUnpickler(pickle.Unpickler):
     """Rebuilds tensors and plain containers only (see `safe_load`)."""
     ALLOWED = {("torch", f"{name}Storage"): dtype for name, dtype in STORAGES.items()} | {
         ("collections", "OrderedDict"): OrderedDict,
-        ("torch._utils", "_rebuild_tensor_v2"):  # (storage, offset, size, stride, ...)
-            lambda storage, offset, size, stride, *_: storage.as_strided(tuple(size), tuple(stride), offset),
-        ("torch._utils", "_rebuild_parameter"):  # (data, requires_grad, hooks, ...)
-            lambda data, requires_grad, *_: nn.Parameter(data, requires_grad=requires_grad)}
+        ("torch._utils", "_rebuild_tensor_v2"):  # torch's own argument list, no more, no less
+            lambda storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None:
+                storage.as_strided(tuple(size), tuple(stride), offset),
+        ("torch._utils", "_rebuild_parameter"):
+            lambda data, requires_grad, hooks, *extra: nn.Parameter(data, requires_grad=requires_grad)}
 
     def __init__(self, file, read_record):
         super().__init__(file)
@@ -227,7 +228,7 @@ class SafeUnpickler(pickle.Unpickler):
         return self.ALLOWED.get((module, name)) or _placeholder(module, name)
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
         data = bytearray(self.read_record(f"data/{pid[2]}"))  # pid: ("storage", dtype, key, location, numel)
         flat = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
@@ -313,7 +314,7 @@ def count_macs(model, batch=1):
 
 
 # ----------------------------------------------------------------------------- devices
-# One parser and one synchronise for every script (train.py, track.py, bench.py, fast.py).
+# One parser and one synchronise for every script (train.py, track.py, bench.py).
 def default_device():
     """The fastest device present: cuda, else mps, else cpu."""
     if torch.cuda.is_available():

@@ -101,7 +101,7 @@ class Tracker:
             crops = torch.stack([data.normalize(crop) for crop, _, _ in cut])  # N x (3, S, S) -> (N, 3, S, S)
             return crops.to(self.device), [resize_factor for _, resize_factor, _ in cut]
         # Every other mode: the same crops as batched torch ops on the model's device, the
-        # same bits (tests/test_track.py::test_tracker_crops_are_the_released_crops), faster.
+        # same bits (tests/test_track.py::test_real_tiny_prepared_in_place_crops_and_tracks), faster.
         crops, resize_factors, _ = fast.crop_resize_torch(images, boxes, factor, size, self.device)
         return fast.normalize_torch(crops), resize_factors
 
@@ -828,7 +828,7 @@ def parse_box(text: str):
     try:
         return tuple(float(v) for v in data.check_box(text.split(",")))
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected x,y,w,h: {err}") from None
+        raise argparse.ArgumentTypeError(f"expected x,y,w,h, got {text!r}: {err}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -891,8 +891,9 @@ def _check_args(p: argparse.ArgumentParser, args) -> None:
         p.error(f"{_flag(command)} needs {', '.join(map(_flag, missing))}")
     if command == "analyze" and len({Path(f).resolve() for f in args.results}) != len(args.results):
         p.error("--results: a folder is given twice")
-    if args.batch < 1 or (args.threads is not None and args.threads < 1):
-        p.error(f"--batch and --threads take a positive integer, got {args.batch} and {args.threads}")
+    for flag, value in (("--batch", args.batch), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
 
 
 def _make_tracker(args, batch: int = 1, device=None) -> Tracker:

@@ -348,6 +348,14 @@ def test_levit_logits_match_released_fixture(fixtures_dir, name):
         assert a.shape == b.shape == (2, 1000)
 
 
+def test_levit_classifier_shapes_without_fixtures():
+    model = levit.build_levit("LeViT_128S")
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(2, 3, 224, 224)).shape == (2, 1000)
+        a, b = model.train()(torch.zeros(2, 3, 224, 224))  # training: class and distillation logits apart
+    assert a.shape == b.shape == (2, 1000)
+
+
 def test_levit_weights_feed_the_hit_backbone_and_misfits_are_named(tmp_path, fixtures_dir, built):
     model = built("tiny")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -358,6 +366,7 @@ def test_levit_weights_feed_the_hit_backbone_and_misfits_are_named(tmp_path, fix
     assert torch.equal(after["backbone.body.patch_embed.0.bn.running_var"], src["patch_embed.0.bn.running_var"])
     bias = "backbone.body.blocks.0.m.attention_biases"  # tables dropped: not the file's 14x14 ones
     assert torch.equal(after[bias], before[bias])
+    assert not hit.HiT(small_crops()).backbone.body.blocks[0].m.attention_biases.any()  # new tables start at 0
     assert torch.equal(after["box_head.conv1_tl.0.weight"], before["box_head.conv1_tl.0.weight"])
     absolute = hit.HiT(small_crops(pos_layout="absolute"))  # Table 6's Abs: its embedding starts random
     pos = absolute.backbone.body.pos_embed.detach().clone()

@@ -276,11 +276,12 @@ def test_help_and_the_released_checkpoint(capsys, tmp_path, fixtures_dir, monkey
     done = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "--checkpoint" in done.stdout
-    # The released training-checkpoint format (weights under "net") tracks a folder.
+    # The released training-checkpoint format (weights under "net") tracks a folder, in the
+    # default mode (fused: the device-side crop) as the one CLI run that is not eager.
     frames, gt = make_frames(3)
     write_sequence(tmp_path / "seq", frames, gt)
     monkeypatch.chdir(tmp_path)
-    track.main([*eager(fixtures_dir / "HiT_Tiny_ep1500_random7.pth.tar"),
+    track.main(["--checkpoint", str(fixtures_dir / "HiT_Tiny_ep1500_random7.pth.tar"),
                 "--sequence", str(tmp_path / "seq"), "--device", "cpu"])
     boxes = read_results(tmp_path / "seq.txt")
     assert boxes.shape == (3, 4)
@@ -296,6 +297,8 @@ def test_cli_argument_errors(capsys):
         with pytest.raises(SystemExit) as exc:
             track.main(argv)
         assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threads must be >= 1, got 0" in err and "expected x,y,w,h, got '1,2,3'" in err
     assert track.parse_box("1, 2.5,3,4") == (1, 2.5, 3, 4)
     run = ["--checkpoint", "c", "--sequence", "x"]  # flags of another command: refused, named
     cases = [(run + ["--dataset", "folder", "--root", "r"], "give one of .*got --sequence, --dataset"),
