@@ -295,7 +295,7 @@ def render_sequence(rng, n: int, w: int, h: int):
 
 
 # ----------------------------------------------------------------------------- files
-MARKER = "COMPLETE.json"  # written last: a folder without it is redone, not trusted
+MARKER = "COMPLETE.json"  # written last: a folder without it is refused; an interrupted .partial is redone
 
 
 def _write_sequence(task) -> None:
