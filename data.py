@@ -596,6 +596,26 @@ def _padding_only(image_hw, crop_xyxy, out_size: int, stride: int = 16) -> bool:
     return not all(inside)
 
 
+@dataclass(frozen=True)
+class Processing:
+    """The released processing settings (paper Sec. 4.1, the released configs); train.py
+    sets the jitter from --center-jitter / --scale-jitter."""
+    max_gap: int = 200  # frames between template and search
+    template_size: int = 128
+    search_size: int = 256
+    template_factor: float = 2.0  # crop side / sqrt(w h) of the box
+    search_factor: float = 4.0
+    center_jitter: float = 3.5  # search crop only
+    scale_jitter: float = 0.5
+    gray_prob: float = 0.05
+    flip_prob: float = 0.5  # the joint flip and each crop's own
+    brightness: float = 0.2
+
+    def __post_init__(self):
+        if self.center_jitter < 0 or self.scale_jitter < 0:
+            raise ValueError(f"jitter must be >= 0, got center {self.center_jitter}, scale {self.scale_jitter}")
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Template/search training pairs as the released HiT/STARK sampler and processing
     (paper Sec. 3.4, 4.1). sources: list of (name, list[Sequence]), drawn by `weights`
@@ -608,16 +628,14 @@ class PairDataset(torch.utils.data.Dataset):
     As released: videos under 20 frames or with at most 4 visible targets are skipped
     (a still image gives both crops); the template frame t is a visible frame before the
     last, the search frame a visible one in [t + 1, t + max_gap); while there is none the
-    window widens by 5 and t is redrawn. On the frames, jointly: grayscale (gray_prob),
-    horizontal flip (flip_prob). The template crop around its box, the search crop around
+    window widens by 5 and t is redrawn. Settings: `processing` (Processing). On the frames,
+    jointly: grayscale (gray_prob), horizontal flip (flip_prob). The template crop around its box, the search crop around
     the jittered box; a crop of padding only is redrawn. On each crop on its own: brightness
     U(1 - b, 1 + b) and a flip (flip_prob; the box follows the search crop's), so in about
     half of the pairs the template is the mirror image of the search crop's target.
     """
 
-    def __init__(self, sources, weights=None, samples_per_epoch=60000, seed=0, max_gap=200,
-                 template_size=128, search_size=256, template_factor=2.0, search_factor=4.0,
-                 center_jitter=3.5, scale_jitter=0.5, gray_prob=0.05, flip_prob=0.5, brightness=0.2):
+    def __init__(self, sources, weights=None, samples_per_epoch=60000, seed=0, processing=Processing()):
         self.sources = [(name, [(s, u) for s in seqs if s.gt is not None and len(s.gt)
                                 for u in [_usable_frames(s)] if u is not None]) for name, seqs in sources]
         empty = [name for name, seqs in self.sources if not seqs]
@@ -629,12 +647,7 @@ class PairDataset(torch.utils.data.Dataset):
         if w.shape != (len(self.sources),) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"weights {weights} do not match {len(self.sources)} sources")
         self.probs = w / w.sum()
-        self.samples_per_epoch, self.seed, self.max_gap = int(samples_per_epoch), int(seed), int(max_gap)
-        self.sizes, self.factors = (int(template_size), int(search_size)), (float(template_factor), float(search_factor))
-        if center_jitter < 0 or scale_jitter < 0:
-            raise ValueError(f"jitter must be >= 0, got center {center_jitter}, scale {scale_jitter}")
-        self.jitter = (float(center_jitter), float(scale_jitter))
-        self.probs_aug = (float(gray_prob), float(flip_prob), float(brightness))
+        self.samples_per_epoch, self.seed, self.processing = int(samples_per_epoch), int(seed), processing
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -647,7 +660,7 @@ class PairDataset(torch.utils.data.Dataset):
         """(template, search) frame indices of a sequence of n frames, released causal order."""
         if n == 1:
             return 0, 0
-        gap = self.max_gap
+        gap = self.processing.max_gap
         while True:  # ends: a drawable video has 4 or more visible frames before the last
             t = int(rng.choice(usable[usable < n - 1]))
             later = usable[(usable > t) & (usable < t + gap)]
@@ -660,32 +673,33 @@ class PairDataset(torch.utils.data.Dataset):
         seqs = self.sources[rng.choice(len(self.sources), p=self.probs)][1]
         seq, usable = seqs[rng.integers(len(seqs))]
         ids = self._frames(min(len(seq.gt), len(seq.frames)), usable, rng)
-        gray_prob, flip_prob, brightness = self.probs_aug
+        p = self.processing
+        sizes, factors = (p.template_size, p.search_size), (p.template_factor, p.search_factor)
         draws = rng.random(6)  # joint: grayscale, flip; per crop: flip, brightness (template, search)
         images = {i: read_image(seq.frames[i]) for i in set(ids)}
         crops = []
         for k, i in enumerate(ids):
             image, box = images[i], np.asarray(seq.gt[i], np.float64)
-            image = _to_gray(image) if draws[0] < gray_prob else image
-            image, box = _flip_frame(image, box) if draws[1] < flip_prob else (image, box)
-            crop_box = jitter_box(box, rng, self.jitter[1], self.jitter[0]) if k else box
+            image = _to_gray(image) if draws[0] < p.gray_prob else image
+            image, box = _flip_frame(image, box) if draws[1] < p.flip_prob else (image, box)
+            crop_box = jitter_box(box, rng, p.scale_jitter, p.center_jitter) if k else box
             try:
-                crop, factor, xyxy = crop_resize(image, crop_box, self.factors[k], self.sizes[k])
+                crop, factor, xyxy = crop_resize(image, crop_box, factors[k], sizes[k])
             except ValueError:
                 return None  # degenerate jittered box: the released processing also redraws
-            if _padding_only(image.shape[:2], xyxy, self.sizes[k]):
+            if _padding_only(image.shape[:2], xyxy, sizes[k]):
                 return None
             crops.append(crop)
         # box, crop_box and factor are the search frame's (the loop's last)
-        box = box_in_crop(box, crop_box[:2] + 0.5 * crop_box[2:], factor, self.sizes[1]) / self.sizes[1]
+        box = box_in_crop(box, crop_box[:2] + 0.5 * crop_box[2:], factor, sizes[1]) / sizes[1]
         xyxy = np.clip(np.concatenate([box[:2], box[:2] + box[2:]]), 0.0, 1.0)
         # Per crop, as released (joint=False): brightness U(1 - b, 1 + b), a flip the box follows.
-        template, search = (c[:, ::-1] if d < flip_prob else c for c, d in zip(crops, draws[2:4]))
-        if draws[3] < flip_prob:
+        template, search = (c[:, ::-1] if d < p.flip_prob else c for c, d in zip(crops, draws[2:4]))
+        if draws[3] < p.flip_prob:
             xyxy = np.array([1.0 - xyxy[2], xyxy[1], 1.0 - xyxy[0], xyxy[3]])
-        factors = 1.0 - brightness + 2.0 * brightness * draws[4:]
+        gains = 1.0 - p.brightness + 2.0 * p.brightness * draws[4:]
         cxcywh = np.concatenate([(xyxy[:2] + xyxy[2:]) / 2, xyxy[2:] - xyxy[:2]])
-        return {"template": normalize(template, float(factors[0])), "search": normalize(search, float(factors[1])),
+        return {"template": normalize(template, float(gains[0])), "search": normalize(search, float(gains[1])),
                 "search_box": torch.from_numpy(cxcywh.astype(np.float32))}
 
     def __getitem__(self, index: int) -> dict:

@@ -426,7 +426,7 @@ def make_data(args, items, rank, world):
     if empty:
         raise ValueError(f"--data {empty[0]}: no training sequences found")
     dataset = data.PairDataset(sources, None, args.samples_per_epoch, args.seed,
-                               center_jitter=args.center_jitter, scale_jitter=args.scale_jitter)
+                               data.Processing(center_jitter=args.center_jitter, scale_jitter=args.scale_jitter))
     return dataset, indices, steps
 
 

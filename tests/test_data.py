@@ -1,5 +1,6 @@
 """Tests for data.py and synth.py: the released crop/resize arithmetic, image decoding, every
 dataset reader (valid and malformed layouts written here), the procedural set and PairDataset."""
+import dataclasses
 import gc
 import hashlib
 import json
@@ -720,8 +721,13 @@ def _pixels(t):  # normalised (3, S, S) -> 0..255 float (S, S, 3)
     return ((t * mean_std[1] + mean_std[0]) * 255).permute(1, 2, 0).numpy()  # (3, S, S) -> (S, S, 3)
 
 
+def pair_set(sources, weights=None, samples_per_epoch=60000, seed=0, **processing):
+    """data.PairDataset with data.Processing's fields as keywords."""
+    return data.PairDataset(sources, weights, samples_per_epoch, seed, data.Processing(**processing))
+
+
 def test_pairs_shapes_determinism_flips_and_grayscale(synth_root, tmp_path):
-    ds = data.PairDataset(_sources(synth_root), samples_per_epoch=6, seed=0)
+    ds = pair_set(_sources(synth_root), samples_per_epoch=6, seed=0)
     assert len(ds) == 6
     for i in range(6):
         s = ds[i]
@@ -732,20 +738,20 @@ def test_pairs_shapes_determinism_flips_and_grayscale(synth_root, tmp_path):
         assert 0 <= cx - w / 2 + 1e-6 and cx + w / 2 <= 1 + 1e-6 and 0 <= cy - h / 2 + 1e-6 and cy + h / 2 <= 1 + 1e-6
     with pytest.raises(IndexError):
         ds[6]
-    a = data.PairDataset(_sources(synth_root), samples_per_epoch=4, seed=5)
-    pair, again = a[2], data.PairDataset(_sources(synth_root), samples_per_epoch=4, seed=5)[2]
+    a = pair_set(_sources(synth_root), samples_per_epoch=4, seed=5)
+    pair, again = a[2], pair_set(_sources(synth_root), samples_per_epoch=4, seed=5)[2]
     for key in ("template", "search", "search_box"):
         assert torch.equal(pair[key], again[key])
     first = pair["search"]
     a.set_epoch(1)
     assert not torch.equal(a[2]["search"], first)
-    c = data.PairDataset(_sources(synth_root), samples_per_epoch=4, seed=6)
+    c = pair_set(_sources(synth_root), samples_per_epoch=4, seed=6)
     assert not torch.equal(c[2]["search"], first)
     seq = _still(tmp_path, np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8),
                  [50.0, 40.0, 32.0, 24.0])
     kw = dict(samples_per_epoch=3, seed=1, center_jitter=0.0, scale_jitter=0.0, gray_prob=0.0, brightness=0.0)
-    plain = data.PairDataset([("still", [seq])], flip_prob=0.0, **kw)[0]
-    flipped = data.PairDataset([("still", [seq])], flip_prob=1.0, **kw)[0]  # joint, then each crop
+    plain = pair_set([("still", [seq])], flip_prob=0.0, **kw)[0]
+    flipped = pair_set([("still", [seq])], flip_prob=1.0, **kw)[0]  # joint, then each crop
     sz = math.ceil(math.sqrt(32 * 24) * 4)
     expected = [127.5 / 256, 127.5 / 256, 32 * 256 / sz / 256, 24 * 256 / sz / 256]
     np.testing.assert_allclose(plain["search_box"].numpy(), expected, atol=1e-6)
@@ -761,7 +767,7 @@ def test_pairs_shapes_determinism_flips_and_grayscale(synth_root, tmp_path):
                  [50.0, 40.0, 32.0, 24.0])
     kw = dict(samples_per_epoch=1, seed=1, center_jitter=0.0, scale_jitter=0.0, brightness=0.0, flip_prob=0.0)
     for gray_prob, grey in [(1.0, True), (0.0, False)]:
-        pair = data.PairDataset([("still", [seq])], gray_prob=gray_prob, **kw)[0]
+        pair = pair_set([("still", [seq])], gray_prob=gray_prob, **kw)[0]
         for key in ("template", "search"):  # undo the normalisation, then compare channels
             rgb = _pixels(pair[key])
             same = np.abs(rgb[..., 0] - rgb[..., 1]).max() < 1e-3 and np.abs(rgb[..., 1] - rgb[..., 2]).max() < 1e-3
@@ -777,7 +783,7 @@ def test_pairs_flip_each_crop_on_its_own_as_released(tmp_path):
     image[50:74, 60:92, 1] = 255
     seq = _still(tmp_path, image, [60.0, 50.0, 32.0, 24.0])
     kw = dict(seed=0, gray_prob=0.0, brightness=0.0, template_size=32, search_size=64)
-    ds = data.PairDataset([("ramp", [seq])], samples_per_epoch=400, center_jitter=0.0, scale_jitter=0.0, **kw)
+    ds = pair_set([("ramp", [seq])], samples_per_epoch=400, center_jitter=0.0, scale_jitter=0.0, **kw)
     counts = np.zeros(4, int)  # template mirrored against search; joint, template, search flipped
     for i in range(len(ds)):
         s = ds[i]
@@ -787,7 +793,7 @@ def test_pairs_flip_each_crop_on_its_own_as_released(tmp_path):
         joint = rising_s == search_flip
         counts += [rising_t != rising_s, joint, rising_t == joint, search_flip]
     assert ((160 <= counts) & (counts <= 240)).all(), counts  # 400 draws of p 0.5: sd 10
-    ds = data.PairDataset([("ramp", [seq])], samples_per_epoch=20, center_jitter=2.0, scale_jitter=0.2, **kw)
+    ds = pair_set([("ramp", [seq])], samples_per_epoch=20, center_jitter=2.0, scale_jitter=0.2, **kw)
     mirrored_misses = 0
     for i in range(len(ds)):
         s = ds[i]
@@ -809,7 +815,7 @@ def _video(n, visible, name="v"):
 
 
 def test_sampler_frames_sequences_and_padding_as_released():
-    ds = data.PairDataset([("v", [_video(30, np.ones(30))])], max_gap=10)
+    ds = pair_set([("v", [_video(30, np.ones(30))])], max_gap=10)
     rng = np.random.default_rng(0)
     pairs = [ds._frames(30, np.arange(30), rng) for _ in range(1000)]
     # search in [t + 1, t + max_gap): max_id is exclusive, as released; t before the last frame
@@ -818,19 +824,19 @@ def test_sampler_frames_sequences_and_padding_as_released():
     # Visible 0, 10-13, max_gap 2: from 0 the window must widen twice to reach 10, and each
     # widening redraws t, so t = 0 is rare (91 of 2,000 draws measured; without the redraw a
     # quarter); 13 has no later visible frame and is never kept.
-    ds.max_gap = 2
+    ds.processing = dataclasses.replace(ds.processing, max_gap=2)
     pairs = [ds._frames(20, np.array([0, 10, 11, 12, 13]), rng) for _ in range(400)]
     firsts = [t for t, _ in pairs]
     assert 1 <= firsts.count(0) <= 60 and 13 not in firsts
     assert {s for t, s in pairs if t == 0} <= {10, 11, 12, 13} and all(s > t for t, s in pairs)
     seqs = [_video(19, np.ones(19), "short"), _video(20, np.arange(20) < 4, "four"),
             _video(20, np.arange(20) < 5, "five"), _video(1, [True], "still"), _video(1, [False], "hidden")]
-    ds = data.PairDataset([("v", seqs)])
+    ds = pair_set([("v", seqs)])
     assert [s.name for s, _ in ds.sources[0][1]] == ["five", "still"]
     with pytest.raises(ValueError, match=r"videos of 20 or more frames with 5 or more visible targets.*none in: \['v'\]"):
-        data.PairDataset([("v", seqs[:2])])
+        pair_set([("v", seqs[:2])])
     with pytest.raises(ValueError, match="none in: no sources"):
-        data.PairDataset([])
+        pair_set([])
     # The released check reads the resized padding mask at every 16th pixel (the backbone's grid); here
     # crops of 32 pixels resized to 32 (cells at 0 and 16).
     assert not data._padding_only((50, 50), (-16, 0, 16, 32), 32)  # crop pixel 16 is image column 0
@@ -844,7 +850,7 @@ def test_sampler_frames_sequences_and_padding_as_released():
 
 def test_pairs_keep_outside_targets_jitter_and_weigh_sources(tmp_path):
     seq = _still(tmp_path, np.full((200, 200, 3), 90, np.uint8), [96.0, 96.0, 8.0, 8.0])
-    ds = data.PairDataset([("s", [seq])], samples_per_epoch=40, seed=0, center_jitter=12.0, scale_jitter=0.0,
+    ds = pair_set([("s", [seq])], samples_per_epoch=40, seed=0, center_jitter=12.0, scale_jitter=0.0,
                           template_size=32, search_size=64)
     boxes = np.stack([ds[i]["search_box"].numpy() for i in range(len(ds))])
     xyxy = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
@@ -865,16 +871,16 @@ def test_pairs_keep_outside_targets_jitter_and_weigh_sources(tmp_path):
         assert abs(np.log(size / box[2:]).std() - scale) < 0.05 * scale
     np.testing.assert_allclose(data.jitter_box(box, rng, 0.0, 0.0), box)
     with pytest.raises(ValueError, match="jitter must be >= 0"):
-        data.PairDataset([("v", [data.Sequence("v", [Path("x.png")], box[None], np.ones(1, bool))])],
+        pair_set([("v", [data.Sequence("v", [Path("x.png")], box[None], np.ones(1, bool))])],
                          center_jitter=-1.0)
     seqs = {name: [_still(tmp_path, np.full((64, 64, 3), value, np.uint8), [20.0, 20.0, 16.0, 16.0], name)]
             for name, value in [("dark", 0), ("bright", 255)]}
     kw = dict(samples_per_epoch=8, seed=0, gray_prob=0.0, brightness=0.0, template_size=32, search_size=64)
-    only_bright = data.PairDataset([("dark", seqs["dark"]), ("bright", seqs["bright"])], weights=[0, 1], **kw)
+    only_bright = pair_set([("dark", seqs["dark"]), ("bright", seqs["bright"])], weights=[0, 1], **kw)
     assert all(only_bright[i]["template"][0].max() > 2.0 for i in range(8))  # (1 - 0.485) / 0.229 = 2.25
-    mixed = data.PairDataset([("dark", seqs["dark"]), ("bright", seqs["bright"])], **kw)
+    mixed = pair_set([("dark", seqs["dark"]), ("bright", seqs["bright"])], **kw)
     assert len({bool(mixed[i]["template"][0].max() > 2.0) for i in range(8)}) == 2
     with pytest.raises(ValueError, match="weights"):
-        data.PairDataset([("dark", seqs["dark"])], weights=[1, 1])
+        pair_set([("dark", seqs["dark"])], weights=[1, 1])
 
 

@@ -630,7 +630,8 @@ def test_data_and_jitter_flags_reach_the_pair_sampler(synth_dir, tmp_path, monke
     train.main(tiny_args(synth_dir, tmp_path / "run", "--epochs", "1", "--samples-per-epoch", "2",
                          "--data", f"got10k:{other}", "--amp", "--center-jitter", "1", "--scale-jitter", "0.25"))
     assert hit.safe_load(tmp_path / "run" / "last.pth")["epoch"] == 1
-    assert [ds.jitter for _, ds in seen] == [(3.5, 0.5), (1.0, 0.25)]  # released defaults, then the flags
+    jitters = [(ds.processing.center_jitter, ds.processing.scale_jitter) for _, ds in seen]
+    assert jitters == [(3.5, 0.5), (1.0, 0.25)]  # released defaults, then the flags
     frames = [f for _, seqs in seen[1][0] for q in seqs for f in q.frames]
     assert len(seen) == 2 and len(frames) == 60 and all(other in Path(f).parents for f in frames)
 
