@@ -373,8 +373,7 @@ def main(argv=None):
 
 # ============================================================================= run management
 # ----------------------------------------------------------------------------- data
-READERS = {"got10k": lambda r: data.read_got10k(r, "train"), "lasot": lambda r: data.read_lasot(r, "train"),
-           "trackingnet": lambda r: data.read_trackingnet(r, "train"), "coco": data.read_coco}
+READERS = ("got10k", "lasot", "trackingnet", "coco")  # data.read_dataset's training sets (its default splits)
 
 
 def parse_data_spec(spec):
@@ -420,7 +419,7 @@ def make_data(args, items, rank, world):
     if steps < 1:
         raise ValueError(f"--samples-per-epoch {args.samples_per_epoch} gives {len(indices)} pairs per process, "
                          f"fewer than one --batch-size {args.batch_size} (the last partial batch is dropped)")
-    sources = ([(name, READERS[name](path)) for name, path in items] if items
+    sources = ([(name, data.read_dataset(name, path)) for name, path in items] if items
                else [("synth", data.read_got10k(args.synth_dir, "train"))])
     empty = [name for name, seqs in sources if not seqs]
     if empty:
@@ -569,7 +568,7 @@ def resume(run, loaded):
     if run.scaler is not None and ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
-    changed = {k: (v, getattr(run.args, k, None)) for k, v in ckpt["args"].items()
+    changed = {k: (v, getattr(run.args, k, "(no such option now)")) for k, v in ckpt["args"].items()
                if k not in RUN_ONLY_ARGS and plain(getattr(run.args, k, None)) != v}
     if changed:
         warnings.warn(f"--resume: settings differ from the checkpoint's (was, now): {changed}")
