@@ -36,8 +36,8 @@ def one_thread():
 CUDA = torch.cuda.is_available()
 # Largest box deviation from eager (crop units) of `fast`'s eager int8 path on
 # bench.randomize's HiT-Tiny (inputs seed 1, batch 2): the former int8 mode's bound (2x its
-# 0.249 on a 2-core Sapphire Rapids); the path, with int8 head convs too, measured 0.422 on a
-# 2-core AMD EPYC without VNNI. Chaotic random weights: not a precision claim (SPEED.md).
+# 0.249 on a 2-core Sapphire Rapids); the path, with int8 head convs too, measured 0.265 there
+# and 0.422 on a 2-core AMD EPYC without VNNI. Chaotic random weights: not a precision claim.
 FAST_TOL = 0.5
 
 
