@@ -110,15 +110,17 @@ def _resample(src, ys, xs) -> np.ndarray:
     a zero weight stands for a zero (padding) pixel."""
     y0, y1, cy0, cy1 = ys
     x0, x1, cx0, cx1 = xs
-    height, width, ch = src.shape
-    plane = src.reshape(height, width * ch)  # (H, W, C) -> (H, W*C): one gather per tap
+    _, width, ch = src.shape
+    lo, hi = min(y0.min(), y1.min()), max(y0.max(), y1.max()) + 1  # the rows the taps read
+    # (rows, W, C) -> (rows, W*C): a view, or for a flipped frame a copy of those rows only
+    plane = src[lo:hi].reshape(hi - lo, width * ch)
     lanes = np.arange(ch)
     col0 = (x0[:, None] * ch + lanes).ravel()  # (out_w, C) -> (out_w*C,)
     col1 = (x1[:, None] * ch + lanes).ravel()
     w0 = np.repeat(cx0.astype(np.int32), ch)  # (out_w,) -> (out_w*C,)
     w1 = np.repeat(cx1.astype(np.int32), ch)
     # Row pass (HResizeLinear): exact integer sums, (out_h, out_w*C) int32 per row tap.
-    h0, h1 = (rows[:, col0] * w0 + rows[:, col1] * w1 for rows in (plane[y0], plane[y1]))
+    h0, h1 = (rows[:, col0] * w0 + rows[:, col1] * w1 for rows in (plane[y0 - lo], plane[y1 - lo]))
     out = _vertical_pass(h0, h1, cy0.astype(np.int32), cy1.astype(np.int32))
     return out.reshape(len(y0), len(x0), ch)  # (out_h, out_w*C) -> (out_h, out_w, C)
 

@@ -176,6 +176,9 @@ def test_crop_is_the_released_padded_crop():
         assert crop.shape == (out, out, 3)
         assert factor_out == out / math.ceil(math.sqrt(box[2] * box[3]) * factor)
         np.testing.assert_array_equal(crop, released_crop(img, box, factor, out))
+        flipped = img[:, ::-1]  # a negative-stride view, as PairDataset's flipped frames
+        want = released_crop(flipped.copy(), box, factor, out)
+        np.testing.assert_array_equal(data.crop_resize(flipped, box, factor, out)[0], want)
 
 
 MATERIALISED_CASES = [((2, 3, 5, 4), 2.0, 16), ((-3, 5, 6, 9), 2.0, 12), ((10, 12, 7, 7), 4.0, 32),
